@@ -1,0 +1,258 @@
+//! The file header: 144 bytes at the start of every regular backing file.
+//!
+//! ```text
+//! offset len field
+//!      0   8 magic "VAULTFS\0"
+//!      8   2 format version (u16 BE)
+//!     10   2 flags (u16 BE, must be 0)
+//!     12   4 reserved (must be 0)
+//!     16  16 file ID (random)
+//!     32   8 chunk-write budget used under this file key (u64 BE)
+//!     40  52 key slot 0: generation (u32 BE, 0 = empty) || AES-256-SIV(file key) (48)
+//!     92  52 key slot 1: same layout
+//! ```
+//! A slot's wrapped key has associated data = bytes 0..40, the slot index and the slot's
+//! generation: every header field except the other slot, so rotation can fill one slot and
+//! later clear the other without invalidating it.
+
+use zeroize::Zeroizing;
+
+use super::keys::{Key256, ct_eq};
+use super::siv::{self, SIV_TAG_LEN};
+use super::{CryptoError, FileId, GenerationKeys, Keyring};
+
+pub const HEADER_LEN: usize = 144;
+pub const MAGIC: &[u8; 8] = b"VAULTFS\0";
+pub const FORMAT_VERSION: u16 = 1;
+const FIXED_LEN: usize = 40;
+const WRAPPED_LEN: usize = 32 + SIV_TAG_LEN;
+const SLOT_LEN: usize = 4 + WRAPPED_LEN;
+/// A file key serves at most this many chunk writes (random 96-bit nonces).
+pub const MAX_CHUNK_WRITES: u64 = 1 << 32;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeySlot {
+    pub generation: u32,
+    pub wrapped: [u8; WRAPPED_LEN],
+}
+
+/// A decoded header. The file key itself is never stored here, only its wrapped forms.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FileHeader {
+    pub file_id: FileId,
+    pub writes_used: u64,
+    pub slots: [Option<KeySlot>; 2],
+}
+
+impl FileHeader {
+    /// A header for a new file: fresh ID, fresh key wrapped under the active generation.
+    pub fn create(keyring: &Keyring) -> Result<(FileHeader, Key256), CryptoError> {
+        let file_id = super::keys::random_array()?;
+        let file_key = Key256::random()?;
+        let mut header = FileHeader { file_id, writes_used: 0, slots: [None, None] };
+        header.slots[0] = Some(header.wrap(0, keyring.active(), &file_key));
+        Ok((header, file_key))
+    }
+
+    fn fixed_fields(&self) -> [u8; FIXED_LEN] {
+        let mut b = [0u8; FIXED_LEN];
+        b[..8].copy_from_slice(MAGIC);
+        b[8..10].copy_from_slice(&FORMAT_VERSION.to_be_bytes());
+        b[16..32].copy_from_slice(&self.file_id);
+        b[32..40].copy_from_slice(&self.writes_used.to_be_bytes());
+        b
+    }
+
+    fn slot_ad(&self, index: usize, generation: u32) -> ([u8; FIXED_LEN], [u8; 5]) {
+        let mut tail = [0u8; 5];
+        tail[0] = index as u8;
+        tail[1..].copy_from_slice(&generation.to_be_bytes());
+        (self.fixed_fields(), tail)
+    }
+
+    fn wrap(&self, index: usize, keys: &GenerationKeys, file_key: &Key256) -> KeySlot {
+        let (fixed, tail) = self.slot_ad(index, keys.generation);
+        let sealed = siv::seal(&keys.header_wrap, &[&fixed, &tail], file_key.expose());
+        let mut wrapped = [0u8; WRAPPED_LEN];
+        wrapped.copy_from_slice(&sealed);
+        KeySlot { generation: keys.generation, wrapped }
+    }
+
+    /// Unwraps the file key. Every non-empty slot must name a live generation, authenticate,
+    /// and hold the same key: a header is accepted whole or not at all.
+    pub fn unwrap_key(&self, keyring: &Keyring) -> Result<Key256, CryptoError> {
+        let mut found: Option<Key256> = None;
+        for (index, slot) in self.slots.iter().enumerate() {
+            let Some(slot) = slot else { continue };
+            let keys = keyring.get(slot.generation)?;
+            let (fixed, tail) = self.slot_ad(index, slot.generation);
+            let plain = Zeroizing::new(siv::open(&keys.header_wrap, &[&fixed, &tail], &slot.wrapped)?);
+            match &found {
+                Some(key) if !ct_eq(key.expose(), &plain) => return Err(CryptoError::Authentication),
+                Some(_) => {}
+                None => found = Some(Key256::from_slice(&mut Zeroizing::new(plain.to_vec()))?),
+            }
+        }
+        found.ok_or(CryptoError::Malformed("file header has no key"))
+    }
+
+    /// Generations the header's slots name.
+    pub fn generations(&self) -> impl Iterator<Item = u32> + '_ {
+        self.slots.iter().flatten().map(|s| s.generation)
+    }
+
+    /// Rotation step 1: wraps `file_key` under `keys` into the empty slot (or the slot that
+    /// already names that generation). Write and sync the header before clearing the other.
+    pub fn fill_spare_slot(&mut self, keys: &GenerationKeys, file_key: &Key256) -> Result<(), CryptoError> {
+        let index = self
+            .slots
+            .iter()
+            .position(|s| s.as_ref().is_some_and(|s| s.generation == keys.generation))
+            .or_else(|| self.slots.iter().position(Option::is_none))
+            .ok_or(CryptoError::Malformed("both header key slots are in use"))?;
+        self.slots[index] = Some(self.wrap(index, keys, file_key));
+        Ok(())
+    }
+
+    /// Rotation step 2: empties the slot of `generation`.
+    pub fn clear_generation(&mut self, generation: u32) {
+        for slot in &mut self.slots {
+            if slot.as_ref().is_some_and(|s| s.generation == generation) {
+                *slot = None;
+            }
+        }
+    }
+
+    /// Records more chunk writes as used and rewraps both slots (their AD covers the count).
+    /// Fails once the file key's budget is spent; the file must then get a new key.
+    pub fn reserve_writes(&mut self, count: u64, keyring: &Keyring, file_key: &Key256) -> Result<(), CryptoError> {
+        let used = self.writes_used.checked_add(count).filter(|&u| u <= MAX_CHUNK_WRITES);
+        self.writes_used = used.ok_or(CryptoError::TooLong)?;
+        for index in 0..2 {
+            if let Some(slot) = &self.slots[index] {
+                let keys = keyring.get(slot.generation)?;
+                self.slots[index] = Some(self.wrap(index, keys, file_key));
+            }
+        }
+        Ok(())
+    }
+
+    pub fn encode(&self) -> [u8; HEADER_LEN] {
+        let mut b = [0u8; HEADER_LEN];
+        b[..FIXED_LEN].copy_from_slice(&self.fixed_fields());
+        for (i, slot) in self.slots.iter().enumerate() {
+            if let Some(slot) = slot {
+                let at = FIXED_LEN + i * SLOT_LEN;
+                b[at..at + 4].copy_from_slice(&slot.generation.to_be_bytes());
+                b[at + 4..at + SLOT_LEN].copy_from_slice(&slot.wrapped);
+            }
+        }
+        b
+    }
+
+    /// Parses a header. Structure only: the wrapped keys authenticate in `unwrap_key`.
+    pub fn decode(bytes: &[u8]) -> Result<FileHeader, CryptoError> {
+        if bytes.len() < HEADER_LEN {
+            return Err(CryptoError::Malformed("file header is truncated"));
+        }
+        if &bytes[..8] != MAGIC {
+            return Err(CryptoError::Malformed("not a vaultfs file header"));
+        }
+        let version = u16::from_be_bytes([bytes[8], bytes[9]]);
+        if version != FORMAT_VERSION {
+            return Err(CryptoError::Malformed("unsupported file header version"));
+        }
+        if bytes[10..16].iter().any(|&b| b != 0) {
+            return Err(CryptoError::Malformed("unknown file header flags"));
+        }
+        let mut file_id = [0u8; 16];
+        file_id.copy_from_slice(&bytes[16..32]);
+        let writes_used = u64::from_be_bytes(bytes[32..40].try_into().expect("8 bytes"));
+        let mut slots = [None, None];
+        for (i, slot) in slots.iter_mut().enumerate() {
+            let at = FIXED_LEN + i * SLOT_LEN;
+            let generation = u32::from_be_bytes(bytes[at..at + 4].try_into().expect("4 bytes"));
+            let mut wrapped = [0u8; WRAPPED_LEN];
+            wrapped.copy_from_slice(&bytes[at + 4..at + SLOT_LEN]);
+            if generation == 0 {
+                if wrapped.iter().any(|&b| b != 0) {
+                    return Err(CryptoError::Malformed("empty header key slot is not zeroed"));
+                }
+            } else {
+                *slot = Some(KeySlot { generation, wrapped });
+            }
+        }
+        if slots.iter().all(Option::is_none) {
+            return Err(CryptoError::Malformed("file header has no key"));
+        }
+        Ok(FileHeader { file_id, writes_used, slots })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::crypto::test_support::{keyring_with, rotating_keyring};
+
+    #[test]
+    fn round_trip_and_unwrap() {
+        let kr = keyring_with(1, 9);
+        let (h, key) = FileHeader::create(&kr).unwrap();
+        let bytes = h.encode();
+        assert_eq!(bytes.len(), HEADER_LEN);
+        let back = FileHeader::decode(&bytes).unwrap();
+        assert_eq!(back, h);
+        assert_eq!(back.unwrap_key(&kr).unwrap().expose(), key.expose());
+    }
+
+    #[test]
+    fn every_bit_flip_is_rejected() {
+        let kr = keyring_with(1, 9);
+        let (h, _) = FileHeader::create(&kr).unwrap();
+        let bytes = h.encode();
+        for bit in 0..HEADER_LEN * 8 {
+            let mut bad = bytes;
+            bad[bit / 8] ^= 1 << (bit % 8);
+            let ok = FileHeader::decode(&bad).and_then(|h| h.unwrap_key(&kr));
+            assert!(ok.is_err(), "bit {bit}");
+        }
+    }
+
+    #[test]
+    fn zero_and_foreign_headers_are_rejected() {
+        let kr = keyring_with(1, 9);
+        assert!(FileHeader::decode(&[0u8; HEADER_LEN]).is_err());
+        assert!(FileHeader::decode(&[0u8; 10]).is_err());
+        let (h, _) = FileHeader::create(&keyring_with(1, 8)).unwrap();
+        assert!(matches!(h.unwrap_key(&kr), Err(CryptoError::Authentication)));
+    }
+
+    #[test]
+    fn rotation_fills_then_clears_and_the_key_survives_each_step() {
+        let rk = rotating_keyring();
+        let old_only = keyring_with(1, 1);
+        let (mut h, key) = FileHeader::create(&old_only).unwrap();
+        h.fill_spare_slot(rk.active(), &key).unwrap();
+        let mid = FileHeader::decode(&h.encode()).unwrap();
+        assert_eq!(mid.unwrap_key(&rk).unwrap().expose(), key.expose());
+        // Every filled slot must name a live generation.
+        assert!(mid.unwrap_key(&old_only).is_err());
+        h.clear_generation(1);
+        let done = FileHeader::decode(&h.encode()).unwrap();
+        assert_eq!(done.generations().collect::<Vec<_>>(), vec![2]);
+        assert_eq!(done.unwrap_key(&rk).unwrap().expose(), key.expose());
+        assert!(done.unwrap_key(&old_only).is_err());
+    }
+
+    #[test]
+    fn write_budget_is_authenticated_and_bounded() {
+        let kr = keyring_with(1, 9);
+        let (mut h, key) = FileHeader::create(&kr).unwrap();
+        h.reserve_writes(1 << 16, &kr, &key).unwrap();
+        let mut bytes = h.encode();
+        assert_eq!(FileHeader::decode(&bytes).unwrap().unwrap_key(&kr).unwrap().expose(), key.expose());
+        bytes[39] ^= 1; // roll the counter back
+        assert!(FileHeader::decode(&bytes).unwrap().unwrap_key(&kr).is_err());
+        assert!(h.reserve_writes(MAX_CHUNK_WRITES, &kr, &key).is_err());
+    }
+}
