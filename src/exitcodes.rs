@@ -1,1 +1,23 @@
+//! Every exit status of the `vaultfs` binary, in one place. Scripts rely on these; they are
+//! listed in the man page and must not be renumbered.
 
+/// Success.
+pub const OK: i32 = 0;
+/// An error with no more specific status.
+pub const GENERAL: i32 = 1;
+/// Bad command-line usage (clap's own status).
+pub const USAGE: i32 = 2;
+/// The password (or recovery key) does not open any keyslot.
+pub const WRONG_PASSWORD: i32 = 10;
+/// No usable password source: no terminal, unreadable or empty password file, mismatch.
+pub const PASSWORD_SOURCE: i32 = 11;
+/// The path is not a vault, or its key database is missing or elsewhere (`--keystore`).
+pub const NOT_A_VAULT: i32 = 12;
+/// `init` target is not empty, or the keystore file already exists.
+pub const ALREADY_EXISTS: i32 = 13;
+/// The key database is corrupt, foreign, tampered with, rolled back or in sync conflict.
+pub const KEYSTORE_REFUSED: i32 = 14;
+/// The vault was made by a newer vaultfs (format or schema version).
+pub const NEWER_FORMAT: i32 = 15;
+/// An I/O error on the backing directory or key database.
+pub const IO: i32 = 16;

@@ -1,1 +1,185 @@
+//! The command line: clap definitions and the thin glue that calls `vault`.
 
+pub mod password;
+
+use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::crypto::chunk::DEFAULT_CHUNK_SIZE;
+use crate::crypto::keyslot::KdfParams;
+use crate::crypto::names::DEFAULT_LONGNAME_MAX;
+use crate::vault::init::{InitOptions, init, open_keystore};
+use crate::vault::{Result, VaultError, status};
+use password::PasswordArgs;
+
+const LONG_VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), " (on-disk format 1)");
+
+#[derive(Debug, Parser)]
+#[command(name = "vaultfs", version, long_version = LONG_VERSION, about = "Encrypted filesystem with per-file keys, keyslots and master-key rotation")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Create a new vault in an empty (or new) directory
+    Init(InitArgs),
+    /// Show a vault's format, keyslots, generations and recent audit entries (no password)
+    Status(StatusArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct InitArgs {
+    #[command(flatten)]
+    pub password: PasswordArgs,
+    /// scrypt cost as log2(N), 10-22 (each step doubles unlock time and memory)
+    #[arg(long, value_name = "N", default_value_t = KdfParams::DEFAULT.log_n)]
+    pub scrypt_logn: u8,
+    /// Plaintext bytes per encrypted chunk: a power of two from 4096 to 1048576
+    #[arg(long, value_name = "BYTES", default_value_t = DEFAULT_CHUNK_SIZE)]
+    pub chunk_size: u32,
+    /// Encrypted names longer than this (62-255) are stored hashed, for sync services with
+    /// shorter name limits
+    #[arg(long, value_name = "N", default_value_t = DEFAULT_LONGNAME_MAX as u32)]
+    pub longname_max: u32,
+    /// Keep the key database at PATH instead of inside the vault
+    #[arg(long, value_name = "PATH")]
+    pub keystore: Option<PathBuf>,
+    /// Do not create a recovery key
+    #[arg(long, conflicts_with = "recovery_key_file")]
+    pub no_recovery_key: bool,
+    /// Write the recovery key to this new file (mode 0600) instead of printing it
+    #[arg(long, value_name = "FILE")]
+    pub recovery_key_file: Option<PathBuf>,
+    /// The vault (backing) directory: empty or not yet existing
+    pub vault: PathBuf,
+}
+
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    /// Print JSON (stable field names; see docs/FORMAT.md)
+    #[arg(long)]
+    pub json: bool,
+    /// The vault's key database, if it is kept outside the vault
+    #[arg(long, value_name = "PATH")]
+    pub keystore: Option<PathBuf>,
+    /// Audit entries to show
+    #[arg(long, value_name = "N", default_value_t = 10)]
+    pub audit: usize,
+    pub vault: PathBuf,
+}
+
+pub fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::Init(a) => cmd_init(a),
+        Command::Status(a) => cmd_status(a),
+    }
+}
+
+fn cmd_init(a: InitArgs) -> Result<()> {
+    // Refuse an existing recovery-key file before doing any work.
+    if let Some(f) = &a.recovery_key_file
+        && f.exists()
+    {
+        return Err(VaultError::AlreadyExists(format!("{} already exists; the recovery key file must be new", f.display())));
+    }
+    let password = a.password.get_new(&a.vault.display().to_string())?;
+    let opts = InitOptions {
+        vault: a.vault.clone(),
+        keystore: a.keystore.clone(),
+        kdf: KdfParams { log_n: a.scrypt_logn, ..KdfParams::DEFAULT },
+        chunk_size: a.chunk_size,
+        longname_max: a.longname_max,
+        recovery_key: !a.no_recovery_key,
+    };
+    let report = init(&opts, &password)?;
+    println!("Created vault {}", report.paths.backing.display());
+    println!("  key database: {}", report.paths.keystore.display());
+    if report.longname_max < a.longname_max {
+        println!("  long-name threshold lowered to {} (the backing filesystem's name limit)", report.longname_max);
+    }
+    if !report.backing_missing.is_empty() {
+        println!("  the backing filesystem lacks: {} (those operations will fail)", report.backing_missing.join(", "));
+    }
+    if let Some(key) = &report.recovery_key {
+        match &a.recovery_key_file {
+            Some(f) => {
+                let mut file = std::fs::OpenOptions::new()
+                    .write(true)
+                    .create_new(true)
+                    .mode(0o600)
+                    .open(f)
+                    .and_then(|mut file| file.write_all(format!("{}\n", key.as_str()).as_bytes()).map(|_| file))
+                    .map_err(VaultError::io(format!("cannot write the recovery key to {}", f.display())))?;
+                file.flush().map_err(VaultError::io("flush"))?;
+                println!("  recovery key written to {}: keep it offline, apart from the vault", f.display());
+            }
+            None => {
+                println!();
+                println!("Recovery key (shown only this once; write it down and keep it offline):");
+                println!();
+                println!("    {}", key.as_str());
+                println!();
+                println!("With it, `vaultfs recover` sets a new password or rebuilds a lost key database.");
+            }
+        }
+    }
+    Ok(())
+}
+
+fn fmt_time(t: i64) -> String {
+    let st = std::time::UNIX_EPOCH + std::time::Duration::from_secs(t.max(0) as u64);
+    humantime::format_rfc3339_seconds(st).to_string()
+}
+
+fn cmd_status(a: StatusArgs) -> Result<()> {
+    let ks = open_keystore(&a.vault, a.keystore.as_deref(), false)?;
+    let s = status::status(&ks, a.audit)?;
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&s).expect("status serializes"));
+        return Ok(());
+    }
+    println!("vault        {}", s.vault);
+    println!("keystore     {} ({})", s.keystore, if s.external_keystore { "external" } else { "inside the vault" });
+    println!("vault ID     {}", s.vault_id);
+    println!("format       {}", s.format_version);
+    println!("chunk size   {} bytes", s.chunk_size);
+    println!("long names   encrypted names over {} bytes are stored hashed", s.longname_max);
+    println!("created      {}", fmt_time(s.created));
+    let rollback = if s.seen_epoch > s.epoch { "  WARNING: older than seen before (rollback?)" } else { "" };
+    println!("epoch        {} (highest seen here: {}){rollback}", s.epoch, s.seen_epoch);
+    if s.backing_missing.is_empty() {
+        println!("backing      supports everything vaultfs uses");
+    } else {
+        println!("backing      lacks {}", s.backing_missing.join(", "));
+    }
+    println!("keyslots");
+    for k in &s.keyslots {
+        let kdf = k.kdf.as_ref().map(|k| format!("scrypt logN={} r={} p={}", k.log_n, k.r, k.p)).unwrap_or_default();
+        println!("  {:>3}  {:<16} {:<9} {:<26} created {}", k.id, k.label, format!("{:?}", k.kind).to_lowercase(), kdf, fmt_time(k.created));
+    }
+    println!("generations");
+    for g in &s.generations {
+        println!("  {:>3}  {:<10} created {}", g.generation, format!("{:?}", g.state).to_lowercase(), fmt_time(g.created));
+    }
+    match &s.rotation {
+        None => println!("rotation     none in progress"),
+        Some(r) => println!(
+            "rotation     {} -> {} ({}), phase {}, updated {}",
+            r.from_generation,
+            r.to_generation,
+            if r.reencrypt { "re-encrypting contents" } else { "rewrapping keys" },
+            r.phase,
+            fmt_time(r.updated)
+        ),
+    }
+    println!("recent audit (not verified without a password)");
+    for e in &s.recent_audit {
+        println!("  {}  {:<10} {}", fmt_time(e.time), e.event, e.detail);
+    }
+    Ok(())
+}

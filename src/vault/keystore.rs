@@ -1,0 +1,171 @@
+//! Opening a vault's key database and unlocking it: a keyslot yields K_auth and the slot's
+//! private key; K_auth authenticates the whole database state; the private key opens the
+//! seals of the live generations, which give the keyring. `commit` writes changes back.
+
+use super::audit;
+use super::db::KeyDb;
+use super::error::{Result, VaultError};
+use super::layout::{Marker, VaultPaths};
+use super::local_state;
+use super::state::{GenState, SlotKind, VaultState};
+use crate::crypto::chunk::ChunkLayout;
+use crate::crypto::keys::Key256;
+use crate::crypto::keyslot::{PasswordSlotBinding, RecoverySlotBinding, SlotSecrets};
+use crate::crypto::{CryptoError, GenerationKeys, Keyring, seal};
+
+/// An opened key database whose state has been read and checked for structure, but not yet
+/// authenticated (that needs a keyslot).
+pub struct Keystore {
+    pub paths: VaultPaths,
+    pub db: KeyDb,
+    pub state: VaultState,
+    stored_mac: Vec<u8>,
+}
+
+/// A vault unlocked through one keyslot.
+pub struct Unlocked {
+    pub keystore: Keystore,
+    pub slot_id: u32,
+    pub k_auth: Key256,
+    pub keyring: Keyring,
+}
+
+impl Keystore {
+    /// Opens and checks the key database; `writable` for commands that change keys.
+    pub fn open(paths: VaultPaths, marker: &Marker, writable: bool) -> Result<Keystore> {
+        let db = KeyDb::open(&paths.keystore, writable)?;
+        let (state, stored_mac) = db.load_state()?;
+        if state.config.vault_id != marker.vault_id {
+            return Err(VaultError::refused(
+                &paths.keystore,
+                format!(
+                    "it belongs to another vault (vault ID {}, but {} is {})",
+                    data_encoding::HEXLOWER.encode(&state.config.vault_id),
+                    paths.backing.display(),
+                    data_encoding::HEXLOWER.encode(&marker.vault_id)
+                ),
+            ));
+        }
+        Ok(Keystore { paths, db, state, stored_mac })
+    }
+
+    pub fn layout(&self) -> ChunkLayout {
+        ChunkLayout::new(self.state.config.chunk_size).expect("chunk size validated on load")
+    }
+
+    /// Tries the password on each password slot (or only the one labelled `label`).
+    pub fn unlock_with_password(self, password: &[u8], label: Option<&str>) -> Result<Unlocked> {
+        let vault_id = self.state.config.vault_id;
+        let candidates: Vec<_> = self
+            .state
+            .slots
+            .iter()
+            .filter(|s| s.kind == SlotKind::Password && label.is_none_or(|l| s.label == l))
+            .cloned()
+            .collect();
+        if candidates.is_empty() {
+            return Err(VaultError::InvalidArgument(match label {
+                Some(l) => format!("no password keyslot labelled '{l}'; see `vaultfs status`"),
+                None => "this vault has no password keyslot".into(),
+            }));
+        }
+        for slot in candidates {
+            let (Some(kdf), Some(salt)) = (slot.kdf, slot.salt) else { continue };
+            let binding = PasswordSlotBinding { vault_id: &vault_id, slot_id: slot.slot_id, public_key: &slot.public_key, kdf, salt: &salt };
+            let kek = binding.derive_kek(password)?;
+            match binding.unwrap(&kek, &slot.wrapped) {
+                Ok(secrets) => return self.finish_unlock(slot.slot_id, secrets),
+                Err(CryptoError::Authentication) => continue,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(VaultError::WrongPassword)
+    }
+
+    /// Unlocks with the recovery seed through the recovery slot.
+    pub fn unlock_with_recovery(self, seed: &Key256) -> Result<Unlocked> {
+        let vault_id = self.state.config.vault_id;
+        let slots: Vec<_> = self.state.slots.iter().filter(|s| s.kind == SlotKind::Recovery).cloned().collect();
+        if slots.is_empty() {
+            return Err(VaultError::InvalidArgument("this vault has no recovery keyslot".into()));
+        }
+        for slot in slots {
+            let binding = RecoverySlotBinding { vault_id: &vault_id, slot_id: slot.slot_id, public_key: &slot.public_key };
+            if let Ok(secrets) = binding.unwrap(seed, &slot.wrapped) {
+                return self.finish_unlock(slot.slot_id, secrets);
+            }
+        }
+        Err(VaultError::WrongPassword)
+    }
+
+    fn finish_unlock(self, slot_id: u32, secrets: SlotSecrets) -> Result<Unlocked> {
+        let state = &self.state;
+        let vault_id = state.config.vault_id;
+        let path = &self.paths.keystore;
+        state
+            .verify_mac(&VaultState::mac_key(&secrets.k_auth, &vault_id), &self.stored_mac)
+            .map_err(|_| VaultError::tampered(path, "its authentication code does not match its contents"))?;
+        let seen = local_state::seen_epoch(&vault_id)?;
+        if state.config.epoch < seen {
+            return Err(VaultError::Rollback { path: path.clone(), found: state.config.epoch, seen });
+        }
+        let psk = seal::psk_from_k_auth(&secrets.k_auth, &vault_id);
+        let open_gen = |generation: u32| -> Result<GenerationKeys> {
+            let s = state
+                .seal(generation, slot_id)
+                .ok_or_else(|| VaultError::tampered(path, format!("slot {slot_id} has no seal for generation {generation}")))?;
+            let mk = seal::open_master_key(&secrets.private_key, &psk, &vault_id, generation, &slot_id.to_be_bytes(), &s.enc, &s.sealed)
+                .map_err(|_| VaultError::tampered(path, format!("the seal of generation {generation} does not open")))?;
+            Ok(GenerationKeys::derive(&vault_id, generation, mk))
+        };
+        let active = open_gen(state.active_generation().expect("structure checked").generation)?;
+        let retiring = match state.retiring_generation() {
+            Some(g) => Some(open_gen(g.generation)?),
+            None => None,
+        };
+        local_state::record_epoch(&vault_id, state.config.epoch)?;
+        let keyring = Keyring::new(vault_id, active, retiring);
+        Ok(Unlocked { keystore: self, slot_id, k_auth: secrets.k_auth, keyring })
+    }
+}
+
+impl Unlocked {
+    /// Writes the in-memory state back with a new epoch and MAC, plus audit entries (and any
+    /// waiting in the local audit log), in one transaction.
+    pub fn commit(&mut self, events: &[(&str, String)]) -> Result<()> {
+        let ks = &mut self.keystore;
+        let vault_id = ks.state.config.vault_id;
+        ks.state.config.epoch += 1;
+        ks.state.check_structure().map_err(|why| VaultError::InvalidArgument(format!("refusing to save an invalid key database: {why}")))?;
+        let mac = ks.state.compute_mac(&VaultState::mac_key(&self.k_auth, &vault_id));
+        let audit_key = audit::audit_key(&self.k_auth, &vault_id);
+        let pending = local_state::pending_local_audit(&vault_id)?;
+        let path = ks.paths.keystore.clone();
+        let sql = |e: rusqlite::Error| VaultError::refused(&path, format!("cannot write: {e}"));
+        let tx = ks.db.conn.transaction().map_err(sql)?;
+        KeyDb::save_state(&tx, &path, &ks.state, &mac)?;
+        for e in &pending {
+            audit::append(&tx, &audit_key, e.time, &e.event, &e.detail).map_err(sql)?;
+        }
+        for (event, detail) in events {
+            audit::append(&tx, &audit_key, super::now(), event, detail).map_err(sql)?;
+        }
+        tx.commit().map_err(sql)?;
+        ks.stored_mac = mac.to_vec();
+        local_state::clear_local_audit(&vault_id)?;
+        local_state::record_epoch(&vault_id, ks.state.config.epoch)
+    }
+
+    pub fn state(&self) -> &VaultState {
+        &self.keystore.state
+    }
+
+    pub fn layout(&self) -> ChunkLayout {
+        self.keystore.layout()
+    }
+
+    /// Live generations in the database agree with the keyring (a sanity check for callers).
+    pub fn live_generations(&self) -> Vec<u32> {
+        self.keystore.state.generations.iter().filter(|g| g.state != GenState::Destroyed).map(|g| g.generation).collect()
+    }
+}
