@@ -10,6 +10,7 @@
 pub mod blob;
 pub mod chunk;
 pub mod dirid;
+pub mod file;
 pub mod header;
 pub mod keys;
 pub mod keyslot;
@@ -22,7 +23,7 @@ pub mod siv;
 use keys::{Key256, SivKey};
 
 /// Errors of the pure crypto layer. Authentication failures carry no detail on purpose.
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
 pub enum CryptoError {
     #[error("authentication failed")]
     Authentication,
