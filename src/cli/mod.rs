@@ -85,13 +85,19 @@ fn cmd_init(a: InitArgs) -> Result<()> {
     if let Some(f) = &a.recovery_key_file
         && f.exists()
     {
-        return Err(VaultError::AlreadyExists(format!("{} already exists; the recovery key file must be new", f.display())));
+        return Err(VaultError::AlreadyExists(format!(
+            "{} already exists; the recovery key file must be new",
+            f.display()
+        )));
     }
     let password = a.password.get_new(&a.vault.display().to_string())?;
     let opts = InitOptions {
         vault: a.vault.clone(),
         keystore: a.keystore.clone(),
-        kdf: KdfParams { log_n: a.scrypt_logn, ..KdfParams::DEFAULT },
+        kdf: KdfParams {
+            log_n: a.scrypt_logn,
+            ..KdfParams::DEFAULT
+        },
         chunk_size: a.chunk_size,
         longname_max: a.longname_max,
         recovery_key: !a.no_recovery_key,
@@ -100,10 +106,16 @@ fn cmd_init(a: InitArgs) -> Result<()> {
     println!("Created vault {}", report.paths.backing.display());
     println!("  key database: {}", report.paths.keystore.display());
     if report.longname_max < a.longname_max {
-        println!("  long-name threshold lowered to {} (the backing filesystem's name limit)", report.longname_max);
+        println!(
+            "  long-name threshold lowered to {} (the backing filesystem's name limit)",
+            report.longname_max
+        );
     }
     if !report.backing_missing.is_empty() {
-        println!("  the backing filesystem lacks: {} (those operations will fail)", report.backing_missing.join(", "));
+        println!(
+            "  the backing filesystem lacks: {} (those operations will fail)",
+            report.backing_missing.join(", ")
+        );
     }
     if let Some(key) = &report.recovery_key {
         match &a.recovery_key_file {
@@ -113,10 +125,19 @@ fn cmd_init(a: InitArgs) -> Result<()> {
                     .create_new(true)
                     .mode(0o600)
                     .open(f)
-                    .and_then(|mut file| file.write_all(format!("{}\n", key.as_str()).as_bytes()).map(|_| file))
-                    .map_err(VaultError::io(format!("cannot write the recovery key to {}", f.display())))?;
+                    .and_then(|mut file| {
+                        file.write_all(format!("{}\n", key.as_str()).as_bytes())
+                            .map(|_| file)
+                    })
+                    .map_err(VaultError::io(format!(
+                        "cannot write the recovery key to {}",
+                        f.display()
+                    )))?;
                 file.flush().map_err(VaultError::io("flush"))?;
-                println!("  recovery key written to {}: keep it offline, apart from the vault", f.display());
+                println!(
+                    "  recovery key written to {}: keep it offline, apart from the vault",
+                    f.display()
+                );
             }
             None => {
                 println!();
@@ -124,7 +145,9 @@ fn cmd_init(a: InitArgs) -> Result<()> {
                 println!();
                 println!("    {}", key.as_str());
                 println!();
-                println!("With it, `vaultfs recover` sets a new password or rebuilds a lost key database.");
+                println!(
+                    "With it, `vaultfs recover` sets a new password or rebuilds a lost key database."
+                );
             }
         }
     }
@@ -140,18 +163,39 @@ fn cmd_status(a: StatusArgs) -> Result<()> {
     let ks = open_keystore(&a.vault, a.keystore.as_deref(), false)?;
     let s = status::status(&ks, a.audit)?;
     if a.json {
-        println!("{}", serde_json::to_string_pretty(&s).expect("status serializes"));
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&s).expect("status serializes")
+        );
         return Ok(());
     }
     println!("vault        {}", s.vault);
-    println!("keystore     {} ({})", s.keystore, if s.external_keystore { "external" } else { "inside the vault" });
+    println!(
+        "keystore     {} ({})",
+        s.keystore,
+        if s.external_keystore {
+            "external"
+        } else {
+            "inside the vault"
+        }
+    );
     println!("vault ID     {}", s.vault_id);
     println!("format       {}", s.format_version);
     println!("chunk size   {} bytes", s.chunk_size);
-    println!("long names   encrypted names over {} bytes are stored hashed", s.longname_max);
+    println!(
+        "long names   encrypted names over {} bytes are stored hashed",
+        s.longname_max
+    );
     println!("created      {}", fmt_time(s.created));
-    let rollback = if s.seen_epoch > s.epoch { "  WARNING: older than seen before (rollback?)" } else { "" };
-    println!("epoch        {} (highest seen here: {}){rollback}", s.epoch, s.seen_epoch);
+    let rollback = if s.seen_epoch > s.epoch {
+        "  WARNING: older than seen before (rollback?)"
+    } else {
+        ""
+    };
+    println!(
+        "epoch        {} (highest seen here: {}){rollback}",
+        s.epoch, s.seen_epoch
+    );
     if s.backing_missing.is_empty() {
         println!("backing      supports everything vaultfs uses");
     } else {
@@ -159,12 +203,28 @@ fn cmd_status(a: StatusArgs) -> Result<()> {
     }
     println!("keyslots");
     for k in &s.keyslots {
-        let kdf = k.kdf.as_ref().map(|k| format!("scrypt logN={} r={} p={}", k.log_n, k.r, k.p)).unwrap_or_default();
-        println!("  {:>3}  {:<16} {:<9} {:<26} created {}", k.id, k.label, format!("{:?}", k.kind).to_lowercase(), kdf, fmt_time(k.created));
+        let kdf = k
+            .kdf
+            .as_ref()
+            .map(|k| format!("scrypt logN={} r={} p={}", k.log_n, k.r, k.p))
+            .unwrap_or_default();
+        println!(
+            "  {:>3}  {:<16} {:<9} {:<26} created {}",
+            k.id,
+            k.label,
+            format!("{:?}", k.kind).to_lowercase(),
+            kdf,
+            fmt_time(k.created)
+        );
     }
     println!("generations");
     for g in &s.generations {
-        println!("  {:>3}  {:<10} created {}", g.generation, format!("{:?}", g.state).to_lowercase(), fmt_time(g.created));
+        println!(
+            "  {:>3}  {:<10} created {}",
+            g.generation,
+            format!("{:?}", g.state).to_lowercase(),
+            fmt_time(g.created)
+        );
     }
     match &s.rotation {
         None => println!("rotation     none in progress"),
@@ -172,7 +232,11 @@ fn cmd_status(a: StatusArgs) -> Result<()> {
             "rotation     {} -> {} ({}), phase {}, updated {}",
             r.from_generation,
             r.to_generation,
-            if r.reencrypt { "re-encrypting contents" } else { "rewrapping keys" },
+            if r.reencrypt {
+                "re-encrypting contents"
+            } else {
+                "rewrapping keys"
+            },
             r.phase,
             fmt_time(r.updated)
         ),

@@ -24,21 +24,30 @@ pub struct PasswordArgs {
 }
 
 fn first_line(bytes: Zeroizing<Vec<u8>>, source: &str) -> Result<Password> {
-    let end = bytes.iter().position(|&b| b == b'\n').unwrap_or(bytes.len());
+    let end = bytes
+        .iter()
+        .position(|&b| b == b'\n')
+        .unwrap_or(bytes.len());
     let mut line = Zeroizing::new(bytes[..end].to_vec());
     if line.last() == Some(&b'\r') {
         line.pop();
     }
     if line.is_empty() {
-        return Err(VaultError::PasswordSource(format!("{source} gave an empty password")));
+        return Err(VaultError::PasswordSource(format!(
+            "{source} gave an empty password"
+        )));
     }
     Ok(line)
 }
 
 pub fn read_passfile(path: &Path) -> Result<Password> {
-    let bytes = std::fs::read(path)
-        .map_err(|e| VaultError::PasswordSource(format!("cannot read password file {}: {e}", path.display())))?;
-    first_line(Zeroizing::new(bytes), &format!("password file {}", path.display()))
+    let bytes = std::fs::read(path).map_err(|e| {
+        VaultError::PasswordSource(format!("cannot read password file {}: {e}", path.display()))
+    })?;
+    first_line(
+        Zeroizing::new(bytes),
+        &format!("password file {}", path.display()),
+    )
 }
 
 fn run_extpass(cmd: &str) -> Result<Password> {
@@ -51,7 +60,10 @@ fn run_extpass(cmd: &str) -> Result<Password> {
         .map_err(|e| VaultError::PasswordSource(format!("cannot run --extpass command: {e}")))?;
     let stdout = Zeroizing::new(out.stdout);
     if !out.status.success() {
-        return Err(VaultError::PasswordSource(format!("--extpass command failed ({})", out.status)));
+        return Err(VaultError::PasswordSource(format!(
+            "--extpass command failed ({})",
+            out.status
+        )));
     }
     first_line(stdout, "--extpass command")
 }
@@ -85,7 +97,9 @@ impl PasswordArgs {
         let first = prompt(&format!("New password for {what}: "))?;
         let second = prompt("Repeat the password: ")?;
         if *first != *second {
-            return Err(VaultError::PasswordSource("the two passwords differ".into()));
+            return Err(VaultError::PasswordSource(
+                "the two passwords differ".into(),
+            ));
         }
         Ok(first)
     }
@@ -93,5 +107,9 @@ impl PasswordArgs {
 
 /// Reads lines from a reader until one is non-empty (for recovery keys from stdin).
 pub fn read_line_from(reader: impl BufRead) -> Option<Zeroizing<String>> {
-    reader.lines().map_while(|l| l.ok()).map(Zeroizing::new).find(|l| !l.trim().is_empty())
+    reader
+        .lines()
+        .map_while(|l| l.ok())
+        .map(Zeroizing::new)
+        .find(|l| !l.trim().is_empty())
 }

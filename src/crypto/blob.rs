@@ -36,7 +36,12 @@ pub const XATTR_NAME_MAX: usize = {
 
 const SYMLINK_CONTEXT: &[u8] = b"symlink";
 
-fn seal(key: &SivKey, generation: u32, context: &[u8], plaintext: &[u8]) -> Result<Vec<u8>, CryptoError> {
+fn seal(
+    key: &SivKey,
+    generation: u32,
+    context: &[u8],
+    plaintext: &[u8],
+) -> Result<Vec<u8>, CryptoError> {
     let nonce: [u8; NONCE_LEN] = random_array()?;
     let gen_bytes = generation.to_be_bytes();
     let sealed = siv::seal(key, &[&nonce, &gen_bytes, context], plaintext);
@@ -64,7 +69,11 @@ fn open<'k>(
 ) -> Result<Vec<u8>, CryptoError> {
     let generation = blob_generation(blob)?;
     let key = pick(keyring.get(generation)?);
-    siv::open(key, &[&blob[5..5 + NONCE_LEN], &blob[1..5], context], &blob[5 + NONCE_LEN..])
+    siv::open(
+        key,
+        &[&blob[5..5 + NONCE_LEN], &blob[1..5], context],
+        &blob[5 + NONCE_LEN..],
+    )
 }
 
 /// Seals a symlink target into the backing symlink's target string.
@@ -75,7 +84,12 @@ pub fn seal_symlink(keys: &GenerationKeys, target: &[u8]) -> Result<String, Cryp
     if target.len() > SYMLINK_TARGET_MAX {
         return Err(CryptoError::TooLong);
     }
-    Ok(BASE64URL_NOPAD.encode(&seal(&keys.symlink, keys.generation, SYMLINK_CONTEXT, target)?))
+    Ok(BASE64URL_NOPAD.encode(&seal(
+        &keys.symlink,
+        keys.generation,
+        SYMLINK_CONTEXT,
+        target,
+    )?))
 }
 
 pub fn open_symlink(keyring: &Keyring, backing_target: &[u8]) -> Result<Vec<u8>, CryptoError> {
@@ -89,7 +103,9 @@ pub fn open_symlink(keyring: &Keyring, backing_target: &[u8]) -> Result<Vec<u8>,
 pub fn encrypt_xattr_name(keys: &GenerationKeys, name: &[u8]) -> Result<String, CryptoError> {
     let suffix = name
         .strip_prefix(XATTR_USER_PREFIX.as_bytes())
-        .ok_or(CryptoError::Malformed("only user.* extended attributes are supported"))?;
+        .ok_or(CryptoError::Malformed(
+            "only user.* extended attributes are supported",
+        ))?;
     if suffix.is_empty() {
         return Err(CryptoError::Malformed("empty extended attribute name"));
     }
@@ -100,15 +116,23 @@ pub fn encrypt_xattr_name(keys: &GenerationKeys, name: &[u8]) -> Result<String, 
     let mut padded = suffix.to_vec();
     padded.resize(suffix.len() + pad, pad as u8);
     let sealed = siv::seal(&keys.xattr_name, &[], &padded);
-    Ok(format!("{XATTR_USER_PREFIX}{}", BASE64URL_NOPAD.encode(&sealed)))
+    Ok(format!(
+        "{XATTR_USER_PREFIX}{}",
+        BASE64URL_NOPAD.encode(&sealed)
+    ))
 }
 
 /// Decrypts a backing xattr name; returns the plaintext name (with `user.`) and generation.
-pub fn decrypt_xattr_name(keyring: &Keyring, backing: &[u8]) -> Result<(Vec<u8>, u32), CryptoError> {
+pub fn decrypt_xattr_name(
+    keyring: &Keyring,
+    backing: &[u8],
+) -> Result<(Vec<u8>, u32), CryptoError> {
     let encoded = backing
         .strip_prefix(XATTR_USER_PREFIX.as_bytes())
         .ok_or(CryptoError::Malformed("not a user xattr"))?;
-    let sealed = BASE64URL_NOPAD.decode(encoded).map_err(|_| CryptoError::Malformed("xattr name"))?;
+    let sealed = BASE64URL_NOPAD
+        .decode(encoded)
+        .map_err(|_| CryptoError::Malformed("xattr name"))?;
     for keys in keyring.live() {
         if let Ok(mut padded) = siv::open(&keys.xattr_name, &[], &sealed) {
             let pad = *padded.last().ok_or(CryptoError::Malformed("xattr name"))? as usize;
@@ -125,14 +149,27 @@ pub fn decrypt_xattr_name(keyring: &Keyring, backing: &[u8]) -> Result<(Vec<u8>,
 }
 
 /// Seals an xattr value for the backing attribute named `backing_name`.
-pub fn seal_xattr_value(keys: &GenerationKeys, backing_name: &str, value: &[u8]) -> Result<Vec<u8>, CryptoError> {
+pub fn seal_xattr_value(
+    keys: &GenerationKeys,
+    backing_name: &str,
+    value: &[u8],
+) -> Result<Vec<u8>, CryptoError> {
     if value.len() > XATTR_VALUE_MAX {
         return Err(CryptoError::TooLong);
     }
-    seal(&keys.xattr_value, keys.generation, backing_name.as_bytes(), value)
+    seal(
+        &keys.xattr_value,
+        keys.generation,
+        backing_name.as_bytes(),
+        value,
+    )
 }
 
-pub fn open_xattr_value(keyring: &Keyring, backing_name: &str, blob: &[u8]) -> Result<Vec<u8>, CryptoError> {
+pub fn open_xattr_value(
+    keyring: &Keyring,
+    backing_name: &str,
+    blob: &[u8],
+) -> Result<Vec<u8>, CryptoError> {
     open(keyring, |g| &g.xattr_value, backing_name.as_bytes(), blob)
 }
 
@@ -149,12 +186,18 @@ mod tests {
         assert_ne!(t, seal_symlink(kr.active(), b"../some/where").unwrap());
         let max = vec![b'a'; SYMLINK_TARGET_MAX];
         assert!(seal_symlink(kr.active(), &max).unwrap().len() <= BACKING_TARGET_MAX);
-        assert_eq!(seal_symlink(kr.active(), &[b'a'; SYMLINK_TARGET_MAX + 1]), Err(CryptoError::TooLong));
+        assert_eq!(
+            seal_symlink(kr.active(), &[b'a'; SYMLINK_TARGET_MAX + 1]),
+            Err(CryptoError::TooLong)
+        );
         let raw = BASE64URL_NOPAD.decode(t.as_bytes()).unwrap();
         for bit in 0..raw.len() * 8 {
             let mut bad = raw.clone();
             bad[bit / 8] ^= 1 << (bit % 8);
-            assert!(open_symlink(&kr, BASE64URL_NOPAD.encode(&bad).as_bytes()).is_err(), "bit {bit}");
+            assert!(
+                open_symlink(&kr, BASE64URL_NOPAD.encode(&bad).as_bytes()).is_err(),
+                "bit {bit}"
+            );
         }
     }
 
@@ -163,22 +206,34 @@ mod tests {
         let kr = rotating_keyring();
         let name = encrypt_xattr_name(kr.active(), b"user.comment").unwrap();
         assert!(name.len() <= BACKING_XATTR_NAME_MAX);
-        assert_eq!(name, encrypt_xattr_name(kr.active(), b"user.comment").unwrap());
-        assert_eq!(decrypt_xattr_name(&kr, name.as_bytes()).unwrap(), (b"user.comment".to_vec(), 2));
+        assert_eq!(
+            name,
+            encrypt_xattr_name(kr.active(), b"user.comment").unwrap()
+        );
+        assert_eq!(
+            decrypt_xattr_name(&kr, name.as_bytes()).unwrap(),
+            (b"user.comment".to_vec(), 2)
+        );
         let old = encrypt_xattr_name(kr.retiring().unwrap(), b"user.x").unwrap();
         assert_eq!(decrypt_xattr_name(&kr, old.as_bytes()).unwrap().1, 1);
         assert!(encrypt_xattr_name(kr.active(), b"security.selinux").is_err());
         let longest = [b"user.".as_slice(), &[b'n'; XATTR_NAME_MAX]].concat();
         assert!(encrypt_xattr_name(kr.active(), &longest).unwrap().len() <= BACKING_XATTR_NAME_MAX);
         let too_long = [b"user.".as_slice(), &[b'n'; XATTR_NAME_MAX + 1]].concat();
-        assert_eq!(encrypt_xattr_name(kr.active(), &too_long), Err(CryptoError::TooLong));
+        assert_eq!(
+            encrypt_xattr_name(kr.active(), &too_long),
+            Err(CryptoError::TooLong)
+        );
 
         let v = seal_xattr_value(kr.active(), &name, b"value").unwrap();
         assert_eq!(open_xattr_value(&kr, &name, &v).unwrap(), b"value");
         let other = encrypt_xattr_name(kr.active(), b"user.other").unwrap();
         assert!(open_xattr_value(&kr, &other, &v).is_err());
         let big = vec![0u8; XATTR_VALUE_MAX];
-        assert_eq!(seal_xattr_value(kr.active(), &name, &big).unwrap().len(), BACKING_XATTR_VALUE_MAX);
+        assert_eq!(
+            seal_xattr_value(kr.active(), &name, &big).unwrap().len(),
+            BACKING_XATTR_VALUE_MAX
+        );
         assert!(seal_xattr_value(kr.active(), &name, &[0u8; XATTR_VALUE_MAX + 1]).is_err());
         for bit in 0..v.len() * 8 {
             let mut bad = v.clone();

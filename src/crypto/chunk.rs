@@ -45,7 +45,9 @@ impl ChunkLayout {
                 "chunk size must be a power of two from 4096 to 1048576",
             ));
         }
-        Ok(ChunkLayout { chunk_size: chunk_size.into() })
+        Ok(ChunkLayout {
+            chunk_size: chunk_size.into(),
+        })
     }
 
     pub fn chunk_size(&self) -> usize {
@@ -90,7 +92,11 @@ impl ChunkLayout {
     pub fn ciphertext_size(&self, size: u64) -> u64 {
         let full = size / self.chunk_size;
         let rem = size % self.chunk_size;
-        let tail = if rem > 0 || size == 0 { rem + CHUNK_OVERHEAD as u64 } else { 0 };
+        let tail = if rem > 0 || size == 0 {
+            rem + CHUNK_OVERHEAD as u64
+        } else {
+            0
+        };
         HEADER_LEN as u64 + full * self.ciphertext_chunk_len() + tail
     }
 
@@ -153,7 +159,11 @@ pub struct ContentCipher {
 
 impl ContentCipher {
     pub fn new(file_id: FileId, key: &Key256, layout: ChunkLayout) -> Self {
-        ContentCipher { file_id, aead: Aes256Gcm::new(key.expose().into()), layout }
+        ContentCipher {
+            file_id,
+            aead: Aes256Gcm::new(key.expose().into()),
+            layout,
+        }
     }
 
     pub fn file_id(&self) -> &FileId {
@@ -186,7 +196,8 @@ impl ContentCipher {
         out: &mut [u8],
         nonce: [u8; NONCE_LEN],
     ) -> Result<(), CryptoError> {
-        if plaintext.len() > self.layout.chunk_size() || out.len() != plaintext.len() + CHUNK_OVERHEAD
+        if plaintext.len() > self.layout.chunk_size()
+            || out.len() != plaintext.len() + CHUNK_OVERHEAD
         {
             return Err(CryptoError::InvalidLength);
         }
@@ -196,7 +207,11 @@ impl ContentCipher {
         let ad = chunk_ad(&self.file_id, index, last);
         let tag = self
             .aead
-            .encrypt_inout_detached(&Nonce::from(nonce), &ad, InOutBuf::new(plaintext, body).map_err(|_| CryptoError::InvalidLength)?)
+            .encrypt_inout_detached(
+                &Nonce::from(nonce),
+                &ad,
+                InOutBuf::new(plaintext, body).map_err(|_| CryptoError::InvalidLength)?,
+            )
             .map_err(|_| CryptoError::InvalidLength)?;
         tag_out.copy_from_slice(&tag);
         Ok(())
@@ -237,7 +252,12 @@ impl ContentCipher {
             let ad = chunk_ad(&self.file_id, index, last);
             if self
                 .aead
-                .decrypt_inout_detached(&nonce, &ad, InOutBuf::new(body, &mut *out).map_err(|_| ChunkError::BadLength(index))?, &tag)
+                .decrypt_inout_detached(
+                    &nonce,
+                    &ad,
+                    InOutBuf::new(body, &mut *out).map_err(|_| ChunkError::BadLength(index))?,
+                    &tag,
+                )
                 .is_ok()
             {
                 return Ok(());
@@ -297,8 +317,13 @@ impl ContentCipher {
         let mut pt_off = 0;
         for (i, ct) in ciphertext.chunks(ct_len).enumerate() {
             let index = first + i as u64;
-            let pt_len = ct.len().checked_sub(CHUNK_OVERHEAD).ok_or(ChunkError::BadLength(index))?;
-            let dst = out.get_mut(pt_off..pt_off + pt_len).ok_or(ChunkError::BadLength(index))?;
+            let pt_len = ct
+                .len()
+                .checked_sub(CHUNK_OVERHEAD)
+                .ok_or(ChunkError::BadLength(index))?;
+            let dst = out
+                .get_mut(pt_off..pt_off + pt_len)
+                .ok_or(ChunkError::BadLength(index))?;
             self.open_chunk(index, index == final_index, ct, dst)?;
             pt_off += cs.min(pt_len);
         }
@@ -422,8 +447,11 @@ mod tests {
         assert!(open_file(&c, &swapped, size).is_err());
 
         // Chunk 1 copied from another file with the same key but another file ID.
-        let other = ContentCipher::new([4u8; 16], &Key256::from_slice(&mut [5u8; 32]).unwrap(),
-            c.layout());
+        let other = ContentCipher::new(
+            [4u8; 16],
+            &Key256::from_slice(&mut [5u8; 32]).unwrap(),
+            c.layout(),
+        );
         let other_sealed = seal_file(&other, &data);
         let mut copied = sealed.clone();
         copied[ct..2 * ct].copy_from_slice(&other_sealed[ct..2 * ct]);
@@ -449,7 +477,8 @@ mod tests {
         let data = vec![1u8; 4096 * 2];
         let mut sealed = seal_file(&c, &data);
         // Chunk 0 resealed as "last" (an interrupted grow) still reads.
-        c.seal_chunk(0, true, &data[..4096], &mut sealed[..ct]).unwrap();
+        c.seal_chunk(0, true, &data[..4096], &mut sealed[..ct])
+            .unwrap();
         assert_eq!(open_file(&c, &sealed, 8192).unwrap(), data);
         // A hole in chunk 0 reads as zeros.
         sealed[..ct].fill(0);
@@ -468,7 +497,7 @@ mod tests {
         let sealed = seal_file(&c, &[]);
         assert_eq!(sealed.len(), CHUNK_OVERHEAD);
         assert_eq!(open_file(&c, &sealed, 0).unwrap(), Vec::<u8>::new());
-        assert!(open_file(&c, &vec![0u8; CHUNK_OVERHEAD], 0).is_err());
+        assert!(open_file(&c, &[0u8; CHUNK_OVERHEAD], 0).is_err());
     }
 
     #[test]

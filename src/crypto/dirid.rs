@@ -29,7 +29,11 @@ pub fn seal_dir_id(
     out[0] = VERSION;
     out[1..5].copy_from_slice(&keys.generation.to_be_bytes());
     let gen_bytes = keys.generation.to_be_bytes();
-    let sealed = siv::seal(&keys.dirid, &[vault_id, parent, entry_name.as_bytes(), &gen_bytes], dir_id);
+    let sealed = siv::seal(
+        &keys.dirid,
+        &[vault_id, parent, entry_name.as_bytes(), &gen_bytes],
+        dir_id,
+    );
     out[5..].copy_from_slice(&sealed);
     out
 }
@@ -42,7 +46,9 @@ pub fn open_dir_id(
     bytes: &[u8],
 ) -> Result<(DirId, u32), CryptoError> {
     if bytes.len() != DIRID_FILE_LEN {
-        return Err(CryptoError::Malformed("directory ID file has the wrong length"));
+        return Err(CryptoError::Malformed(
+            "directory ID file has the wrong length",
+        ));
     }
     if bytes[0] != VERSION {
         return Err(CryptoError::Malformed("unknown directory ID file version"));
@@ -69,14 +75,20 @@ mod tests {
         let kr = keyring_with(1, 4);
         let id = [0x42u8; 16];
         let sealed = seal_dir_id(kr.active(), &kr.vault_id, &[1; 16], "ABCD", &id);
-        assert_eq!(open_dir_id(&kr, &[1; 16], "ABCD", &sealed).unwrap(), (id, 1));
+        assert_eq!(
+            open_dir_id(&kr, &[1; 16], "ABCD", &sealed).unwrap(),
+            (id, 1)
+        );
         // Copied into another parent, or found under another name: refused.
         assert!(open_dir_id(&kr, &[2; 16], "ABCD", &sealed).is_err());
         assert!(open_dir_id(&kr, &[1; 16], "ABCE", &sealed).is_err());
         for bit in 0..DIRID_FILE_LEN * 8 {
             let mut bad = sealed;
             bad[bit / 8] ^= 1 << (bit % 8);
-            assert!(open_dir_id(&kr, &[1; 16], "ABCD", &bad).is_err(), "bit {bit}");
+            assert!(
+                open_dir_id(&kr, &[1; 16], "ABCD", &bad).is_err(),
+                "bit {bit}"
+            );
         }
     }
 }

@@ -16,7 +16,11 @@ pub enum FileError {
 }
 
 /// Encrypts `plaintext` as a new file (fresh ID and key) under the active generation.
-pub fn seal_file(keyring: &Keyring, layout: ChunkLayout, plaintext: &[u8]) -> Result<Vec<u8>, CryptoError> {
+pub fn seal_file(
+    keyring: &Keyring,
+    layout: ChunkLayout,
+    plaintext: &[u8],
+) -> Result<Vec<u8>, CryptoError> {
     let (header, key) = FileHeader::create(keyring)?;
     let cipher = ContentCipher::new(header.file_id, &key, layout);
     let mut out = vec![0u8; HEADER_LEN + cipher.sealed_run_len(plaintext.len())];
@@ -26,13 +30,24 @@ pub fn seal_file(keyring: &Keyring, layout: ChunkLayout, plaintext: &[u8]) -> Re
 }
 
 /// Decrypts a whole backing file.
-pub fn open_file(keyring: &Keyring, layout: ChunkLayout, bytes: &[u8]) -> Result<Vec<u8>, FileError> {
+pub fn open_file(
+    keyring: &Keyring,
+    layout: ChunkLayout,
+    bytes: &[u8],
+) -> Result<Vec<u8>, FileError> {
     let header = FileHeader::decode(bytes)?;
     let key = header.unwrap_key(keyring)?;
-    let size = layout.plaintext_size(bytes.len() as u64).map_err(|_| FileError::Size)?;
+    let size = layout
+        .plaintext_size(bytes.len() as u64)
+        .map_err(|_| FileError::Size)?;
     let cipher = ContentCipher::new(header.file_id, &key, layout);
     let mut out = vec![0u8; size as usize];
-    cipher.open_run(0, layout.last_chunk_index(size), &bytes[HEADER_LEN..], &mut out)?;
+    cipher.open_run(
+        0,
+        layout.last_chunk_index(size),
+        &bytes[HEADER_LEN..],
+        &mut out,
+    )?;
     Ok(out)
 }
 

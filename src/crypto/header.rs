@@ -49,7 +49,11 @@ impl FileHeader {
     pub fn create(keyring: &Keyring) -> Result<(FileHeader, Key256), CryptoError> {
         let file_id = super::keys::random_array()?;
         let file_key = Key256::random()?;
-        let mut header = FileHeader { file_id, writes_used: 0, slots: [None, None] };
+        let mut header = FileHeader {
+            file_id,
+            writes_used: 0,
+            slots: [None, None],
+        };
         header.slots[0] = Some(header.wrap(0, keyring.active(), &file_key));
         Ok((header, file_key))
     }
@@ -75,7 +79,10 @@ impl FileHeader {
         let sealed = siv::seal(&keys.header_wrap, &[&fixed, &tail], file_key.expose());
         let mut wrapped = [0u8; WRAPPED_LEN];
         wrapped.copy_from_slice(&sealed);
-        KeySlot { generation: keys.generation, wrapped }
+        KeySlot {
+            generation: keys.generation,
+            wrapped,
+        }
     }
 
     /// Unwraps the file key. Every non-empty slot must name a live generation, authenticate,
@@ -86,9 +93,15 @@ impl FileHeader {
             let Some(slot) = slot else { continue };
             let keys = keyring.get(slot.generation)?;
             let (fixed, tail) = self.slot_ad(index, slot.generation);
-            let plain = Zeroizing::new(siv::open(&keys.header_wrap, &[&fixed, &tail], &slot.wrapped)?);
+            let plain = Zeroizing::new(siv::open(
+                &keys.header_wrap,
+                &[&fixed, &tail],
+                &slot.wrapped,
+            )?);
             match &found {
-                Some(key) if !ct_eq(key.expose(), &plain) => return Err(CryptoError::Authentication),
+                Some(key) if !ct_eq(key.expose(), &plain) => {
+                    return Err(CryptoError::Authentication);
+                }
                 Some(_) => {}
                 None => found = Some(Key256::from_slice(&mut Zeroizing::new(plain.to_vec()))?),
             }
@@ -103,7 +116,11 @@ impl FileHeader {
 
     /// Rotation step 1: wraps `file_key` under `keys` into the empty slot (or the slot that
     /// already names that generation). Write and sync the header before clearing the other.
-    pub fn fill_spare_slot(&mut self, keys: &GenerationKeys, file_key: &Key256) -> Result<(), CryptoError> {
+    pub fn fill_spare_slot(
+        &mut self,
+        keys: &GenerationKeys,
+        file_key: &Key256,
+    ) -> Result<(), CryptoError> {
         let index = self
             .slots
             .iter()
@@ -125,8 +142,16 @@ impl FileHeader {
 
     /// Records more chunk writes as used and rewraps both slots (their AD covers the count).
     /// Fails once the file key's budget is spent; the file must then get a new key.
-    pub fn reserve_writes(&mut self, count: u64, keyring: &Keyring, file_key: &Key256) -> Result<(), CryptoError> {
-        let used = self.writes_used.checked_add(count).filter(|&u| u <= MAX_CHUNK_WRITES);
+    pub fn reserve_writes(
+        &mut self,
+        count: u64,
+        keyring: &Keyring,
+        file_key: &Key256,
+    ) -> Result<(), CryptoError> {
+        let used = self
+            .writes_used
+            .checked_add(count)
+            .filter(|&u| u <= MAX_CHUNK_WRITES);
         self.writes_used = used.ok_or(CryptoError::TooLong)?;
         for index in 0..2 {
             if let Some(slot) = &self.slots[index] {
@@ -176,16 +201,25 @@ impl FileHeader {
             wrapped.copy_from_slice(&bytes[at + 4..at + SLOT_LEN]);
             if generation == 0 {
                 if wrapped.iter().any(|&b| b != 0) {
-                    return Err(CryptoError::Malformed("empty header key slot is not zeroed"));
+                    return Err(CryptoError::Malformed(
+                        "empty header key slot is not zeroed",
+                    ));
                 }
             } else {
-                *slot = Some(KeySlot { generation, wrapped });
+                *slot = Some(KeySlot {
+                    generation,
+                    wrapped,
+                });
             }
         }
         if slots.iter().all(Option::is_none) {
             return Err(CryptoError::Malformed("file header has no key"));
         }
-        Ok(FileHeader { file_id, writes_used, slots })
+        Ok(FileHeader {
+            file_id,
+            writes_used,
+            slots,
+        })
     }
 }
 
@@ -224,7 +258,10 @@ mod tests {
         assert!(FileHeader::decode(&[0u8; HEADER_LEN]).is_err());
         assert!(FileHeader::decode(&[0u8; 10]).is_err());
         let (h, _) = FileHeader::create(&keyring_with(1, 8)).unwrap();
-        assert!(matches!(h.unwrap_key(&kr), Err(CryptoError::Authentication)));
+        assert!(matches!(
+            h.unwrap_key(&kr),
+            Err(CryptoError::Authentication)
+        ));
     }
 
     #[test]
@@ -250,7 +287,14 @@ mod tests {
         let (mut h, key) = FileHeader::create(&kr).unwrap();
         h.reserve_writes(1 << 16, &kr, &key).unwrap();
         let mut bytes = h.encode();
-        assert_eq!(FileHeader::decode(&bytes).unwrap().unwrap_key(&kr).unwrap().expose(), key.expose());
+        assert_eq!(
+            FileHeader::decode(&bytes)
+                .unwrap()
+                .unwrap_key(&kr)
+                .unwrap()
+                .expose(),
+            key.expose()
+        );
         bytes[39] ^= 1; // roll the counter back
         assert!(FileHeader::decode(&bytes).unwrap().unwrap_key(&kr).is_err());
         assert!(h.reserve_writes(MAX_CHUNK_WRITES, &kr, &key).is_err());

@@ -30,7 +30,11 @@ pub struct KdfParams {
 }
 
 impl KdfParams {
-    pub const DEFAULT: KdfParams = KdfParams { log_n: 17, r: 8, p: 1 };
+    pub const DEFAULT: KdfParams = KdfParams {
+        log_n: 17,
+        r: 8,
+        p: 1,
+    };
     pub const LOG_N_RANGE: std::ops::RangeInclusive<u8> = 10..=22;
     pub const R_RANGE: std::ops::RangeInclusive<u32> = 1..=32;
     pub const P_RANGE: std::ops::RangeInclusive<u32> = 1..=16;
@@ -42,7 +46,9 @@ impl KdfParams {
         {
             Ok(())
         } else {
-            Err(CryptoError::Malformed("scrypt parameters outside logN 10-22, r 1-32, p 1-16"))
+            Err(CryptoError::Malformed(
+                "scrypt parameters outside logN 10-22, r 1-32, p 1-16",
+            ))
         }
     }
 
@@ -75,14 +81,28 @@ impl PasswordSlotBinding<'_> {
     fn seal_with(&self, kek: &SivKey, plaintext: &[u8]) -> Vec<u8> {
         let slot = self.slot_id.to_be_bytes();
         let kdf = self.kdf.encode();
-        let ad: [&[u8]; 6] = [b"vaultfs v1 password slot", self.vault_id, &slot, self.public_key, &kdf, self.salt];
+        let ad: [&[u8]; 6] = [
+            b"vaultfs v1 password slot",
+            self.vault_id,
+            &slot,
+            self.public_key,
+            &kdf,
+            self.salt,
+        ];
         siv::seal(kek, &ad, plaintext)
     }
 
     fn open_with(&self, kek: &SivKey, blob: &[u8]) -> Result<Zeroizing<Vec<u8>>, CryptoError> {
         let slot = self.slot_id.to_be_bytes();
         let kdf = self.kdf.encode();
-        let ad: [&[u8]; 6] = [b"vaultfs v1 password slot", self.vault_id, &slot, self.public_key, &kdf, self.salt];
+        let ad: [&[u8]; 6] = [
+            b"vaultfs v1 password slot",
+            self.vault_id,
+            &slot,
+            self.public_key,
+            &kdf,
+            self.salt,
+        ];
         siv::open(kek, &ad, blob).map(Zeroizing::new)
     }
 
@@ -92,7 +112,8 @@ impl PasswordSlotBinding<'_> {
         let params = scrypt::Params::new(self.kdf.log_n, self.kdf.r, self.kdf.p)
             .map_err(|_| CryptoError::Malformed("scrypt parameters"))?;
         let mut out = Zeroizing::new([0u8; 64]);
-        scrypt::scrypt(password, self.salt, &params, &mut out[..]).map_err(|_| CryptoError::InvalidLength)?;
+        scrypt::scrypt(password, self.salt, &params, &mut out[..])
+            .map_err(|_| CryptoError::InvalidLength)?;
         SivKey::from_slice(&mut out[..])
     }
 
@@ -110,7 +131,10 @@ impl PasswordSlotBinding<'_> {
         }
         let mut plain = self.open_with(kek, blob)?;
         let (sk, ka) = plain.split_at_mut(32);
-        Ok(SlotSecrets { private_key: Key256::from_slice(sk)?, k_auth: Key256::from_slice(ka)? })
+        Ok(SlotSecrets {
+            private_key: Key256::from_slice(sk)?,
+            k_auth: Key256::from_slice(ka)?,
+        })
     }
 }
 
@@ -128,7 +152,12 @@ impl RecoverySlotBinding<'_> {
 
     pub fn wrap(&self, seed: &Key256, k_auth: &Key256) -> Vec<u8> {
         let slot = self.slot_id.to_be_bytes();
-        let ad: [&[u8]; 4] = [b"vaultfs v1 recovery slot", self.vault_id, &slot, self.public_key];
+        let ad: [&[u8]; 4] = [
+            b"vaultfs v1 recovery slot",
+            self.vault_id,
+            &slot,
+            self.public_key,
+        ];
         siv::seal(&self.kek(seed), &ad, k_auth.expose())
     }
 
@@ -139,9 +168,17 @@ impl RecoverySlotBinding<'_> {
             return Err(CryptoError::Authentication);
         }
         let slot = self.slot_id.to_be_bytes();
-        let ad: [&[u8]; 4] = [b"vaultfs v1 recovery slot", self.vault_id, &slot, self.public_key];
+        let ad: [&[u8]; 4] = [
+            b"vaultfs v1 recovery slot",
+            self.vault_id,
+            &slot,
+            self.public_key,
+        ];
         let mut plain = Zeroizing::new(siv::open(&self.kek(seed), &ad, blob)?);
-        Ok(SlotSecrets { private_key, k_auth: Key256::from_slice(&mut plain[..])? })
+        Ok(SlotSecrets {
+            private_key,
+            k_auth: Key256::from_slice(&mut plain[..])?,
+        })
     }
 }
 
@@ -149,7 +186,11 @@ impl RecoverySlotBinding<'_> {
 mod tests {
     use super::*;
 
-    const FAST: KdfParams = KdfParams { log_n: 10, r: 8, p: 1 };
+    const FAST: KdfParams = KdfParams {
+        log_n: 10,
+        r: 8,
+        p: 1,
+    };
 
     #[test]
     fn kdf_ranges() {
@@ -169,9 +210,18 @@ mod tests {
     #[test]
     fn password_slot_round_trip_wrong_password_and_bit_flips() {
         let (sk, pk) = keypair_from_seed(&Key256::random().unwrap());
-        let secrets = SlotSecrets { private_key: sk, k_auth: Key256::random().unwrap() };
+        let secrets = SlotSecrets {
+            private_key: sk,
+            k_auth: Key256::random().unwrap(),
+        };
         let salt = [3u8; SALT_LEN];
-        let b = PasswordSlotBinding { vault_id: &[1; 16], slot_id: 1, public_key: &pk, kdf: FAST, salt: &salt };
+        let b = PasswordSlotBinding {
+            vault_id: &[1; 16],
+            slot_id: 1,
+            public_key: &pk,
+            kdf: FAST,
+            salt: &salt,
+        };
         let kek = b.derive_kek(b"correct horse").unwrap();
         let blob = b.wrap(&kek, &secrets);
         assert_eq!(blob.len(), PASSWORD_BLOB_LEN);
@@ -180,7 +230,10 @@ mod tests {
         assert_eq!(back.k_auth.expose(), secrets.k_auth.expose());
 
         let wrong = b.derive_kek(b"battery staple").unwrap();
-        assert!(matches!(b.unwrap(&wrong, &blob), Err(CryptoError::Authentication)));
+        assert!(matches!(
+            b.unwrap(&wrong, &blob),
+            Err(CryptoError::Authentication)
+        ));
         for bit in 0..blob.len() * 8 {
             let mut bad = blob.clone();
             bad[bit / 8] ^= 1 << (bit % 8);
@@ -190,13 +243,34 @@ mod tests {
         let moved = PasswordSlotBinding { slot_id: 2, ..b };
         assert!(moved.unwrap(&kek, &blob).is_err());
         let other_pk = [9u8; 32];
-        let b2 = PasswordSlotBinding { vault_id: &[1; 16], slot_id: 1, public_key: &other_pk, kdf: FAST, salt: &salt };
+        let b2 = PasswordSlotBinding {
+            vault_id: &[1; 16],
+            slot_id: 1,
+            public_key: &other_pk,
+            kdf: FAST,
+            salt: &salt,
+        };
         assert!(b2.unwrap(&kek, &blob).is_err());
-        let b3 = PasswordSlotBinding { vault_id: &[2; 16], slot_id: 1, public_key: &pk, kdf: FAST, salt: &salt };
+        let b3 = PasswordSlotBinding {
+            vault_id: &[2; 16],
+            slot_id: 1,
+            public_key: &pk,
+            kdf: FAST,
+            salt: &salt,
+        };
         assert!(b3.unwrap(&kek, &blob).is_err());
-        let b4 = PasswordSlotBinding { vault_id: &[1; 16], slot_id: 1, public_key: &pk, kdf: KdfParams { r: 7, ..FAST }, salt: &salt };
+        let b4 = PasswordSlotBinding {
+            vault_id: &[1; 16],
+            slot_id: 1,
+            public_key: &pk,
+            kdf: KdfParams { r: 7, ..FAST },
+            salt: &salt,
+        };
         assert!(b4.unwrap(&kek, &blob).is_err());
-        let b5 = PasswordSlotBinding { kdf: KdfParams { log_n: 30, ..FAST }, ..b4 };
+        let b5 = PasswordSlotBinding {
+            kdf: KdfParams { log_n: 30, ..FAST },
+            ..b4
+        };
         assert!(b5.derive_kek(b"x").is_err());
     }
 
@@ -205,10 +279,17 @@ mod tests {
         let seed = Key256::random().unwrap();
         let (_, pk) = keypair_from_seed(&seed);
         let k_auth = Key256::random().unwrap();
-        let b = RecoverySlotBinding { vault_id: &[1; 16], slot_id: 2, public_key: &pk };
+        let b = RecoverySlotBinding {
+            vault_id: &[1; 16],
+            slot_id: 2,
+            public_key: &pk,
+        };
         let blob = b.wrap(&seed, &k_auth);
         assert_eq!(blob.len(), RECOVERY_BLOB_LEN);
-        assert_eq!(b.unwrap(&seed, &blob).unwrap().k_auth.expose(), k_auth.expose());
+        assert_eq!(
+            b.unwrap(&seed, &blob).unwrap().k_auth.expose(),
+            k_auth.expose()
+        );
         assert!(b.unwrap(&Key256::random().unwrap(), &blob).is_err());
         for bit in 0..blob.len() * 8 {
             let mut bad = blob.clone();

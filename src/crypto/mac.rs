@@ -14,7 +14,8 @@ pub struct MacBuilder(Hmac<Sha256>);
 
 impl MacBuilder {
     pub fn new(key: &Key256, domain: &str) -> Self {
-        let mut b = MacBuilder(Hmac::new_from_slice(key.expose()).expect("HMAC takes any key length"));
+        let mut b =
+            MacBuilder(Hmac::new_from_slice(key.expose()).expect("HMAC takes any key length"));
         b.bytes(domain.as_bytes());
         b
     }
@@ -51,7 +52,9 @@ impl MacBuilder {
 
     /// Constant-time check against an expected tag.
     pub fn verify(self, expected: &[u8]) -> Result<(), CryptoError> {
-        self.0.verify_slice(expected).map_err(|_| CryptoError::Authentication)
+        self.0
+            .verify_slice(expected)
+            .map_err(|_| CryptoError::Authentication)
     }
 }
 

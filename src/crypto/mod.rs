@@ -101,8 +101,16 @@ pub struct Keyring {
 }
 
 impl Keyring {
-    pub fn new(vault_id: VaultId, active: GenerationKeys, retiring: Option<GenerationKeys>) -> Self {
-        Keyring { vault_id, active, retiring }
+    pub fn new(
+        vault_id: VaultId,
+        active: GenerationKeys,
+        retiring: Option<GenerationKeys>,
+    ) -> Self {
+        Keyring {
+            vault_id,
+            active,
+            retiring,
+        }
     }
 
     pub fn active(&self) -> &GenerationKeys {
@@ -132,7 +140,11 @@ pub(crate) mod test_support {
     pub fn keyring_with(generation: u32, seed: u8) -> Keyring {
         let vault_id = [0x11; ID_LEN];
         let mk = Key256::from_slice(&mut [seed; 32]).unwrap();
-        Keyring::new(vault_id, GenerationKeys::derive(&vault_id, generation, mk), None)
+        Keyring::new(
+            vault_id,
+            GenerationKeys::derive(&vault_id, generation, mk),
+            None,
+        )
     }
 
     pub fn rotating_keyring() -> Keyring {

@@ -51,7 +51,11 @@ pub fn validate_plain_name(name: &[u8]) -> Result<(), NameError> {
 }
 
 /// Encrypts a plaintext name for directory `dir_id` under `keys`, returning the encoded name.
-pub fn encrypt_name(keys: &GenerationKeys, dir_id: &DirId, name: &[u8]) -> Result<String, NameError> {
+pub fn encrypt_name(
+    keys: &GenerationKeys,
+    dir_id: &DirId,
+    name: &[u8],
+) -> Result<String, NameError> {
     validate_plain_name(name)?;
     let pad = PAD - name.len() % PAD;
     let mut padded = Vec::with_capacity(name.len() + pad);
@@ -62,8 +66,14 @@ pub fn encrypt_name(keys: &GenerationKeys, dir_id: &DirId, name: &[u8]) -> Resul
 
 /// Decrypts an encoded name found in directory `dir_id`, trying each live generation.
 /// Returns the plaintext and the generation it was under.
-pub fn decrypt_name(keyring: &Keyring, dir_id: &DirId, encoded: &str) -> Result<(Vec<u8>, u32), NameError> {
-    let sealed = BASE64URL_NOPAD.decode(encoded.as_bytes()).map_err(|_| NameError::Invalid)?;
+pub fn decrypt_name(
+    keyring: &Keyring,
+    dir_id: &DirId,
+    encoded: &str,
+) -> Result<(Vec<u8>, u32), NameError> {
+    let sealed = BASE64URL_NOPAD
+        .decode(encoded.as_bytes())
+        .map_err(|_| NameError::Invalid)?;
     for keys in keyring.live() {
         if let Ok(mut padded) = siv::open(&keys.names, &[dir_id], &sealed) {
             let pad = *padded.last().ok_or(NameError::Invalid)? as usize;
@@ -84,7 +94,11 @@ pub enum BackingName {
     /// Stored as is.
     Short(String),
     /// Stored as `entry`, with the full encoded name in the side file `side_file`.
-    Long { entry: String, side_file: String, encoded: String },
+    Long {
+        entry: String,
+        side_file: String,
+        encoded: String,
+    },
 }
 
 impl BackingName {
@@ -94,7 +108,11 @@ impl BackingName {
         }
         let entry = format!("{LONGNAME_PREFIX}{}", long_name_hash(&encoded));
         let side_file = format!("{entry}{LONGNAME_SIDE_SUFFIX}");
-        BackingName::Long { entry, side_file, encoded }
+        BackingName::Long {
+            entry,
+            side_file,
+            encoded,
+        }
     }
 
     /// The directory entry's name in the backing directory.
@@ -134,7 +152,9 @@ pub enum EntryKind {
 pub fn classify(backing_name: &str) -> EntryKind {
     if let Some(hash) = backing_name.strip_prefix(LONGNAME_PREFIX) {
         if hash.len() == 43 && is_base64url(hash) {
-            return EntryKind::LongName { side_file: format!("{backing_name}{LONGNAME_SIDE_SUFFIX}") };
+            return EntryKind::LongName {
+                side_file: format!("{backing_name}{LONGNAME_SIDE_SUFFIX}"),
+            };
         }
         return EntryKind::Reserved;
     }
@@ -149,12 +169,15 @@ pub fn classify(backing_name: &str) -> EntryKind {
 }
 
 fn is_base64url(s: &str) -> bool {
-    s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    s.bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
 }
 
 /// Checks a long-name side file against the entry it belongs to and returns the encoded name.
 pub fn read_side_file(entry: &str, contents: &[u8]) -> Result<String, CryptoError> {
-    let hash = entry.strip_prefix(LONGNAME_PREFIX).ok_or(CryptoError::Malformed("not a long name"))?;
+    let hash = entry
+        .strip_prefix(LONGNAME_PREFIX)
+        .ok_or(CryptoError::Malformed("not a long name"))?;
     let encoded = std::str::from_utf8(contents).map_err(|_| CryptoError::Malformed("side file"))?;
     if !is_base64url(encoded) || !ct_eq(long_name_hash(encoded).as_bytes(), hash.as_bytes()) {
         return Err(CryptoError::Authentication);
@@ -196,7 +219,10 @@ mod tests {
     fn a_name_moved_to_another_directory_does_not_decrypt() {
         let kr = keyring_with(1, 3);
         let enc = encrypt_name(kr.active(), &DIR, b"secret.txt").unwrap();
-        assert_eq!(decrypt_name(&kr, &[8u8; 16], &enc), Err(NameError::Authentication));
+        assert_eq!(
+            decrypt_name(&kr, &[8u8; 16], &enc),
+            Err(NameError::Authentication)
+        );
     }
 
     #[test]
@@ -236,22 +262,49 @@ mod tests {
         let enc = encrypt_name(kr.active(), &DIR, &[b'x'; 255]).unwrap();
         assert!(enc.len() > 255);
         let bn = BackingName::new(enc.clone(), DEFAULT_LONGNAME_MAX);
-        let BackingName::Long { entry, side_file, encoded } = &bn else { panic!("not long") };
+        let BackingName::Long {
+            entry,
+            side_file,
+            encoded,
+        } = &bn
+        else {
+            panic!("not long")
+        };
         assert!(entry.len() <= MIN_LONGNAME_MAX && side_file.len() <= MIN_LONGNAME_MAX);
-        assert_eq!(classify(entry), EntryKind::LongName { side_file: side_file.clone() });
+        assert_eq!(
+            classify(entry),
+            EntryKind::LongName {
+                side_file: side_file.clone()
+            }
+        );
         assert_eq!(classify(side_file), EntryKind::Reserved);
         assert_eq!(read_side_file(entry, encoded.as_bytes()).unwrap(), enc);
         let other = encrypt_name(kr.active(), &DIR, &[b'y'; 255]).unwrap();
-        assert_eq!(read_side_file(entry, other.as_bytes()), Err(CryptoError::Authentication));
+        assert_eq!(
+            read_side_file(entry, other.as_bytes()),
+            Err(CryptoError::Authentication)
+        );
         // Short names stay short; a lower threshold makes them long.
         let short = encrypt_name(kr.active(), &DIR, b"a").unwrap();
-        assert_eq!(BackingName::new(short.clone(), 255), BackingName::Short(short.clone()));
-        assert!(matches!(BackingName::new(short, 20), BackingName::Long { .. }));
+        assert_eq!(
+            BackingName::new(short.clone(), 255),
+            BackingName::Short(short.clone())
+        );
+        assert!(matches!(
+            BackingName::new(short, 20),
+            BackingName::Long { .. }
+        ));
     }
 
     #[test]
     fn reserved_names_never_collide() {
-        for r in [DIRID_FILE, DIRID_NEXT_FILE, "vaultfs.tmp.abc", "vaultfs.db", "vaultfs.L.x"] {
+        for r in [
+            DIRID_FILE,
+            DIRID_NEXT_FILE,
+            "vaultfs.tmp.abc",
+            "vaultfs.db",
+            "vaultfs.L.x",
+        ] {
             assert_eq!(classify(r), EntryKind::Reserved, "{r}");
         }
         assert_eq!(classify("hello.txt"), EntryKind::Foreign);

@@ -23,7 +23,10 @@ fn crockford() -> Encoding {
 }
 
 fn checksum(seed: &[u8; 32]) -> [u8; CHECK_LEN] {
-    let digest = Sha256::new().chain_update(b"vaultfs recovery key").chain_update(seed).finalize();
+    let digest = Sha256::new()
+        .chain_update(b"vaultfs recovery key")
+        .chain_update(seed)
+        .finalize();
     let mut out = [0u8; CHECK_LEN];
     out.copy_from_slice(&digest[..CHECK_LEN]);
     out
@@ -47,18 +50,19 @@ pub fn encode(seed: &Key256) -> Zeroizing<String> {
 
 /// Parses a typed recovery key, checking its checksum.
 pub fn decode(text: &str) -> Result<Key256, CryptoError> {
-    let raw = Zeroizing::new(
-        crockford()
-            .decode(text.trim().as_bytes())
-            .map_err(|_| CryptoError::Malformed("recovery key has invalid characters or length"))?,
-    );
+    let raw =
+        Zeroizing::new(crockford().decode(text.trim().as_bytes()).map_err(|_| {
+            CryptoError::Malformed("recovery key has invalid characters or length")
+        })?);
     if raw.len() != 32 + CHECK_LEN {
         return Err(CryptoError::Malformed("recovery key has the wrong length"));
     }
     let mut seed = Zeroizing::new([0u8; 32]);
     seed.copy_from_slice(&raw[..32]);
     if !ct_eq(&checksum(&seed), &raw[32..]) {
-        return Err(CryptoError::Malformed("recovery key checksum does not match (typo?)"));
+        return Err(CryptoError::Malformed(
+            "recovery key checksum does not match (typo?)",
+        ));
     }
     Key256::from_slice(&mut seed[..])
 }
@@ -73,7 +77,11 @@ mod tests {
         let text = encode(&seed);
         assert_eq!(text.len(), 56 + 13);
         assert_eq!(decode(&text).unwrap().expose(), seed.expose());
-        let sloppy = text.to_lowercase().replace('-', " ").replace('1', "l").replace('0', "o");
+        let sloppy = text
+            .to_lowercase()
+            .replace('-', " ")
+            .replace('1', "l")
+            .replace('0', "o");
         assert_eq!(decode(&sloppy).unwrap().expose(), seed.expose());
     }
 

@@ -30,7 +30,8 @@ pub fn keypair_from_seed(seed: &Key256) -> (Key256, [u8; PUBLIC_KEY_LEN]) {
     let (sk, pk) = Kem::derive_keypair(seed.expose());
     let mut sk_bytes = sk.to_bytes();
     // from_slice wipes sk_bytes.
-    let private = Key256::from_slice(sk_bytes.as_mut_slice()).expect("X25519 private key is 32 bytes");
+    let private =
+        Key256::from_slice(sk_bytes.as_mut_slice()).expect("X25519 private key is 32 bytes");
     let mut public = [0u8; PUBLIC_KEY_LEN];
     public.copy_from_slice(&pk.to_bytes());
     (private, public)
@@ -49,7 +50,12 @@ pub fn psk_from_k_auth(k_auth: &Key256, vault_id: &VaultId) -> Key256 {
 }
 
 fn info(vault_id: &VaultId, generation: u32) -> Vec<u8> {
-    [b"vaultfs v1 generation".as_slice(), vault_id, &generation.to_be_bytes()].concat()
+    [
+        b"vaultfs v1 generation".as_slice(),
+        vault_id,
+        &generation.to_be_bytes(),
+    ]
+    .concat()
 }
 
 fn psk_id(vault_id: &VaultId) -> Vec<u8> {
@@ -95,7 +101,8 @@ pub fn open_master_key(
 ) -> Result<Key256, CryptoError> {
     let sk = <Kem as hpke::Kem>::PrivateKey::from_bytes(private_key.expose())
         .map_err(|_| CryptoError::Malformed("X25519 private key"))?;
-    let enc = <Kem as hpke::Kem>::EncappedKey::from_bytes(enc).map_err(|_| CryptoError::Authentication)?;
+    let enc = <Kem as hpke::Kem>::EncappedKey::from_bytes(enc)
+        .map_err(|_| CryptoError::Authentication)?;
     let id = psk_id(vault_id);
     let bundle = PskBundle::new(psk.expose(), &id).map_err(|_| CryptoError::InvalidLength)?;
     let plain = hpke::single_shot_open::<AesGcm128, HkdfSha256, Kem>(
@@ -156,17 +163,44 @@ mod tests {
         let info = hex("4f6465206f6e2061204772656369616e2055726e");
         let pt = hex("4265617574792069732074727574682c20747275746820626561757479");
         let cts: [(u32, &str); 6] = [
-            (0, "e52c6fed7f758d0cf7145689f21bc1be6ec9ea097fef4e959440012f4feb73fb611b946199e681f4cfc34db8ea"),
-            (1, "49f3b19b28a9ea9f43e8c71204c00d4a490ee7f61387b6719db765e948123b45b61633ef059ba22cd62437c8ba"),
-            (2, "257ca6a08473dc851fde45afd598cc83e326ddd0abe1ef23baa3baa4dd8cde99fce2c1e8ce687b0b47ead1adc9"),
-            (4, "a71d73a2cd8128fcccbd328b9684d70096e073b59b40b55e6419c9c68ae21069c847e2a70f5d8fb821ce3dfb1c"),
-            (255, "55f84b030b7f7197f7d7d552365b6b932df5ec1abacd30241cb4bc4ccea27bd2b518766adfa0fb1b71170e9392"),
-            (256, "c5bf246d4a790a12dcc9eed5eae525081e6fb541d5849e9ce8abd92a3bc1551776bea16b4a518f23e237c14b59"),
+            (
+                0,
+                "e52c6fed7f758d0cf7145689f21bc1be6ec9ea097fef4e959440012f4feb73fb611b946199e681f4cfc34db8ea",
+            ),
+            (
+                1,
+                "49f3b19b28a9ea9f43e8c71204c00d4a490ee7f61387b6719db765e948123b45b61633ef059ba22cd62437c8ba",
+            ),
+            (
+                2,
+                "257ca6a08473dc851fde45afd598cc83e326ddd0abe1ef23baa3baa4dd8cde99fce2c1e8ce687b0b47ead1adc9",
+            ),
+            (
+                4,
+                "a71d73a2cd8128fcccbd328b9684d70096e073b59b40b55e6419c9c68ae21069c847e2a70f5d8fb821ce3dfb1c",
+            ),
+            (
+                255,
+                "55f84b030b7f7197f7d7d552365b6b932df5ec1abacd30241cb4bc4ccea27bd2b518766adfa0fb1b71170e9392",
+            ),
+            (
+                256,
+                "c5bf246d4a790a12dcc9eed5eae525081e6fb541d5849e9ce8abd92a3bc1551776bea16b4a518f23e237c14b59",
+            ),
         ];
         let exports: [(&[u8], &str); 3] = [
-            (b"", "dff17af354c8b41673567db6259fd6029967b4e1aad13023c2ae5df8f4f43bf6"),
-            (&[0x00], "6a847261d8207fe596befb52928463881ab493da345b10e1dcc645e3b94e2d95"),
-            (b"TestContext", "8aff52b45a1be3a734bc7a41e20b4e055ad4c4d22104b0c20285a7c4302401cd"),
+            (
+                b"",
+                "dff17af354c8b41673567db6259fd6029967b4e1aad13023c2ae5df8f4f43bf6",
+            ),
+            (
+                &[0x00],
+                "6a847261d8207fe596befb52928463881ab493da345b10e1dcc645e3b94e2d95",
+            ),
+            (
+                b"TestContext",
+                "8aff52b45a1be3a734bc7a41e20b4e055ad4c4d22104b0c20285a7c4302401cd",
+            ),
         ];
 
         // The crate stores X25519 scalars clamped (RFC 7748); the RFC lists them unclamped.
@@ -213,7 +247,11 @@ mod tests {
             let aad = format!("Count-{seq}");
             let ct = sender.seal(&pt, aad.as_bytes()).unwrap();
             assert_eq!(HEXLOWER.encode(&ct), want_ct, "sequence {seq}");
-            assert_eq!(receiver.open(&ct, aad.as_bytes()).unwrap(), pt, "sequence {seq}");
+            assert_eq!(
+                receiver.open(&ct, aad.as_bytes()).unwrap(),
+                pt,
+                "sequence {seq}"
+            );
             seq += 1;
         }
         for (ctx, want) in exports {
@@ -251,7 +289,10 @@ mod tests {
                 let b = bit - ENC_LEN * 8;
                 s[b / 8] ^= 1 << (b % 8);
             }
-            assert!(open_master_key(&sk, &psk, &vault, 3, b"slot 1", &e, &s).is_err(), "bit {bit}");
+            assert!(
+                open_master_key(&sk, &psk, &vault, 3, b"slot 1", &e, &s).is_err(),
+                "bit {bit}"
+            );
         }
     }
 }

@@ -27,5 +27,7 @@ pub fn open(key: &SivKey, ad: &[&[u8]], sealed: &[u8]) -> Result<Vec<u8>, Crypto
     if sealed.len() < SIV_TAG_LEN {
         return Err(CryptoError::Authentication);
     }
-    cipher(key).decrypt(ad, sealed).map_err(|_| CryptoError::Authentication)
+    cipher(key)
+        .decrypt(ad, sealed)
+        .map_err(|_| CryptoError::Authentication)
 }

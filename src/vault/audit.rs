@@ -25,20 +25,39 @@ pub fn audit_key(k_auth: &Key256, vault_id: &VaultId) -> Key256 {
 
 fn entry_mac(key: &Key256, prev: &[u8], e: &AuditEntry) -> MacBuilder {
     let mut m = MacBuilder::new(key, "vaultfs v1 audit entry");
-    m.bytes(prev).int(e.seq).int(e.time).str(&e.event).str(&e.detail);
+    m.bytes(prev)
+        .int(e.seq)
+        .int(e.time)
+        .str(&e.event)
+        .str(&e.detail);
     m
 }
 
 /// Appends one entry inside the caller's transaction.
-pub fn append(tx: &Transaction<'_>, key: &Key256, time: i64, event: &str, detail: &str) -> rusqlite::Result<()> {
+pub fn append(
+    tx: &Transaction<'_>,
+    key: &Key256,
+    time: i64,
+    event: &str,
+    detail: &str,
+) -> rusqlite::Result<()> {
     let last: Option<(i64, Vec<u8>)> = tx
-        .query_row("SELECT seq, mac FROM audit ORDER BY seq DESC LIMIT 1", [], |r| Ok((r.get(0)?, r.get(1)?)))
+        .query_row(
+            "SELECT seq, mac FROM audit ORDER BY seq DESC LIMIT 1",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
         .optional()?;
     let (seq, prev) = match last {
         Some((seq, mac)) => (seq + 1, mac),
         None => (1, vec![0u8; MAC_LEN]),
     };
-    let entry = AuditEntry { seq, time, event: event.into(), detail: detail.into() };
+    let entry = AuditEntry {
+        seq,
+        time,
+        event: event.into(),
+        detail: detail.into(),
+    };
     let mac = entry_mac(key, &prev, &entry).finish();
     tx.execute(
         "INSERT INTO audit (seq, time, event, detail, mac) VALUES (?1, ?2, ?3, ?4, ?5)",
@@ -53,7 +72,14 @@ pub fn recent(conn: &Connection, n: usize) -> Result<Vec<AuditEntry>> {
         .prepare("SELECT seq, time, event, detail FROM (SELECT * FROM audit ORDER BY seq DESC LIMIT ?1) ORDER BY seq")
         .map_err(|e| VaultError::InvalidArgument(format!("cannot read the audit log: {e}")))?;
     let rows = stmt
-        .query_map([n as i64], |r| Ok(AuditEntry { seq: r.get(0)?, time: r.get(1)?, event: r.get(2)?, detail: r.get(3)? }))
+        .query_map([n as i64], |r| {
+            Ok(AuditEntry {
+                seq: r.get(0)?,
+                time: r.get(1)?,
+                event: r.get(2)?,
+                detail: r.get(3)?,
+            })
+        })
         .and_then(|rows| rows.collect::<rusqlite::Result<Vec<_>>>())
         .map_err(|e| VaultError::InvalidArgument(format!("cannot read the audit log: {e}")))?;
     Ok(rows)
@@ -66,7 +92,15 @@ pub fn verify_chain(conn: &Connection, key: &Key256) -> Result<Result<usize, i64
         .map_err(|e| VaultError::InvalidArgument(format!("cannot read the audit log: {e}")))?;
     let rows = stmt
         .query_map([], |r| {
-            Ok((AuditEntry { seq: r.get(0)?, time: r.get(1)?, event: r.get(2)?, detail: r.get(3)? }, r.get::<_, Vec<u8>>(4)?))
+            Ok((
+                AuditEntry {
+                    seq: r.get(0)?,
+                    time: r.get(1)?,
+                    event: r.get(2)?,
+                    detail: r.get(3)?,
+                },
+                r.get::<_, Vec<u8>>(4)?,
+            ))
         })
         .and_then(|rows| rows.collect::<rusqlite::Result<Vec<_>>>())
         .map_err(|e| VaultError::InvalidArgument(format!("cannot read the audit log: {e}")))?;

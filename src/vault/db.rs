@@ -10,7 +10,9 @@ use std::path::{Path, PathBuf};
 use rusqlite::{Connection, OpenFlags, OptionalExtension, Transaction, params};
 
 use super::error::{Result, VaultError};
-use super::state::{Config, FORMAT_VERSION, GenState, Generation, Rotation, Seal, Slot, SlotKind, VaultState};
+use super::state::{
+    Config, FORMAT_VERSION, GenState, Generation, Rotation, Seal, Slot, SlotKind, VaultState,
+};
 use crate::crypto::keyslot::KdfParams;
 
 /// "VFS1": PRAGMA application_id of every vaultfs key database.
@@ -100,12 +102,21 @@ fn check_sync_conflicts(path: &Path) -> Result<()> {
     let (Some(dir), Some(stem)) = (path.parent(), path.file_stem().and_then(|s| s.to_str())) else {
         return Ok(());
     };
-    let dir = if dir.as_os_str().is_empty() { Path::new(".") } else { dir };
-    let Ok(entries) = std::fs::read_dir(dir) else { return Ok(()) };
+    let dir = if dir.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        dir
+    };
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Ok(());
+    };
     for entry in entries.flatten() {
         let name = entry.file_name().to_string_lossy().to_lowercase();
         if name.starts_with(&stem.to_lowercase()) && name.contains("conflict") {
-            return Err(VaultError::SyncConflict { path: path.into(), conflict: entry.path() });
+            return Err(VaultError::SyncConflict {
+                path: path.into(),
+                conflict: entry.path(),
+            });
         }
     }
     Ok(())
@@ -115,17 +126,28 @@ impl KeyDb {
     /// Creates a new database at `path` (which must not exist) with the current schema.
     pub fn create(path: &Path) -> Result<KeyDb> {
         if path.exists() {
-            return Err(VaultError::AlreadyExists(format!("key database {} already exists", path.display())));
+            return Err(VaultError::AlreadyExists(format!(
+                "key database {} already exists",
+                path.display()
+            )));
         }
-        let flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+        let flags = OpenFlags::SQLITE_OPEN_READ_WRITE
+            | OpenFlags::SQLITE_OPEN_CREATE
+            | OpenFlags::SQLITE_OPEN_NO_MUTEX;
         let conn = Connection::open_with_flags(path, flags).map_err(sql_err(path))?;
         // Owner-only: the slots are scrypt-protected, but nobody else needs to read them.
         use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
-            .map_err(VaultError::io(format!("cannot set permissions of {}", path.display())))?;
-        let mut db = KeyDb { conn, path: path.to_path_buf() };
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(
+            VaultError::io(format!("cannot set permissions of {}", path.display())),
+        )?;
+        let mut db = KeyDb {
+            conn,
+            path: path.to_path_buf(),
+        };
         db.apply_pragmas(true)?;
-        db.conn.pragma_update(None, "application_id", APPLICATION_ID).map_err(sql_err(path))?;
+        db.conn
+            .pragma_update(None, "application_id", APPLICATION_ID)
+            .map_err(sql_err(path))?;
         db.migrate(0)?;
         Ok(db)
     }
@@ -139,12 +161,22 @@ impl KeyDb {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 return Err(VaultError::KeystoreMissing(path.into()));
             }
-            Err(e) => return Err(VaultError::io(format!("cannot open key database {}", path.display()))(e)),
+            Err(e) => {
+                return Err(VaultError::io(format!(
+                    "cannot open key database {}",
+                    path.display()
+                ))(e));
+            }
             Ok(mut f) => {
                 use std::io::Read;
-                let n = f.read(&mut head).map_err(VaultError::io(format!("cannot read {}", path.display())))?;
+                let n = f
+                    .read(&mut head)
+                    .map_err(VaultError::io(format!("cannot read {}", path.display())))?;
                 if n < head.len() || &head != SQLITE_MAGIC {
-                    return Err(VaultError::refused(path, "not a SQLite database (truncated, zeroed or another kind of file)"));
+                    return Err(VaultError::refused(
+                        path,
+                        "not a SQLite database (truncated, zeroed or another kind of file)",
+                    ));
                 }
             }
         }
@@ -154,17 +186,26 @@ impl KeyDb {
             OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX
         };
         let conn = Connection::open_with_flags(path, flags).map_err(sql_err(path))?;
-        let mut db = KeyDb { conn, path: path.to_path_buf() };
+        let mut db = KeyDb {
+            conn,
+            path: path.to_path_buf(),
+        };
         let check: String = db
             .conn
             .query_row("PRAGMA quick_check", [], |r| r.get(0))
             .map_err(|e| VaultError::refused(path, format!("damaged database ({e})")))?;
         if check != "ok" {
-            return Err(VaultError::refused(path, format!("damaged database ({check})")));
+            return Err(VaultError::refused(
+                path,
+                format!("damaged database ({check})"),
+            ));
         }
         let app_id: i32 = db.pragma_i64("application_id")? as i32;
         if app_id != APPLICATION_ID {
-            return Err(VaultError::refused(path, "a SQLite database that is not a vaultfs key database"));
+            return Err(VaultError::refused(
+                path,
+                "a SQLite database that is not a vaultfs key database",
+            ));
         }
         let version = db.pragma_i64("user_version")?;
         if version > SCHEMA_VERSION {
@@ -175,12 +216,18 @@ impl KeyDb {
             });
         }
         if version < 1 {
-            return Err(VaultError::refused(path, "schema version 0: not an initialized vaultfs key database"));
+            return Err(VaultError::refused(
+                path,
+                "schema version 0: not an initialized vaultfs key database",
+            ));
         }
         db.apply_pragmas(writable)?;
         if version < SCHEMA_VERSION {
             if !writable {
-                return Err(VaultError::refused(path, "the schema needs an upgrade; run a command that changes keys (e.g. passwd) first"));
+                return Err(VaultError::refused(
+                    path,
+                    "the schema needs an upgrade; run a command that changes keys (e.g. passwd) first",
+                ));
             }
             db.migrate(version)?;
         }
@@ -201,12 +248,21 @@ impl KeyDb {
                 .query_row("PRAGMA journal_mode=DELETE", [], |r| r.get(0))
                 .map_err(sql_err(&p))?;
             if !mode.eq_ignore_ascii_case("delete") {
-                return Err(VaultError::refused(&p, format!("cannot set journal_mode=DELETE (got {mode})")));
+                return Err(VaultError::refused(
+                    &p,
+                    format!("cannot set journal_mode=DELETE (got {mode})"),
+                ));
             }
-            self.conn.pragma_update(None, "synchronous", "FULL").map_err(sql_err(&p))?;
-            self.conn.pragma_update(None, "secure_delete", "ON").map_err(sql_err(&p))?;
+            self.conn
+                .pragma_update(None, "synchronous", "FULL")
+                .map_err(sql_err(&p))?;
+            self.conn
+                .pragma_update(None, "secure_delete", "ON")
+                .map_err(sql_err(&p))?;
         }
-        self.conn.pragma_update(None, "foreign_keys", "ON").map_err(sql_err(&p))?;
+        self.conn
+            .pragma_update(None, "foreign_keys", "ON")
+            .map_err(sql_err(&p))?;
         Ok(())
     }
 
@@ -215,7 +271,8 @@ impl KeyDb {
         let tx = self.conn.transaction().map_err(sql_err(&p))?;
         for (i, step) in MIGRATIONS.iter().enumerate().skip(from as usize) {
             tx.execute_batch(step).map_err(sql_err(&p))?;
-            tx.pragma_update(None, "user_version", (i + 1) as i64).map_err(sql_err(&p))?;
+            tx.pragma_update(None, "user_version", (i + 1) as i64)
+                .map_err(sql_err(&p))?;
         }
         tx.commit().map_err(sql_err(&p))
     }
@@ -247,7 +304,17 @@ impl KeyDb {
             .optional()
             .map_err(sql_err(p))?
             .ok_or_else(|| VaultError::refused(p, "no configuration row"))?;
-        let (vault_id, format_version, chunk_size, longname_max, kdf, backing_missing, created, epoch, mac) = row;
+        let (
+            vault_id,
+            format_version,
+            chunk_size,
+            longname_max,
+            kdf,
+            backing_missing,
+            created,
+            epoch,
+            mac,
+        ) = row;
         if format_version > FORMAT_VERSION {
             return Err(VaultError::NewerFormat {
                 what: format!("vault of key database {}", p.display()),
@@ -269,7 +336,8 @@ impl KeyDb {
                 .ok()
                 .filter(|&l| (62..=255).contains(&l))
                 .ok_or_else(|| bad("long-name threshold (must be 62-255)"))?,
-            default_kdf: kdf_params(kdf).ok_or_else(|| bad("default scrypt parameters (logN 10-22, r 1-32, p 1-16)"))?,
+            default_kdf: kdf_params(kdf)
+                .ok_or_else(|| bad("default scrypt parameters (logN 10-22, r 1-32, p 1-16)"))?,
             backing_missing,
             created,
             epoch: u64::try_from(epoch).map_err(|_| bad("epoch"))?,
@@ -282,14 +350,36 @@ impl KeyDb {
                  FROM keyslots ORDER BY slot_id",
             )
             .map_err(sql_err(p))?;
-        type SlotRow = (i64, String, String, i64, Vec<u8>, Option<(i64, i64, i64)>, Option<Vec<u8>>, Vec<u8>);
+        type SlotRow = (
+            i64,
+            String,
+            String,
+            i64,
+            Vec<u8>,
+            Option<(i64, i64, i64)>,
+            Option<Vec<u8>>,
+            Vec<u8>,
+        );
         let rows: Vec<SlotRow> = stmt
             .query_map([], |r| {
-                let kdf = match (r.get::<_, Option<i64>>(5)?, r.get::<_, Option<i64>>(6)?, r.get::<_, Option<i64>>(7)?) {
+                let kdf = match (
+                    r.get::<_, Option<i64>>(5)?,
+                    r.get::<_, Option<i64>>(6)?,
+                    r.get::<_, Option<i64>>(7)?,
+                ) {
                     (Some(a), Some(b), Some(c)) => Some((a, b, c)),
                     _ => None,
                 };
-                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, kdf, r.get(8)?, r.get(9)?))
+                Ok((
+                    r.get(0)?,
+                    r.get(1)?,
+                    r.get(2)?,
+                    r.get(3)?,
+                    r.get(4)?,
+                    kdf,
+                    r.get(8)?,
+                    r.get(9)?,
+                ))
             })
             .map_err(sql_err(p))?
             .collect::<Result<_, _>>()
@@ -299,7 +389,9 @@ impl KeyDb {
             let kind = SlotKind::parse(&kind).ok_or_else(|| bad("keyslot kind"))?;
             let kdf = match kdf {
                 Some(k) => Some(kdf_params(k).ok_or_else(|| {
-                    bad(&format!("scrypt parameters of keyslot '{label}' (logN 10-22, r 1-32, p 1-16)"))
+                    bad(&format!(
+                        "scrypt parameters of keyslot '{label}' (logN 10-22, r 1-32, p 1-16)"
+                    ))
                 })?),
                 None => None,
             };
@@ -308,14 +400,18 @@ impl KeyDb {
                 None => None,
             };
             if kind == SlotKind::Password && (kdf.is_none() || salt.is_none()) {
-                return Err(bad(&format!("password keyslot '{label}' without scrypt parameters")));
+                return Err(bad(&format!(
+                    "password keyslot '{label}' without scrypt parameters"
+                )));
             }
             slots.push(Slot {
                 slot_id: u32::try_from(slot_id).map_err(|_| bad("keyslot ID"))?,
                 label,
                 kind,
                 created,
-                public_key: public_key.try_into().map_err(|_| bad("keyslot public key"))?,
+                public_key: public_key
+                    .try_into()
+                    .map_err(|_| bad("keyslot public key"))?,
                 kdf,
                 salt,
                 wrapped,
@@ -324,7 +420,9 @@ impl KeyDb {
 
         let mut stmt = self
             .conn
-            .prepare("SELECT generation, state, created, destroyed FROM generations ORDER BY generation")
+            .prepare(
+                "SELECT generation, state, created, destroyed FROM generations ORDER BY generation",
+            )
             .map_err(sql_err(p))?;
         let rows: Vec<(i64, String, i64, Option<i64>)> = stmt
             .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
@@ -334,7 +432,10 @@ impl KeyDb {
         let mut generations = Vec::new();
         for (generation, state, created, destroyed) in rows {
             generations.push(Generation {
-                generation: u32::try_from(generation).ok().filter(|&g| g > 0).ok_or_else(|| bad("generation number"))?,
+                generation: u32::try_from(generation)
+                    .ok()
+                    .filter(|&g| g > 0)
+                    .ok_or_else(|| bad("generation number"))?,
                 state: GenState::parse(&state).ok_or_else(|| bad("generation state"))?,
                 created,
                 destroyed,
@@ -394,13 +495,26 @@ impl KeyDb {
             })
             .transpose()?;
 
-        let state = VaultState { config, slots, generations, seals, rotation };
-        state.check_structure().map_err(|why| VaultError::refused(p, why))?;
+        let state = VaultState {
+            config,
+            slots,
+            generations,
+            seals,
+            rotation,
+        };
+        state
+            .check_structure()
+            .map_err(|why| VaultError::refused(p, why))?;
         Ok((state, mac))
     }
 
     /// Replaces the stored state with `state` and its MAC, in one transaction.
-    pub fn save_state(tx: &Transaction<'_>, path: &Path, state: &VaultState, mac: &[u8]) -> Result<()> {
+    pub fn save_state(
+        tx: &Transaction<'_>,
+        path: &Path,
+        state: &VaultState,
+        mac: &[u8],
+    ) -> Result<()> {
         let e = sql_err(path);
         let c = &state.config;
         tx.execute("DELETE FROM generation_seals", []).map_err(&e)?;
@@ -473,6 +587,10 @@ impl KeyDb {
 }
 
 fn kdf_params((log_n, r, p): (i64, i64, i64)) -> Option<KdfParams> {
-    let k = KdfParams { log_n: u8::try_from(log_n).ok()?, r: u32::try_from(r).ok()?, p: u32::try_from(p).ok()? };
+    let k = KdfParams {
+        log_n: u8::try_from(log_n).ok()?,
+        r: u32::try_from(r).ok()?,
+        p: u32::try_from(p).ok()?,
+    };
     k.validate().ok().map(|_| k)
 }

@@ -12,7 +12,9 @@ pub enum VaultError {
     WrongPassword,
     #[error("{0}")]
     PasswordSource(String),
-    #[error("{0} is not a vaultfs vault (no vaultfs.vault marker); run `vaultfs init` to create one")]
+    #[error(
+        "{0} is not a vaultfs vault (no vaultfs.vault marker); run `vaultfs init` to create one"
+    )]
     NotAVault(PathBuf),
     #[error("{0} keeps its key database elsewhere: pass --keystore PATH")]
     ExternalKeystore(PathBuf),
@@ -22,18 +24,37 @@ pub enum VaultError {
     AlreadyExists(String),
     #[error("key database {path} refused: {reason}")]
     KeystoreRefused { path: PathBuf, reason: String },
-    #[error("key database {path} has been tampered with ({what}); restore it from a backup or run `vaultfs recover --rebuild-keystore`")]
+    #[error(
+        "key database {path} has been tampered with ({what}); restore it from a backup or run `vaultfs recover --rebuild-keystore`"
+    )]
     Tampered { path: PathBuf, what: String },
-    #[error("key database {path} is older than one this machine has already used (epoch {found} < {seen}): possible rollback attack; restore the newest copy")]
-    Rollback { path: PathBuf, found: u64, seen: u64 },
-    #[error("key database {path} has a sync-conflict copy {conflict}: keep the right one, delete the other, then retry")]
+    #[error(
+        "key database {path} is older than one this machine has already used (epoch {found} < {seen}): possible rollback attack; restore the newest copy"
+    )]
+    Rollback {
+        path: PathBuf,
+        found: u64,
+        seen: u64,
+    },
+    #[error(
+        "key database {path} has a sync-conflict copy {conflict}: keep the right one, delete the other, then retry"
+    )]
     SyncConflict { path: PathBuf, conflict: PathBuf },
-    #[error("{what} was made by a newer vaultfs ({found} > {supported}, the newest this version reads); upgrade vaultfs")]
-    NewerFormat { what: String, found: i64, supported: i64 },
+    #[error(
+        "{what} was made by a newer vaultfs ({found} > {supported}, the newest this version reads); upgrade vaultfs"
+    )]
+    NewerFormat {
+        what: String,
+        found: i64,
+        supported: i64,
+    },
     #[error("{0}")]
     InvalidArgument(String),
     #[error("{context}: {source}")]
-    Io { context: String, source: std::io::Error },
+    Io {
+        context: String,
+        source: std::io::Error,
+    },
     #[error("cryptography failed: {0}")]
     Crypto(#[from] CryptoError),
 }
@@ -45,20 +66,26 @@ impl VaultError {
     }
 
     pub fn refused(path: &std::path::Path, reason: impl Into<String>) -> VaultError {
-        VaultError::KeystoreRefused { path: path.to_path_buf(), reason: reason.into() }
+        VaultError::KeystoreRefused {
+            path: path.to_path_buf(),
+            reason: reason.into(),
+        }
     }
 
     pub fn tampered(path: &std::path::Path, what: impl Into<String>) -> VaultError {
-        VaultError::Tampered { path: path.to_path_buf(), what: what.into() }
+        VaultError::Tampered {
+            path: path.to_path_buf(),
+            what: what.into(),
+        }
     }
 
     pub fn exit_code(&self) -> i32 {
         match self {
             VaultError::WrongPassword => exitcodes::WRONG_PASSWORD,
             VaultError::PasswordSource(_) => exitcodes::PASSWORD_SOURCE,
-            VaultError::NotAVault(_) | VaultError::ExternalKeystore(_) | VaultError::KeystoreMissing(_) => {
-                exitcodes::NOT_A_VAULT
-            }
+            VaultError::NotAVault(_)
+            | VaultError::ExternalKeystore(_)
+            | VaultError::KeystoreMissing(_) => exitcodes::NOT_A_VAULT,
             VaultError::AlreadyExists(_) => exitcodes::ALREADY_EXISTS,
             VaultError::KeystoreRefused { .. }
             | VaultError::Tampered { .. }

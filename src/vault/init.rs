@@ -12,7 +12,9 @@ use super::error::{Result, VaultError};
 use super::keystore::{Keystore, Unlocked};
 use super::layout::{DB_FILE, MARKER_FILE, Marker, VaultPaths, write_file_durably};
 use super::recovery_file::{self, RecoveryFileInfo};
-use super::state::{Config, FORMAT_VERSION, GenState, Generation, Seal, Slot, SlotKind, VaultState};
+use super::state::{
+    Config, FORMAT_VERSION, GenState, Generation, Seal, Slot, SlotKind, VaultState,
+};
 use super::{audit, local_state, now, probe};
 use crate::crypto::chunk::ChunkLayout;
 use crate::crypto::dirid::{ROOT_PARENT, seal_dir_id};
@@ -40,10 +42,15 @@ pub struct InitReport {
 }
 
 fn check_options(o: &InitOptions) -> Result<()> {
-    o.kdf.validate().map_err(|e| VaultError::InvalidArgument(format!("{e}")))?;
-    ChunkLayout::new(o.chunk_size).map_err(|e| VaultError::InvalidArgument(format!("--chunk-size: {e}")))?;
+    o.kdf
+        .validate()
+        .map_err(|e| VaultError::InvalidArgument(format!("{e}")))?;
+    ChunkLayout::new(o.chunk_size)
+        .map_err(|e| VaultError::InvalidArgument(format!("--chunk-size: {e}")))?;
     if !(MIN_LONGNAME_MAX as u32..=NAME_MAX as u32).contains(&o.longname_max) {
-        return Err(VaultError::InvalidArgument("--longname-max must be from 62 to 255".into()));
+        return Err(VaultError::InvalidArgument(
+            "--longname-max must be from 62 to 255".into(),
+        ));
     }
     Ok(())
 }
@@ -53,18 +60,26 @@ fn prepare_dir(vault: &Path) -> Result<bool> {
     match fs::read_dir(vault) {
         Ok(mut entries) => {
             if entries.next().is_some() {
-                return Err(VaultError::AlreadyExists(format!("{} is not empty: a vault must start in an empty directory", vault.display())));
+                return Err(VaultError::AlreadyExists(format!(
+                    "{} is not empty: a vault must start in an empty directory",
+                    vault.display()
+                )));
             }
             Ok(false)
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            fs::DirBuilder::new().mode(0o700).create(vault).map_err(VaultError::io(format!("cannot create {}", vault.display())))?;
+            fs::DirBuilder::new()
+                .mode(0o700)
+                .create(vault)
+                .map_err(VaultError::io(format!("cannot create {}", vault.display())))?;
             Ok(true)
         }
-        Err(e) if e.kind() == std::io::ErrorKind::NotADirectory => {
-            Err(VaultError::AlreadyExists(format!("{} exists and is not a directory", vault.display())))
-        }
-        Err(e) => Err(VaultError::io(format!("cannot read {}", vault.display()))(e)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotADirectory => Err(VaultError::AlreadyExists(
+            format!("{} exists and is not a directory", vault.display()),
+        )),
+        Err(e) => Err(VaultError::io(format!("cannot read {}", vault.display()))(
+            e,
+        )),
     }
 }
 
@@ -75,7 +90,10 @@ pub fn init(o: &InitOptions, password: &[u8]) -> Result<InitReport> {
     }
     let keystore = o.keystore.clone().unwrap_or_else(|| o.vault.join(DB_FILE));
     if keystore.exists() {
-        return Err(VaultError::AlreadyExists(format!("key database {} already exists", keystore.display())));
+        return Err(VaultError::AlreadyExists(format!(
+            "key database {} already exists",
+            keystore.display()
+        )));
     }
     let created_dir = prepare_dir(&o.vault)?;
     let result = create(o, &keystore, password);
@@ -94,7 +112,10 @@ pub fn init(o: &InitOptions, password: &[u8]) -> Result<InitReport> {
 }
 
 fn create(o: &InitOptions, keystore: &Path, password: &[u8]) -> Result<InitReport> {
-    let features = probe::probe(&o.vault).map_err(VaultError::io(format!("cannot write to {}", o.vault.display())))?;
+    let features = probe::probe(&o.vault).map_err(VaultError::io(format!(
+        "cannot write to {}",
+        o.vault.display()
+    )))?;
     if features.name_max < MIN_LONGNAME_MAX as u64 {
         return Err(VaultError::InvalidArgument(format!(
             "the backing filesystem allows names of only {} bytes; vaultfs needs at least {MIN_LONGNAME_MAX}",
@@ -114,23 +135,70 @@ fn create(o: &InitOptions, keystore: &Path, password: &[u8]) -> Result<InitRepor
     // Slot 1: the password.
     let (private_key, public_key) = seal::keypair_from_seed(&Key256::random()?);
     let salt: [u8; 32] = random_array()?;
-    let binding = PasswordSlotBinding { vault_id: &vault_id, slot_id: 1, public_key: &public_key, kdf: o.kdf, salt: &salt };
+    let binding = PasswordSlotBinding {
+        vault_id: &vault_id,
+        slot_id: 1,
+        public_key: &public_key,
+        kdf: o.kdf,
+        salt: &salt,
+    };
     let kek = binding.derive_kek(password)?;
-    let wrapped = binding.wrap(&kek, &SlotSecrets { private_key, k_auth: k_auth.clone() });
-    slots.push(Slot { slot_id: 1, label: "default".into(), kind: SlotKind::Password, created: t, public_key, kdf: Some(o.kdf), salt: Some(salt), wrapped });
+    let wrapped = binding.wrap(
+        &kek,
+        &SlotSecrets {
+            private_key,
+            k_auth: k_auth.clone(),
+        },
+    );
+    slots.push(Slot {
+        slot_id: 1,
+        label: "default".into(),
+        kind: SlotKind::Password,
+        created: t,
+        public_key,
+        kdf: Some(o.kdf),
+        salt: Some(salt),
+        wrapped,
+    });
 
     // Slot 2: the recovery key.
     let mut recovery = None;
     if o.recovery_key {
         let seed = Key256::random()?;
         let (_, public_key) = seal::keypair_from_seed(&seed);
-        let wrapped = RecoverySlotBinding { vault_id: &vault_id, slot_id: 2, public_key: &public_key }.wrap(&seed, &k_auth);
-        slots.push(Slot { slot_id: 2, label: "recovery".into(), kind: SlotKind::Recovery, created: t, public_key, kdf: None, salt: None, wrapped });
+        let wrapped = RecoverySlotBinding {
+            vault_id: &vault_id,
+            slot_id: 2,
+            public_key: &public_key,
+        }
+        .wrap(&seed, &k_auth);
+        slots.push(Slot {
+            slot_id: 2,
+            label: "recovery".into(),
+            kind: SlotKind::Recovery,
+            created: t,
+            public_key,
+            kdf: None,
+            salt: None,
+            wrapped,
+        });
         recovery = Some(seed);
     }
     for slot in &slots {
-        let (enc, sealed) = seal::seal_master_key(&slot.public_key, &psk, &vault_id, 1, &slot.slot_id.to_be_bytes(), &master)?;
-        seals.push(Seal { generation: 1, slot_id: slot.slot_id, enc: enc.to_vec(), sealed: sealed.to_vec() });
+        let (enc, sealed) = seal::seal_master_key(
+            &slot.public_key,
+            &psk,
+            &vault_id,
+            1,
+            &slot.slot_id.to_be_bytes(),
+            &master,
+        )?;
+        seals.push(Seal {
+            generation: 1,
+            slot_id: slot.slot_id,
+            enc: enc.to_vec(),
+            sealed: sealed.to_vec(),
+        });
     }
 
     let state = VaultState {
@@ -145,7 +213,12 @@ fn create(o: &InitOptions, keystore: &Path, password: &[u8]) -> Result<InitRepor
             epoch: 1,
         },
         slots,
-        generations: vec![Generation { generation: 1, state: GenState::Active, created: t, destroyed: None }],
+        generations: vec![Generation {
+            generation: 1,
+            state: GenState::Active,
+            created: t,
+            destroyed: None,
+        }],
         seals,
         rotation: None,
     };
@@ -154,8 +227,16 @@ fn create(o: &InitOptions, keystore: &Path, password: &[u8]) -> Result<InitRepor
     // plainly unfinished, while a database pointing at nothing would look valid.
     let keys = GenerationKeys::derive(&vault_id, 1, master.clone());
     let root_id: [u8; 16] = random_array()?;
-    write_file_durably(&o.vault, DIRID_FILE, &seal_dir_id(&keys, &vault_id, &ROOT_PARENT, "", &root_id), 0o600)?;
-    if let (Some(_), Some(slot)) = (&recovery, state.slots.iter().find(|s| s.kind == SlotKind::Recovery)) {
+    write_file_durably(
+        &o.vault,
+        DIRID_FILE,
+        &seal_dir_id(&keys, &vault_id, &ROOT_PARENT, "", &root_id),
+        0o600,
+    )?;
+    if let (Some(_), Some(slot)) = (
+        &recovery,
+        state.slots.iter().find(|s| s.kind == SlotKind::Recovery),
+    ) {
         let info = RecoveryFileInfo {
             format_version: FORMAT_VERSION as u16,
             vault_id,
@@ -164,11 +245,24 @@ fn create(o: &InitOptions, keystore: &Path, password: &[u8]) -> Result<InitRepor
             generation: 1,
             slot_id: slot.slot_id,
             public_key: slot.public_key,
-            slot_blob: slot.wrapped.clone().try_into().expect("recovery blob length"),
+            slot_blob: slot
+                .wrapped
+                .clone()
+                .try_into()
+                .expect("recovery blob length"),
         };
-        write_file_durably(&o.vault, &recovery_file::file_name(1), &info.seal(&k_auth, &master)?, 0o400)?;
+        write_file_durably(
+            &o.vault,
+            &recovery_file::file_name(1),
+            &info.seal(&k_auth, &master)?,
+            0o400,
+        )?;
     }
-    let marker = Marker { format_version: FORMAT_VERSION, vault_id, external_keystore: o.keystore.is_some() };
+    let marker = Marker {
+        format_version: FORMAT_VERSION,
+        vault_id,
+        external_keystore: o.keystore.is_some(),
+    };
     write_file_durably(&o.vault, MARKER_FILE, marker.render().as_bytes(), 0o644)?;
 
     let mac = state.compute_mac(&VaultState::mac_key(&k_auth, &vault_id));
@@ -181,13 +275,24 @@ fn create(o: &InitOptions, keystore: &Path, password: &[u8]) -> Result<InitRepor
             "chunk_size={} longname_max={} scrypt_logn={} recovery_key={}",
             o.chunk_size, longname_max, o.kdf.log_n, o.recovery_key
         );
-        audit::append(&tx, &audit::audit_key(&k_auth, &vault_id), t, "init", &detail).map_err(sql)?;
+        audit::append(
+            &tx,
+            &audit::audit_key(&k_auth, &vault_id),
+            t,
+            "init",
+            &detail,
+        )
+        .map_err(sql)?;
         tx.commit().map_err(sql)?;
     }
     drop(db);
     local_state::record_epoch(&vault_id, 1)?;
 
-    let paths = VaultPaths { backing: o.vault.clone(), keystore: keystore.to_path_buf(), external_keystore: o.keystore.is_some() };
+    let paths = VaultPaths {
+        backing: o.vault.clone(),
+        keystore: keystore.to_path_buf(),
+        external_keystore: o.keystore.is_some(),
+    };
     Ok(InitReport {
         paths,
         vault_id,
@@ -204,6 +309,11 @@ pub fn open_keystore(vault: &Path, keystore: Option<&Path>, writable: bool) -> R
 }
 
 /// Opens and unlocks with a password.
-pub fn unlock(vault: &Path, keystore: Option<&Path>, writable: bool, password: &[u8]) -> Result<Unlocked> {
+pub fn unlock(
+    vault: &Path,
+    keystore: Option<&Path>,
+    writable: bool,
+    password: &[u8],
+) -> Result<Unlocked> {
     open_keystore(vault, keystore, writable)?.unlock_with_password(password, None)
 }

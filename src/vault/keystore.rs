@@ -46,7 +46,12 @@ impl Keystore {
                 ),
             ));
         }
-        Ok(Keystore { paths, db, state, stored_mac })
+        Ok(Keystore {
+            paths,
+            db,
+            state,
+            stored_mac,
+        })
     }
 
     pub fn layout(&self) -> ChunkLayout {
@@ -70,8 +75,16 @@ impl Keystore {
             }));
         }
         for slot in candidates {
-            let (Some(kdf), Some(salt)) = (slot.kdf, slot.salt) else { continue };
-            let binding = PasswordSlotBinding { vault_id: &vault_id, slot_id: slot.slot_id, public_key: &slot.public_key, kdf, salt: &salt };
+            let (Some(kdf), Some(salt)) = (slot.kdf, slot.salt) else {
+                continue;
+            };
+            let binding = PasswordSlotBinding {
+                vault_id: &vault_id,
+                slot_id: slot.slot_id,
+                public_key: &slot.public_key,
+                kdf,
+                salt: &salt,
+            };
             let kek = binding.derive_kek(password)?;
             match binding.unwrap(&kek, &slot.wrapped) {
                 Ok(secrets) => return self.finish_unlock(slot.slot_id, secrets),
@@ -85,12 +98,24 @@ impl Keystore {
     /// Unlocks with the recovery seed through the recovery slot.
     pub fn unlock_with_recovery(self, seed: &Key256) -> Result<Unlocked> {
         let vault_id = self.state.config.vault_id;
-        let slots: Vec<_> = self.state.slots.iter().filter(|s| s.kind == SlotKind::Recovery).cloned().collect();
+        let slots: Vec<_> = self
+            .state
+            .slots
+            .iter()
+            .filter(|s| s.kind == SlotKind::Recovery)
+            .cloned()
+            .collect();
         if slots.is_empty() {
-            return Err(VaultError::InvalidArgument("this vault has no recovery keyslot".into()));
+            return Err(VaultError::InvalidArgument(
+                "this vault has no recovery keyslot".into(),
+            ));
         }
         for slot in slots {
-            let binding = RecoverySlotBinding { vault_id: &vault_id, slot_id: slot.slot_id, public_key: &slot.public_key };
+            let binding = RecoverySlotBinding {
+                vault_id: &vault_id,
+                slot_id: slot.slot_id,
+                public_key: &slot.public_key,
+            };
             if let Ok(secrets) = binding.unwrap(seed, &slot.wrapped) {
                 return self.finish_unlock(slot.slot_id, secrets);
             }
@@ -103,29 +128,64 @@ impl Keystore {
         let vault_id = state.config.vault_id;
         let path = &self.paths.keystore;
         state
-            .verify_mac(&VaultState::mac_key(&secrets.k_auth, &vault_id), &self.stored_mac)
-            .map_err(|_| VaultError::tampered(path, "its authentication code does not match its contents"))?;
+            .verify_mac(
+                &VaultState::mac_key(&secrets.k_auth, &vault_id),
+                &self.stored_mac,
+            )
+            .map_err(|_| {
+                VaultError::tampered(path, "its authentication code does not match its contents")
+            })?;
         let seen = local_state::seen_epoch(&vault_id)?;
         if state.config.epoch < seen {
-            return Err(VaultError::Rollback { path: path.clone(), found: state.config.epoch, seen });
+            return Err(VaultError::Rollback {
+                path: path.clone(),
+                found: state.config.epoch,
+                seen,
+            });
         }
         let psk = seal::psk_from_k_auth(&secrets.k_auth, &vault_id);
         let open_gen = |generation: u32| -> Result<GenerationKeys> {
-            let s = state
-                .seal(generation, slot_id)
-                .ok_or_else(|| VaultError::tampered(path, format!("slot {slot_id} has no seal for generation {generation}")))?;
-            let mk = seal::open_master_key(&secrets.private_key, &psk, &vault_id, generation, &slot_id.to_be_bytes(), &s.enc, &s.sealed)
-                .map_err(|_| VaultError::tampered(path, format!("the seal of generation {generation} does not open")))?;
+            let s = state.seal(generation, slot_id).ok_or_else(|| {
+                VaultError::tampered(
+                    path,
+                    format!("slot {slot_id} has no seal for generation {generation}"),
+                )
+            })?;
+            let mk = seal::open_master_key(
+                &secrets.private_key,
+                &psk,
+                &vault_id,
+                generation,
+                &slot_id.to_be_bytes(),
+                &s.enc,
+                &s.sealed,
+            )
+            .map_err(|_| {
+                VaultError::tampered(
+                    path,
+                    format!("the seal of generation {generation} does not open"),
+                )
+            })?;
             Ok(GenerationKeys::derive(&vault_id, generation, mk))
         };
-        let active = open_gen(state.active_generation().expect("structure checked").generation)?;
+        let active = open_gen(
+            state
+                .active_generation()
+                .expect("structure checked")
+                .generation,
+        )?;
         let retiring = match state.retiring_generation() {
             Some(g) => Some(open_gen(g.generation)?),
             None => None,
         };
         local_state::record_epoch(&vault_id, state.config.epoch)?;
         let keyring = Keyring::new(vault_id, active, retiring);
-        Ok(Unlocked { keystore: self, slot_id, k_auth: secrets.k_auth, keyring })
+        Ok(Unlocked {
+            keystore: self,
+            slot_id,
+            k_auth: secrets.k_auth,
+            keyring,
+        })
     }
 }
 
@@ -136,8 +196,12 @@ impl Unlocked {
         let ks = &mut self.keystore;
         let vault_id = ks.state.config.vault_id;
         ks.state.config.epoch += 1;
-        ks.state.check_structure().map_err(|why| VaultError::InvalidArgument(format!("refusing to save an invalid key database: {why}")))?;
-        let mac = ks.state.compute_mac(&VaultState::mac_key(&self.k_auth, &vault_id));
+        ks.state.check_structure().map_err(|why| {
+            VaultError::InvalidArgument(format!("refusing to save an invalid key database: {why}"))
+        })?;
+        let mac = ks
+            .state
+            .compute_mac(&VaultState::mac_key(&self.k_auth, &vault_id));
         let audit_key = audit::audit_key(&self.k_auth, &vault_id);
         let pending = local_state::pending_local_audit(&vault_id)?;
         let path = ks.paths.keystore.clone();
@@ -166,6 +230,12 @@ impl Unlocked {
 
     /// Live generations in the database agree with the keyring (a sanity check for callers).
     pub fn live_generations(&self) -> Vec<u32> {
-        self.keystore.state.generations.iter().filter(|g| g.state != GenState::Destroyed).map(|g| g.generation).collect()
+        self.keystore
+            .state
+            .generations
+            .iter()
+            .filter(|g| g.state != GenState::Destroyed)
+            .map(|g| g.generation)
+            .collect()
     }
 }

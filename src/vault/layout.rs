@@ -43,7 +43,11 @@ impl Marker {
             "vaultfs vault\nformat-version: {}\nvault-id: {}\nkeystore: {}\n",
             self.format_version,
             HEXLOWER.encode(&self.vault_id),
-            if self.external_keystore { "external" } else { "internal" }
+            if self.external_keystore {
+                "external"
+            } else {
+                "internal"
+            }
         )
     }
 
@@ -62,7 +66,11 @@ impl Marker {
                 _ => {}
             }
         }
-        Some(Marker { format_version: version?, vault_id: id?, external_keystore: external? })
+        Some(Marker {
+            format_version: version?,
+            vault_id: id?,
+            external_keystore: external?,
+        })
     }
 }
 
@@ -75,11 +83,21 @@ impl VaultPaths {
         let marker_path = vault.join(MARKER_FILE);
         let text = match fs::read_to_string(&marker_path) {
             Ok(t) => t,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(VaultError::NotAVault(vault.into())),
-            Err(e) => return Err(VaultError::io(format!("cannot read {}", marker_path.display()))(e)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(VaultError::NotAVault(vault.into()));
+            }
+            Err(e) => {
+                return Err(VaultError::io(format!(
+                    "cannot read {}",
+                    marker_path.display()
+                ))(e));
+            }
         };
         let marker = Marker::parse(&text).ok_or_else(|| {
-            VaultError::InvalidArgument(format!("{} is damaged; it should read as `vaultfs vault` plus three lines", marker_path.display()))
+            VaultError::InvalidArgument(format!(
+                "{} is damaged; it should read as `vaultfs vault` plus three lines",
+                marker_path.display()
+            ))
         })?;
         if marker.format_version > super::state::FORMAT_VERSION {
             return Err(VaultError::NewerFormat {
@@ -89,9 +107,19 @@ impl VaultPaths {
             });
         }
         let paths = match keystore {
-            Some(k) => VaultPaths { backing: vault.into(), keystore: k.into(), external_keystore: true },
-            None if marker.external_keystore => return Err(VaultError::ExternalKeystore(vault.into())),
-            None => VaultPaths { backing: vault.into(), keystore: vault.join(DB_FILE), external_keystore: false },
+            Some(k) => VaultPaths {
+                backing: vault.into(),
+                keystore: k.into(),
+                external_keystore: true,
+            },
+            None if marker.external_keystore => {
+                return Err(VaultError::ExternalKeystore(vault.into()));
+            }
+            None => VaultPaths {
+                backing: vault.into(),
+                keystore: vault.join(DB_FILE),
+                external_keystore: false,
+            },
         };
         Ok((paths, marker))
     }
@@ -99,12 +127,20 @@ impl VaultPaths {
 
 /// Writes a new file atomically and durably: temp name, fsync, rename, fsync of the directory.
 pub fn write_file_durably(dir: &Path, name: &str, contents: &[u8], mode: u32) -> Result<()> {
-    let tmp_name = format!("{}{}", crate::crypto::names::TEMP_PREFIX, HEXLOWER.encode(&crate::crypto::keys::random_array::<8>()?));
+    let tmp_name = format!(
+        "{}{}",
+        crate::crypto::names::TEMP_PREFIX,
+        HEXLOWER.encode(&crate::crypto::keys::random_array::<8>()?)
+    );
     let tmp = dir.join(&tmp_name);
     let target = dir.join(name);
     let err = || VaultError::io(format!("cannot write {}", target.display()));
     let result = (|| {
-        let mut f = fs::OpenOptions::new().write(true).create_new(true).mode(mode).open(&tmp)?;
+        let mut f = fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(mode)
+            .open(&tmp)?;
         f.write_all(contents)?;
         f.sync_all()?;
         fs::rename(&tmp, &target)?;

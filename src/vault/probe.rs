@@ -42,10 +42,15 @@ pub fn probe(dir: &Path) -> std::io::Result<BackingFeatures> {
     if unsafe { libc::fallocate(f.as_raw_fd(), 0, 0, 4096) } != 0 {
         missing.push("fallocate");
     }
-    let cdir = CString::new(dir.as_os_str().as_bytes()).map_err(|_| std::io::Error::other("path has NUL"))?;
+    let cdir = CString::new(dir.as_os_str().as_bytes())
+        .map_err(|_| std::io::Error::other("path has NUL"))?;
     // SAFETY: statvfs fills the zeroed struct; the path is NUL-terminated.
     let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
-    let name_max = if unsafe { libc::statvfs(cdir.as_ptr(), &mut st) } == 0 { st.f_namemax } else { 255 };
+    let name_max = if unsafe { libc::statvfs(cdir.as_ptr(), &mut st) } == 0 {
+        st.f_namemax
+    } else {
+        255
+    };
     drop(f);
     for p in [&file, &link, &sym] {
         let _ = fs::remove_file(p);

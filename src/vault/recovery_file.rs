@@ -64,7 +64,14 @@ impl RecoveryFileInfo {
     pub fn seal(&self, k_auth: &Key256, master_key: &Key256) -> Result<[u8; LEN], CryptoError> {
         let head = self.encode_head();
         let psk = seal::psk_from_k_auth(k_auth, &self.vault_id);
-        let (enc, sealed) = seal::seal_master_key(&self.public_key, &psk, &self.vault_id, self.generation, &head, master_key)?;
+        let (enc, sealed) = seal::seal_master_key(
+            &self.public_key,
+            &psk,
+            &self.vault_id,
+            self.generation,
+            &head,
+            master_key,
+        )?;
         let mut out = [0u8; LEN];
         out[..AAD_END].copy_from_slice(&head);
         out[AAD_END..AAD_END + 32].copy_from_slice(&enc);
@@ -93,9 +100,16 @@ impl RecoveryFileInfo {
 
 /// Opens a recovery file with the recovery seed: returns its fields, the slot secrets
 /// (private key, K_auth) and the generation's master key. Any change to the file fails.
-pub fn open(bytes: &[u8], seed: &Key256) -> Result<(RecoveryFileInfo, SlotSecrets, Key256), CryptoError> {
+pub fn open(
+    bytes: &[u8],
+    seed: &Key256,
+) -> Result<(RecoveryFileInfo, SlotSecrets, Key256), CryptoError> {
     let info = RecoveryFileInfo::decode(bytes)?;
-    let binding = RecoverySlotBinding { vault_id: &info.vault_id, slot_id: info.slot_id, public_key: &info.public_key };
+    let binding = RecoverySlotBinding {
+        vault_id: &info.vault_id,
+        slot_id: info.slot_id,
+        public_key: &info.public_key,
+    };
     let secrets = binding.unwrap(seed, &info.slot_blob)?;
     let psk = seal::psk_from_k_auth(&secrets.k_auth, &info.vault_id);
     let master = seal::open_master_key(
@@ -121,7 +135,11 @@ mod tests {
         let (_, public_key) = keypair_from_seed(&seed);
         let k_auth = Key256::random().unwrap();
         let vault_id = [7u8; 16];
-        let binding = RecoverySlotBinding { vault_id: &vault_id, slot_id: 2, public_key: &public_key };
+        let binding = RecoverySlotBinding {
+            vault_id: &vault_id,
+            slot_id: 2,
+            public_key: &public_key,
+        };
         let slot_blob: [u8; RECOVERY_BLOB_LEN] = binding.wrap(&seed, &k_auth).try_into().unwrap();
         let info = RecoveryFileInfo {
             format_version: 1,

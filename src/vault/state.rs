@@ -156,24 +156,35 @@ impl VaultState {
         slots.sort_by_key(|s| s.slot_id);
         m.int(slots.len() as i64);
         for s in slots {
-            m.int(s.slot_id.into()).str(&s.label).str(s.kind.as_str()).int(s.created).bytes(&s.public_key);
+            m.int(s.slot_id.into())
+                .str(&s.label)
+                .str(s.kind.as_str())
+                .int(s.created)
+                .bytes(&s.public_key);
             match s.kdf {
                 Some(k) => m.int(k.log_n.into()).int(k.r.into()).int(k.p.into()),
                 None => m.opt_bytes(None),
             };
-            m.opt_bytes(s.salt.as_ref().map(|s| &s[..])).bytes(&s.wrapped);
+            m.opt_bytes(s.salt.as_ref().map(|s| &s[..]))
+                .bytes(&s.wrapped);
         }
         let mut gens: Vec<&Generation> = self.generations.iter().collect();
         gens.sort_by_key(|g| g.generation);
         m.int(gens.len() as i64);
         for g in gens {
-            m.int(g.generation.into()).str(g.state.as_str()).int(g.created).int(g.destroyed.unwrap_or(-1));
+            m.int(g.generation.into())
+                .str(g.state.as_str())
+                .int(g.created)
+                .int(g.destroyed.unwrap_or(-1));
         }
         let mut seals: Vec<&Seal> = self.seals.iter().collect();
         seals.sort_by_key(|s| (s.generation, s.slot_id));
         m.int(seals.len() as i64);
         for s in seals {
-            m.int(s.generation.into()).int(s.slot_id.into()).bytes(&s.enc).bytes(&s.sealed);
+            m.int(s.generation.into())
+                .int(s.slot_id.into())
+                .bytes(&s.enc)
+                .bytes(&s.sealed);
         }
         match &self.rotation {
             None => m.opt_bytes(None),
@@ -202,15 +213,21 @@ impl VaultState {
     }
 
     pub fn seal(&self, generation: u32, slot_id: u32) -> Option<&Seal> {
-        self.seals.iter().find(|s| s.generation == generation && s.slot_id == slot_id)
+        self.seals
+            .iter()
+            .find(|s| s.generation == generation && s.slot_id == slot_id)
     }
 
     pub fn active_generation(&self) -> Option<&Generation> {
-        self.generations.iter().find(|g| g.state == GenState::Active)
+        self.generations
+            .iter()
+            .find(|g| g.state == GenState::Active)
     }
 
     pub fn retiring_generation(&self) -> Option<&Generation> {
-        self.generations.iter().find(|g| g.state == GenState::Retiring)
+        self.generations
+            .iter()
+            .find(|g| g.state == GenState::Retiring)
     }
 
     pub fn next_slot_id(&self) -> u32 {
@@ -220,13 +237,23 @@ impl VaultState {
     /// Structural checks that need no key: one active generation, at most one retiring,
     /// seals only for existing slots and live generations.
     pub fn check_structure(&self) -> Result<(), String> {
-        let active = self.generations.iter().filter(|g| g.state == GenState::Active).count();
-        let retiring = self.generations.iter().filter(|g| g.state == GenState::Retiring).count();
+        let active = self
+            .generations
+            .iter()
+            .filter(|g| g.state == GenState::Active)
+            .count();
+        let retiring = self
+            .generations
+            .iter()
+            .filter(|g| g.state == GenState::Retiring)
+            .count();
         if active != 1 {
             return Err(format!("{active} active key generations (expected 1)"));
         }
         if retiring > 1 {
-            return Err(format!("{retiring} retiring key generations (expected at most 1)"));
+            return Err(format!(
+                "{retiring} retiring key generations (expected at most 1)"
+            ));
         }
         for s in &self.seals {
             let live = self
@@ -234,7 +261,10 @@ impl VaultState {
                 .iter()
                 .any(|g| g.generation == s.generation && g.state != GenState::Destroyed);
             if !live || self.slot(s.slot_id).is_none() {
-                return Err(format!("a seal of generation {} to slot {} has no owner", s.generation, s.slot_id));
+                return Err(format!(
+                    "a seal of generation {} to slot {} has no owner",
+                    s.generation, s.slot_id
+                ));
             }
         }
         if !self.slots.iter().any(|s| s.kind == SlotKind::Password) {
@@ -255,7 +285,11 @@ pub(crate) mod tests {
                 format_version: FORMAT_VERSION,
                 chunk_size: 4096,
                 longname_max: 255,
-                default_kdf: KdfParams { log_n: 10, r: 8, p: 1 },
+                default_kdf: KdfParams {
+                    log_n: 10,
+                    r: 8,
+                    p: 1,
+                },
                 backing_missing: String::new(),
                 created: 1_700_000_000,
                 epoch: 1,
@@ -266,12 +300,26 @@ pub(crate) mod tests {
                 kind: SlotKind::Password,
                 created: 1_700_000_000,
                 public_key: [2; 32],
-                kdf: Some(KdfParams { log_n: 10, r: 8, p: 1 }),
+                kdf: Some(KdfParams {
+                    log_n: 10,
+                    r: 8,
+                    p: 1,
+                }),
                 salt: Some([3; 32]),
                 wrapped: vec![4; 80],
             }],
-            generations: vec![Generation { generation: 1, state: GenState::Active, created: 1_700_000_000, destroyed: None }],
-            seals: vec![Seal { generation: 1, slot_id: 1, enc: vec![5; 32], sealed: vec![6; 48] }],
+            generations: vec![Generation {
+                generation: 1,
+                state: GenState::Active,
+                created: 1_700_000_000,
+                destroyed: None,
+            }],
+            seals: vec![Seal {
+                generation: 1,
+                slot_id: 1,
+                enc: vec![5; 32],
+                sealed: vec![6; 48],
+            }],
             rotation: None,
         }
     }
@@ -296,7 +344,11 @@ pub(crate) mod tests {
         c.slots[0].label = "other".into();
         changes.push(c);
         let mut c = s.clone();
-        c.slots[0].kdf = Some(KdfParams { log_n: 22, r: 8, p: 1 });
+        c.slots[0].kdf = Some(KdfParams {
+            log_n: 22,
+            r: 8,
+            p: 1,
+        });
         changes.push(c);
         let mut c = s.clone();
         c.generations[0].state = GenState::Retiring;

@@ -29,7 +29,12 @@ pub struct KdfStatus {
 
 impl From<KdfParams> for KdfStatus {
     fn from(k: KdfParams) -> Self {
-        KdfStatus { name: "scrypt", log_n: k.log_n, r: k.r, p: k.p }
+        KdfStatus {
+            name: "scrypt",
+            log_n: k.log_n,
+            r: k.r,
+            p: k.p,
+        }
     }
 }
 
@@ -88,16 +93,32 @@ pub fn status(ks: &Keystore, audit_entries: usize) -> Result<Status> {
         epoch: c.epoch,
         seen_epoch: local_state::seen_epoch(&c.vault_id)?,
         default_kdf: c.default_kdf.into(),
-        backing_missing: c.backing_missing.split(',').filter(|s| !s.is_empty()).map(String::from).collect(),
+        backing_missing: c
+            .backing_missing
+            .split(',')
+            .filter(|s| !s.is_empty())
+            .map(String::from)
+            .collect(),
         keyslots: s
             .slots
             .iter()
-            .map(|sl| SlotStatus { id: sl.slot_id, label: sl.label.clone(), kind: sl.kind, created: sl.created, kdf: sl.kdf.map(Into::into) })
+            .map(|sl| SlotStatus {
+                id: sl.slot_id,
+                label: sl.label.clone(),
+                kind: sl.kind,
+                created: sl.created,
+                kdf: sl.kdf.map(Into::into),
+            })
             .collect(),
         generations: s
             .generations
             .iter()
-            .map(|g| GenerationStatus { generation: g.generation, state: g.state, created: g.created, destroyed: g.destroyed })
+            .map(|g| GenerationStatus {
+                generation: g.generation,
+                state: g.state,
+                created: g.created,
+                destroyed: g.destroyed,
+            })
             .collect(),
         rotation: s.rotation.as_ref().map(|r| RotationStatus {
             from_generation: r.from_generation,

@@ -15,7 +15,11 @@ pub fn isolate_state() -> PathBuf {
     static ONCE: Once = Once::new();
     static mut DIR: Option<PathBuf> = None;
     ONCE.call_once(|| {
-        let dir = tempfile::Builder::new().prefix("vaultfs-state-").tempdir().unwrap().keep();
+        let dir = tempfile::Builder::new()
+            .prefix("vaultfs-state-")
+            .tempdir()
+            .unwrap()
+            .keep();
         // SAFETY: runs once, before any test reads the environment (every test calls this first).
         unsafe {
             std::env::set_var("XDG_STATE_HOME", &dir);
@@ -33,7 +37,11 @@ pub fn fast_options(vault: &Path) -> InitOptions {
     InitOptions {
         vault: vault.to_path_buf(),
         keystore: None,
-        kdf: KdfParams { log_n: 10, r: 8, p: 1 },
+        kdf: KdfParams {
+            log_n: 10,
+            r: 8,
+            p: 1,
+        },
         chunk_size: 4096,
         longname_max: 255,
         recovery_key: true,
