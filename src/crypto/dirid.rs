@@ -1,13 +1,14 @@
 //! Directory IDs. Each backing directory holds `vaultfs.dirid`: its random 16-byte ID, sealed
 //! with associated data (vault ID, parent directory's ID, the directory's own backing entry
-//! name). A valid ID file copied into another directory, or a directory moved elsewhere in the
+//! name, generation). A valid ID file copied into another directory, or a directory moved elsewhere in the
 //! backing tree, therefore fails to open.
 //!
 //! ```text
 //! offset len field
 //!      0   1 version (1)
 //!      1   4 generation (u32 BE)
-//!      5  32 AES-256-SIV(dirid key, AD = [vault ID, parent ID, entry name], directory ID)
+//!      5  32 AES-256-SIV(dirid key, AD = [vault ID, parent ID, entry name, generation (u32 BE)],
+//!            directory ID)
 //! ```
 //! The root directory's parent ID is 16 zero bytes and its entry name is empty.
 
@@ -51,7 +52,9 @@ pub fn open_dir_id(
         ));
     }
     if bytes[0] != VERSION {
-        return Err(CryptoError::Malformed("unknown directory ID file version"));
+        return Err(CryptoError::Malformed(
+            "directory ID file of another format version (a newer vaultfs?)",
+        ));
     }
     let generation = u32::from_be_bytes(bytes[1..5].try_into().expect("4 bytes"));
     let keys = keyring.get(generation)?;

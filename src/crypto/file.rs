@@ -21,7 +21,7 @@ pub fn seal_file(
     layout: ChunkLayout,
     plaintext: &[u8],
 ) -> Result<Vec<u8>, CryptoError> {
-    let (header, key) = FileHeader::create(keyring)?;
+    let (header, key) = FileHeader::create(keyring, layout.chunk_count(plaintext.len() as u64))?;
     let cipher = ContentCipher::new(header.file_id, &key, layout);
     let mut out = vec![0u8; HEADER_LEN + cipher.sealed_run_len(plaintext.len())];
     out[..HEADER_LEN].copy_from_slice(&header.encode());

@@ -45,13 +45,17 @@ pub struct FileHeader {
 }
 
 impl FileHeader {
-    /// A header for a new file: fresh ID, fresh key wrapped under the active generation.
-    pub fn create(keyring: &Keyring) -> Result<(FileHeader, Key256), CryptoError> {
+    /// A header for a new file: fresh ID, fresh key wrapped under the active generation, and
+    /// `reserve` chunk writes already counted as used (the writer's first reservation).
+    pub fn create(keyring: &Keyring, reserve: u64) -> Result<(FileHeader, Key256), CryptoError> {
+        if reserve > MAX_CHUNK_WRITES {
+            return Err(CryptoError::TooLong);
+        }
         let file_id = super::keys::random_array()?;
         let file_key = Key256::random()?;
         let mut header = FileHeader {
             file_id,
-            writes_used: 0,
+            writes_used: reserve,
             slots: [None, None],
         };
         header.slots[0] = Some(header.wrap(0, keyring.active(), &file_key));
@@ -185,7 +189,9 @@ impl FileHeader {
         }
         let version = u16::from_be_bytes([bytes[8], bytes[9]]);
         if version != FORMAT_VERSION {
-            return Err(CryptoError::Malformed("unsupported file header version"));
+            return Err(CryptoError::Malformed(
+                "file header of another format version (a newer vaultfs?)",
+            ));
         }
         if bytes[10..16].iter().any(|&b| b != 0) {
             return Err(CryptoError::Malformed("unknown file header flags"));
@@ -231,7 +237,7 @@ mod tests {
     #[test]
     fn round_trip_and_unwrap() {
         let kr = keyring_with(1, 9);
-        let (h, key) = FileHeader::create(&kr).unwrap();
+        let (h, key) = FileHeader::create(&kr, 1).unwrap();
         let bytes = h.encode();
         assert_eq!(bytes.len(), HEADER_LEN);
         let back = FileHeader::decode(&bytes).unwrap();
@@ -242,7 +248,7 @@ mod tests {
     #[test]
     fn every_bit_flip_is_rejected() {
         let kr = keyring_with(1, 9);
-        let (h, _) = FileHeader::create(&kr).unwrap();
+        let (h, _) = FileHeader::create(&kr, 1).unwrap();
         let bytes = h.encode();
         for bit in 0..HEADER_LEN * 8 {
             let mut bad = bytes;
@@ -257,7 +263,7 @@ mod tests {
         let kr = keyring_with(1, 9);
         assert!(FileHeader::decode(&[0u8; HEADER_LEN]).is_err());
         assert!(FileHeader::decode(&[0u8; 10]).is_err());
-        let (h, _) = FileHeader::create(&keyring_with(1, 8)).unwrap();
+        let (h, _) = FileHeader::create(&keyring_with(1, 8), 1).unwrap();
         assert!(matches!(
             h.unwrap_key(&kr),
             Err(CryptoError::Authentication)
@@ -268,7 +274,7 @@ mod tests {
     fn rotation_fills_then_clears_and_the_key_survives_each_step() {
         let rk = rotating_keyring();
         let old_only = keyring_with(1, 1);
-        let (mut h, key) = FileHeader::create(&old_only).unwrap();
+        let (mut h, key) = FileHeader::create(&old_only, 1).unwrap();
         h.fill_spare_slot(rk.active(), &key).unwrap();
         let mid = FileHeader::decode(&h.encode()).unwrap();
         assert_eq!(mid.unwrap_key(&rk).unwrap().expose(), key.expose());
@@ -284,7 +290,7 @@ mod tests {
     #[test]
     fn write_budget_is_authenticated_and_bounded() {
         let kr = keyring_with(1, 9);
-        let (mut h, key) = FileHeader::create(&kr).unwrap();
+        let (mut h, key) = FileHeader::create(&kr, 1).unwrap();
         h.reserve_writes(1 << 16, &kr, &key).unwrap();
         let mut bytes = h.encode();
         assert_eq!(

@@ -150,22 +150,47 @@ pub enum EntryKind {
 }
 
 pub fn classify(backing_name: &str) -> EntryKind {
-    if let Some(hash) = backing_name.strip_prefix(LONGNAME_PREFIX) {
-        if hash.len() == 43 && is_base64url(hash) {
-            return EntryKind::LongName {
-                side_file: format!("{backing_name}{LONGNAME_SIDE_SUFFIX}"),
-            };
+    if let Some(rest) = backing_name.strip_prefix(LONGNAME_PREFIX) {
+        let (hash, side) = match rest.strip_suffix(LONGNAME_SIDE_SUFFIX) {
+            Some(hash) => (hash, true),
+            None => (rest, false),
+        };
+        if hash.len() != 43 || !is_base64url(hash) {
+            return EntryKind::Foreign;
         }
-        return EntryKind::Reserved;
+        if side {
+            return EntryKind::Reserved;
+        }
+        return EntryKind::LongName {
+            side_file: format!("{backing_name}{LONGNAME_SIDE_SUFFIX}"),
+        };
     }
     if backing_name.starts_with(RESERVED_PREFIX) {
-        return EntryKind::Reserved;
+        return if is_known_reserved(backing_name) {
+            EntryKind::Reserved
+        } else {
+            EntryKind::Foreign
+        };
     }
     if is_base64url(backing_name) && !backing_name.is_empty() {
         EntryKind::Encrypted
     } else {
         EntryKind::Foreign
     }
+}
+
+/// Names vaultfs itself writes (besides long-name entries and their side files).
+fn is_known_reserved(name: &str) -> bool {
+    const ROOT_FILES: [&str; 3] = ["vaultfs.vault", "vaultfs.db", "vaultfs.db-journal"];
+    name == DIRID_FILE
+        || name == DIRID_NEXT_FILE
+        || ROOT_FILES.contains(&name)
+        || name
+            .strip_prefix(TEMP_PREFIX)
+            .is_some_and(|t| !t.is_empty())
+        || name
+            .strip_prefix("vaultfs.recovery.")
+            .is_some_and(|g| !g.is_empty() && g.bytes().all(|b| b.is_ascii_digit()))
 }
 
 fn is_base64url(s: &str) -> bool {
@@ -303,10 +328,20 @@ mod tests {
             DIRID_NEXT_FILE,
             "vaultfs.tmp.abc",
             "vaultfs.db",
-            "vaultfs.L.x",
+            "vaultfs.recovery.12",
         ] {
             assert_eq!(classify(r), EntryKind::Reserved, "{r}");
         }
-        assert_eq!(classify("hello.txt"), EntryKind::Foreign);
+        // Anything vaultfs never writes is foreign (hidden, reported by fsck).
+        for f in [
+            "hello.txt",
+            "vaultfs.L.x",
+            "vaultfs.foo",
+            "vaultfs.recovery.x",
+            "vaultfs.tmp.",
+            "",
+        ] {
+            assert_eq!(classify(f), EntryKind::Foreign, "{f}");
+        }
     }
 }

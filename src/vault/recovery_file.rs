@@ -84,9 +84,15 @@ impl RecoveryFileInfo {
         if bytes.len() != LEN || &bytes[..8] != MAGIC {
             return Err(CryptoError::Malformed("not a vaultfs recovery file"));
         }
+        let version = u16::from_be_bytes([bytes[8], bytes[9]]);
+        if i64::from(version) != crate::vault::state::FORMAT_VERSION {
+            return Err(CryptoError::Malformed(
+                "recovery file of another format version (a newer vaultfs?)",
+            ));
+        }
         let u32_at = |at: usize| u32::from_be_bytes(bytes[at..at + 4].try_into().expect("4 bytes"));
         Ok(RecoveryFileInfo {
-            format_version: u16::from_be_bytes([bytes[8], bytes[9]]),
+            format_version: version,
             vault_id: bytes[10..26].try_into().expect("16 bytes"),
             chunk_size: u32_at(26),
             longname_max: u16::from_be_bytes([bytes[30], bytes[31]]),
