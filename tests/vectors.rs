@@ -74,7 +74,7 @@ fn generate_vectors() {
 
 fn generate(out: &Path) {
     let _ = fs::remove_dir_all(out);
-    fs::create_dir_all(&out).unwrap();
+    fs::create_dir_all(out).unwrap();
     let vault = out.join("vault");
     let report = init(&common::fast_options(&vault), PASSWORD.as_bytes()).unwrap();
     let unlocked = open_keystore(&vault, None, false)
