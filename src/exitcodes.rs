@@ -21,3 +21,10 @@ pub const KEYSTORE_REFUSED: i32 = 14;
 pub const NEWER_FORMAT: i32 = 15;
 /// An I/O error on the backing directory or key database.
 pub const IO: i32 = 16;
+/// The mount failed: mount point missing, busy or not a directory, vault already mounted, no
+/// FUSE, or the daemon could not start.
+pub const MOUNT_FAILED: i32 = 17;
+/// `unmount` refused: files are open on the mount (their holders are listed).
+pub const BUSY: i32 = 18;
+/// `unmount` of a path that is not a vaultfs mount.
+pub const NOT_MOUNTED: i32 = 19;

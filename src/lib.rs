@@ -5,5 +5,7 @@
 
 pub mod cli;
 pub mod crypto;
+pub mod daemon;
 pub mod exitcodes;
+pub mod fs;
 pub mod vault;

@@ -30,6 +30,42 @@ pub enum Command {
     Init(InitArgs),
     /// Show a vault's format, keyslots, generations and recent audit entries (no password)
     Status(StatusArgs),
+    /// Mount a vault: its plaintext appears at MOUNTPOINT
+    Mount(MountArgs),
+    /// Unmount a vault (fails with EBUSY, naming the open files, unless --lazy)
+    Unmount(UnmountArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct MountArgs {
+    #[command(flatten)]
+    pub password: PasswordArgs,
+    /// The vault's key database, if it is kept outside the vault
+    #[arg(long, value_name = "PATH")]
+    pub keystore: Option<PathBuf>,
+    /// Stay in the foreground (logs go to stderr)
+    #[arg(short, long)]
+    pub foreground: bool,
+    /// Mount read-only
+    #[arg(long)]
+    pub read_only: bool,
+    /// Let other users access the mount (adds default_permissions; needs user_allow_other in
+    /// /etc/fuse.conf when not root)
+    #[arg(long)]
+    pub allow_other: bool,
+    /// Extra mount options, comma-separated (ro, allow_other, noexec, noatime, sync, ...)
+    #[arg(short = 'o', value_name = "OPTS", value_delimiter = ',')]
+    pub options: Vec<String>,
+    pub vault: PathBuf,
+    pub mountpoint: PathBuf,
+}
+
+#[derive(Debug, Args)]
+pub struct UnmountArgs {
+    /// Detach now even with files open; the daemon serves them until they are closed
+    #[arg(long, short = 'z')]
+    pub lazy: bool,
+    pub mountpoint: PathBuf,
 }
 
 #[derive(Debug, Args)]
@@ -75,9 +111,37 @@ pub struct StatusArgs {
 
 pub fn run(cli: Cli) -> Result<()> {
     match cli.command {
-        Command::Init(a) => cmd_init(a),
-        Command::Status(a) => cmd_status(a),
+        Command::Mount(a) => cmd_mount(a),
+        other => {
+            crate::daemon::init_stderr_log();
+            match other {
+                Command::Init(a) => cmd_init(a),
+                Command::Status(a) => cmd_status(a),
+                Command::Unmount(a) => crate::daemon::unmount(&a.mountpoint, a.lazy),
+                Command::Mount(_) => unreachable!("handled above"),
+            }
+        }
     }
+}
+
+fn cmd_mount(a: MountArgs) -> Result<()> {
+    if a.foreground {
+        crate::daemon::init_stderr_log();
+    }
+    let password = a.password.get(&a.vault.display().to_string())?;
+    let req = crate::daemon::MountRequest {
+        vault: a.vault,
+        keystore: a.keystore,
+        mountpoint: a.mountpoint,
+        foreground: a.foreground,
+        settings: crate::fs::mount::MountSettings {
+            read_only: a.read_only,
+            allow_other: a.allow_other,
+            options: a.options,
+            fsname: String::new(),
+        },
+    };
+    crate::daemon::mount(req, &password)
 }
 
 fn cmd_init(a: InitArgs) -> Result<()> {

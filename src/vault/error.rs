@@ -55,6 +55,12 @@ pub enum VaultError {
         context: String,
         source: std::io::Error,
     },
+    #[error("{0}")]
+    MountFailed(String),
+    #[error("{0}")]
+    Busy(String),
+    #[error("{0} is not a vaultfs mount")]
+    NotMounted(PathBuf),
     #[error("cryptography failed: {0}")]
     Crypto(#[from] CryptoError),
 }
@@ -95,6 +101,9 @@ impl VaultError {
             VaultError::InvalidArgument(_) => exitcodes::USAGE,
             VaultError::Io { .. } => exitcodes::IO,
             VaultError::Crypto(_) => exitcodes::GENERAL,
+            VaultError::MountFailed(_) => exitcodes::MOUNT_FAILED,
+            VaultError::Busy(_) => exitcodes::BUSY,
+            VaultError::NotMounted(_) => exitcodes::NOT_MOUNTED,
         }
     }
 }

@@ -1,0 +1,420 @@
+//! The mount daemon as a process: the vault lock, unlocking, forking into the background
+//! (returning only once the mount answers), hardening, logging, signals, and `unmount`.
+
+use std::fs;
+use std::io::{Read, Write};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use data_encoding::HEXLOWER;
+use sha2::{Digest, Sha256};
+
+use crate::fs::mount::MountSettings;
+use crate::fs::{FsConfig, VaultFs, backing};
+use crate::vault::init::open_keystore;
+use crate::vault::layout::MARKER_FILE;
+use crate::vault::{Result, VaultError, local_state};
+
+pub struct MountRequest {
+    pub vault: PathBuf,
+    pub keystore: Option<PathBuf>,
+    pub mountpoint: PathBuf,
+    pub foreground: bool,
+    pub settings: MountSettings,
+}
+
+fn mount_failed(msg: impl Into<String>) -> VaultError {
+    VaultError::MountFailed(msg.into())
+}
+
+/// One line of /proc/self/mountinfo: mount point and filesystem type.
+fn mounts() -> Vec<(PathBuf, String)> {
+    let text = fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    text.lines()
+        .filter_map(|line| {
+            let (left, right) = line.split_once(" - ")?;
+            let point = left.split(' ').nth(4)?;
+            let fstype = right.split(' ').next()?;
+            Some((PathBuf::from(unescape_mountinfo(point)), fstype.to_string()))
+        })
+        .collect()
+}
+
+fn unescape_mountinfo(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'\\'
+            && i + 4 <= bytes.len()
+            && let Ok(v) = u8::from_str_radix(&s[i + 1..i + 4], 8)
+        {
+            out.push(v);
+            i += 4;
+            continue;
+        }
+        out.push(bytes[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+fn is_mounted(path: &Path) -> Option<String> {
+    mounts()
+        .into_iter()
+        .rev()
+        .find(|(p, _)| p == path)
+        .map(|(_, t)| t)
+}
+
+/// `$XDG_STATE_HOME/vaultfs/mounts/<sha256 of the mount point>`: the daemon's pid.
+fn pidfile(mountpoint: &Path) -> Result<PathBuf> {
+    let dir = local_state::state_root()?.join("mounts");
+    fs::create_dir_all(&dir).map_err(VaultError::io(format!("cannot create {}", dir.display())))?;
+    let hash = HEXLOWER.encode(&Sha256::digest(mountpoint.as_os_str().as_encoded_bytes())[..16]);
+    Ok(dir.join(hash))
+}
+
+/// Makes key memory hard to leak: no core dumps or ptrace by others, no swapping where the
+/// system allows it, and no death by SIGPIPE.
+fn harden_process() {
+    // SAFETY: plain prctl/mlockall/signal calls with constant arguments.
+    unsafe {
+        libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0);
+        if libc::mlockall(libc::MCL_CURRENT | libc::MCL_FUTURE | libc::MCL_ONFAULT) != 0 {
+            log::info!(
+                "cannot lock memory ({}); keys may be swapped out",
+                std::io::Error::last_os_error()
+            );
+        }
+        libc::signal(libc::SIGPIPE, libc::SIG_IGN);
+    }
+}
+
+fn init_daemon_log(vault_id: &[u8; 16]) -> Result<()> {
+    let dir = local_state::state_root()?.join(HEXLOWER.encode(vault_id));
+    fs::create_dir_all(&dir).map_err(VaultError::io(format!("cannot create {}", dir.display())))?;
+    let path = dir.join("daemon.log");
+    let file = fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&path)
+        .map_err(VaultError::io(format!("cannot open {}", path.display())))?;
+    let _ = env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn"))
+        .target(env_logger::Target::Pipe(Box::new(file)))
+        .try_init();
+    Ok(())
+}
+
+pub fn init_stderr_log() {
+    let _ = env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn"))
+        .try_init();
+}
+
+/// Unlocks and mounts. In the foreground, serves until unmounted; otherwise forks a daemon
+/// and returns once the mount answers (or with the daemon's error).
+pub fn mount(mut req: MountRequest, password: &[u8]) -> Result<()> {
+    let mountpoint = fs::canonicalize(&req.mountpoint)
+        .map_err(|e| mount_failed(format!("mount point {}: {e}", req.mountpoint.display())))?;
+    if !mountpoint.is_dir() {
+        return Err(mount_failed(format!(
+            "mount point {} is not a directory",
+            mountpoint.display()
+        )));
+    }
+    if let Some(fstype) = is_mounted(&mountpoint) {
+        return Err(mount_failed(format!(
+            "mount point {} is busy: already a {fstype} mount",
+            mountpoint.display()
+        )));
+    }
+    let vault =
+        fs::canonicalize(&req.vault).map_err(|_| VaultError::NotAVault(req.vault.clone()))?;
+    let ks = open_keystore(&vault, req.keystore.as_deref(), false)?;
+    // One daemon per vault: an advisory lock on the marker file, held for the daemon's life.
+    let marker = fs::File::open(vault.join(MARKER_FILE))
+        .map_err(VaultError::io("cannot open the vault marker"))?;
+    // SAFETY: flock on an fd we own.
+    if unsafe { libc::flock(marker.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        return Err(mount_failed(format!(
+            "{} is already mounted by another vaultfs process",
+            vault.display()
+        )));
+    }
+    let unlocked = ks.unlock_with_password(password, None)?;
+    let vault_id = unlocked.keystore.state.config.vault_id;
+    let config = FsConfig {
+        read_only: req.settings.read_only,
+        ttl: Duration::from_secs(1),
+    };
+    req.settings.fsname = vault.display().to_string();
+    let fuser_config = req.settings.fuser_config()?;
+    let root = backing::open_root(&vault)
+        .map_err(VaultError::io(format!("cannot open {}", vault.display())))?;
+    let fs = VaultFs::new(
+        unlocked.keyring.clone(),
+        unlocked.layout(),
+        unlocked.state().config.longname_max as usize,
+        root,
+        FsConfig {
+            read_only: req.settings.read_only,
+            ..config
+        },
+    )
+    .map_err(|e| mount_failed(format!("cannot read the vault root: {e}")))?;
+    drop(unlocked);
+
+    if req.foreground {
+        harden_process();
+        let _ =
+            local_state::record_local_audit(&vault_id, "mount", &mountpoint.display().to_string());
+        return serve(fs, &mountpoint, &fuser_config, &vault_id, None, marker);
+    }
+
+    // Fork now, while single-threaded; the child reports back through a pipe.
+    let (rd, wr) = rustix::pipe::pipe().map_err(|e| mount_failed(format!("pipe: {e}")))?;
+    // SAFETY: no other threads exist yet; the child only continues with its own copy.
+    match unsafe { libc::fork() } {
+        -1 => Err(mount_failed(format!(
+            "fork: {}",
+            std::io::Error::last_os_error()
+        ))),
+        0 => {
+            drop(rd);
+            // SAFETY: setsid in the fresh child.
+            unsafe { libc::setsid() };
+            let _ = init_daemon_log(&vault_id);
+            redirect_stdio();
+            harden_process();
+            let _ = local_state::record_local_audit(
+                &vault_id,
+                "mount",
+                &mountpoint.display().to_string(),
+            );
+            let code = match serve(fs, &mountpoint, &fuser_config, &vault_id, Some(wr), marker) {
+                Ok(()) => 0,
+                Err(e) => e.exit_code(),
+            };
+            std::process::exit(code);
+        }
+        child => {
+            drop(wr);
+            let mut msg = String::new();
+            let _ = fs::File::from(rd).read_to_string(&mut msg);
+            if let Some(err) = msg.strip_prefix("ERR ") {
+                return Err(mount_failed(err.trim().to_string()));
+            }
+            if !msg.starts_with("OK") {
+                let mut status = 0;
+                // SAFETY: waiting for our own child.
+                unsafe { libc::waitpid(child, &mut status, 0) };
+                return Err(mount_failed(
+                    "the vaultfs daemon exited before the mount was ready",
+                ));
+            }
+            // The mount answers once a stat of the mount point returns through FUSE.
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while Instant::now() < deadline {
+                if is_mounted(&mountpoint).is_some() && fs::metadata(&mountpoint).is_ok() {
+                    return Ok(());
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            Err(mount_failed("the mount did not answer within 10 s"))
+        }
+    }
+}
+
+fn redirect_stdio() {
+    if let Ok(null) = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/null")
+    {
+        for fd in 0..3 {
+            // SAFETY: dup2 onto the standard descriptors.
+            unsafe { libc::dup2(null.as_raw_fd(), fd) };
+        }
+    }
+}
+
+fn serve(
+    fs: VaultFs,
+    mountpoint: &Path,
+    config: &fuser::Config,
+    vault_id: &[u8; 16],
+    ready: Option<OwnedFd>,
+    _lock: fs::File,
+) -> Result<()> {
+    let report = |ready: &Option<OwnedFd>, msg: &str| {
+        if let Some(fd) = ready {
+            // SAFETY: borrow the pipe fd as a File without taking ownership.
+            let mut f =
+                std::mem::ManuallyDrop::new(unsafe { fs::File::from_raw_fd(fd.as_raw_fd()) });
+            let _ = f.write_all(msg.as_bytes());
+        }
+    };
+    let session = match fuser::Session::new(fs, mountpoint, config) {
+        Ok(s) => s,
+        Err(e) => {
+            let why = if e.kind() == std::io::ErrorKind::NotFound
+                || e.raw_os_error() == Some(libc::ENODEV)
+            {
+                format!(
+                    "cannot mount {}: FUSE is not available ({e}); install fuse3 and load the fuse module",
+                    mountpoint.display()
+                )
+            } else {
+                format!("cannot mount {}: {e}", mountpoint.display())
+            };
+            report(&ready, &format!("ERR {why}\n"));
+            return Err(mount_failed(why));
+        }
+    };
+    let pid_path = pidfile(mountpoint).ok();
+    if let Some(p) = &pid_path {
+        let _ = fs::write(p, format!("{}\n", std::process::id()));
+    }
+    spawn_signal_thread(mountpoint.to_path_buf());
+    report(&ready, "OK\n");
+    drop(ready);
+    let result = session.run();
+    let _ = local_state::record_local_audit(vault_id, "unmount", &mountpoint.display().to_string());
+    if let Some(p) = &pid_path {
+        let _ = fs::remove_file(p);
+    }
+    result.map_err(|e| mount_failed(format!("FUSE session ended with an error: {e}")))
+}
+
+/// SIGTERM/SIGINT/SIGHUP: detach the mount (lazy unmount); the daemon keeps serving open
+/// files until the kernel releases the mount, then exits.
+fn spawn_signal_thread(mountpoint: PathBuf) {
+    use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+    let Ok(mut signals) = signal_hook::iterator::Signals::new([SIGTERM, SIGINT, SIGHUP]) else {
+        return;
+    };
+    std::thread::spawn(move || {
+        if let Some(sig) = signals.forever().next() {
+            log::info!("signal {sig}: detaching {}", mountpoint.display());
+            let _ = detach(&mountpoint, true);
+        }
+    });
+}
+
+fn detach(mountpoint: &Path, lazy: bool) -> std::io::Result<()> {
+    if rustix::process::geteuid().is_root() {
+        let flags = if lazy {
+            rustix::mount::UnmountFlags::DETACH
+        } else {
+            rustix::mount::UnmountFlags::empty()
+        };
+        return rustix::mount::unmount(mountpoint, flags)
+            .map_err(|e| std::io::Error::from_raw_os_error(e.raw_os_error()));
+    }
+    let mut cmd = std::process::Command::new("fusermount3");
+    cmd.arg("-u");
+    if lazy {
+        cmd.arg("-z");
+    }
+    let out = cmd.arg(mountpoint).output()?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        let msg = String::from_utf8_lossy(&out.stderr);
+        let busy = msg.contains("busy");
+        Err(std::io::Error::from_raw_os_error(if busy {
+            libc::EBUSY
+        } else {
+            libc::EINVAL
+        }))
+    }
+}
+
+/// Processes that hold files (or their working directory) under `mountpoint`.
+fn open_files_under(mountpoint: &Path) -> Vec<String> {
+    let mut found = Vec::new();
+    let Ok(procs) = fs::read_dir("/proc") else {
+        return found;
+    };
+    for p in procs.flatten() {
+        let Some(pid) = p.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
+            continue;
+        };
+        let comm = fs::read_to_string(format!("/proc/{pid}/comm"))
+            .unwrap_or_default()
+            .trim()
+            .to_string();
+        let mut links: Vec<PathBuf> = ["cwd", "root"].iter().map(|l| p.path().join(l)).collect();
+        if let Ok(fds) = fs::read_dir(p.path().join("fd")) {
+            links.extend(fds.flatten().map(|f| f.path()));
+        }
+        for link in links {
+            if let Ok(target) = fs::read_link(&link)
+                && target.starts_with(mountpoint)
+            {
+                found.push(format!("{} (pid {pid}, {comm})", target.display()));
+            }
+        }
+    }
+    found
+}
+
+/// `vaultfs unmount`: EBUSY naming the open files unless `lazy`; waits for the daemon.
+pub fn unmount(mountpoint: &Path, lazy: bool) -> Result<()> {
+    let abs = if mountpoint.is_absolute() {
+        mountpoint.to_path_buf()
+    } else {
+        std::env::current_dir()
+            .map_err(VaultError::io("current directory"))?
+            .join(mountpoint)
+    };
+    let abs = fs::canonicalize(&abs).unwrap_or(abs);
+    match is_mounted(&abs) {
+        Some(t) if t == "fuse.vaultfs" => {}
+        _ => return Err(VaultError::NotMounted(abs)),
+    }
+    if !lazy {
+        let open = open_files_under(&abs);
+        if !open.is_empty() {
+            let shown: Vec<_> = open.iter().take(5).cloned().collect();
+            let more = if open.len() > 5 {
+                format!(" and {} more", open.len() - 5)
+            } else {
+                String::new()
+            };
+            return Err(VaultError::Busy(format!(
+                "{} is busy (EBUSY): open: {}{more}; close them or use --lazy",
+                abs.display(),
+                shown.join(", ")
+            )));
+        }
+    }
+    let pid = pidfile(&abs)
+        .ok()
+        .and_then(|p| fs::read_to_string(p).ok())
+        .and_then(|s| s.trim().parse::<i32>().ok());
+    detach(&abs, lazy).map_err(|e| {
+        if e.raw_os_error() == Some(libc::EBUSY) {
+            VaultError::Busy(format!(
+                "{} is busy (EBUSY); close its files or use --lazy",
+                abs.display()
+            ))
+        } else {
+            VaultError::MountFailed(format!("cannot unmount {}: {e}", abs.display()))
+        }
+    })?;
+    if let (Some(pid), false) = (pid, lazy) {
+        // The daemon exits once the kernel has released the mount; everything it wrote is
+        // already in the backing files.
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while Path::new(&format!("/proc/{pid}")).exists() && Instant::now() < deadline {
+            let stat = fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+            if stat.split(' ').nth(2) == Some("Z") {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,365 @@
+//! An open regular file: its backing fd, header, content key and plaintext size, shared by
+//! every handle on the inode. Reads take the inode's lock shared, writes and truncates take
+//! it exclusive, so concurrent writers never tear a chunk; no lock is global.
+//!
+//! Size changes follow docs/FORMAT.md section 11: to grow, the old last chunk is first
+//! resealed (full) still flagged last, then the new chunks are written, then the old last
+//! chunk is resealed as non-last; chunks skipped over stay holes.
+
+use std::os::fd::{AsFd, OwnedFd};
+use std::sync::RwLock;
+
+use libc::{EFBIG, EIO};
+
+use super::FsResult;
+use super::backing;
+use crate::crypto::chunk::{CHUNK_OVERHEAD, ChunkLayout, ContentCipher};
+use crate::crypto::header::{FileHeader, HEADER_LEN, MAX_CHUNK_WRITES};
+use crate::crypto::keys::Key256;
+use crate::crypto::{CryptoError, Keyring};
+
+/// Chunk writes reserved in the header at a time (one header rewrite per this many writes).
+const RESERVE_BLOCK: u64 = 1 << 16;
+
+struct State {
+    header: FileHeader,
+    key: Key256,
+    cipher: ContentCipher,
+    size: u64,
+    /// Chunk writes still covered by the last reservation recorded in the header.
+    budget: u64,
+}
+
+pub struct OpenFile {
+    fd: OwnedFd,
+    layout: ChunkLayout,
+    state: RwLock<State>,
+}
+
+fn io(e: std::io::Error) -> i32 {
+    e.raw_os_error().unwrap_or(EIO)
+}
+
+impl OpenFile {
+    /// Opens an existing file from its backing fd: reads and unwraps the header.
+    pub fn open(fd: OwnedFd, keyring: &Keyring, layout: ChunkLayout) -> Result<OpenFile, String> {
+        let mut head = [0u8; HEADER_LEN];
+        let n = backing::pread_full(fd.as_fd(), &mut head, 0)
+            .map_err(|e| format!("cannot read header: {e}"))?;
+        let header = FileHeader::decode(&head[..n]).map_err(|e| format!("{e}"))?;
+        let key = header
+            .unwrap_key(keyring)
+            .map_err(|e| format!("file header: {e}"))?;
+        let backing_size = backing::fstat(fd.as_fd())
+            .map_err(|e| format!("{e}"))?
+            .st_size as u64;
+        let size = layout
+            .plaintext_size(backing_size)
+            .map_err(|e| format!("{e}"))?;
+        let cipher = ContentCipher::new(header.file_id, &key, layout);
+        Ok(OpenFile {
+            fd,
+            layout,
+            state: RwLock::new(State {
+                header,
+                key,
+                cipher,
+                size,
+                budget: 0,
+            }),
+        })
+    }
+
+    /// Writes a new empty file (header and empty last chunk) to `fd` and opens it.
+    pub fn create(fd: OwnedFd, keyring: &Keyring, layout: ChunkLayout) -> FsResult<OpenFile> {
+        let (header, key, cipher) = fresh_identity(keyring, layout)?;
+        write_empty_file(fd.as_fd(), &header, &cipher)?;
+        let state = State {
+            header,
+            key,
+            cipher,
+            size: 0,
+            budget: RESERVE_BLOCK - 1,
+        };
+        Ok(OpenFile {
+            fd,
+            layout,
+            state: RwLock::new(state),
+        })
+    }
+
+    pub fn fd(&self) -> &OwnedFd {
+        &self.fd
+    }
+
+    pub fn size(&self) -> u64 {
+        self.state.read().expect("file lock").size
+    }
+
+    /// Reads up to `len` bytes at `offset`: short only at end of file; EIO if any chunk in the
+    /// range fails to authenticate.
+    pub fn read(&self, offset: u64, len: usize) -> FsResult<Vec<u8>> {
+        let st = self.state.read().expect("file lock");
+        if offset >= st.size || len == 0 {
+            return Ok(Vec::new());
+        }
+        let end = st.size.min(offset + len as u64);
+        let l = self.layout;
+        let cs = l.chunk_size() as u64;
+        let first = offset / cs;
+        let last = (end - 1) / cs;
+        let plain_len = ((last - first) * cs) as usize + l.plaintext_len_of_chunk(last, st.size);
+        let mut ct = vec![0u8; plain_len + (last - first + 1) as usize * CHUNK_OVERHEAD];
+        let got =
+            backing::pread_full(self.fd.as_fd(), &mut ct, l.chunk_offset(first)).map_err(io)?;
+        if got != ct.len() {
+            return Err(EIO);
+        }
+        let mut plain = vec![0u8; plain_len];
+        st.cipher
+            .open_run(first, l.last_chunk_index(st.size), &ct, &mut plain)
+            .map_err(|_| EIO)?;
+        let start = (offset - first * cs) as usize;
+        plain.truncate(start + (end - offset) as usize);
+        plain.drain(..start);
+        Ok(plain)
+    }
+
+    /// Writes `data` at `offset`.
+    pub fn write(&self, keyring: &Keyring, offset: u64, data: &[u8]) -> FsResult<()> {
+        if data.is_empty() {
+            return Ok(());
+        }
+        let end = offset.checked_add(data.len() as u64).ok_or(EFBIG)?;
+        let mut st = self.state.write().expect("file lock");
+        let l = self.layout;
+        let cs = l.chunk_size() as u64;
+        let old_size = st.size;
+        let old_last = l.last_chunk_index(old_size);
+        let first = offset / cs;
+        let last = (end - 1) / cs;
+        if end <= old_size || last == old_last {
+            // Rewrite in place (possibly lengthening the last chunk).
+            let new_size = old_size.max(end);
+            let plain = self.build(&st, first, last, new_size, offset, data)?;
+            self.seal_and_write(
+                keyring,
+                &mut st,
+                first,
+                last == l.last_chunk_index(new_size),
+                &plain,
+            )?;
+            st.size = new_size;
+            return Ok(());
+        }
+        // Grow past the old last chunk.
+        let full_old_last = if first <= old_last {
+            // The data overlaps the old last chunk: step 1 writes [first, old_last] with the
+            // old last chunk full and still flagged last.
+            self.build(&st, first, old_last, (old_last + 1) * cs, offset, data)?
+        } else {
+            let tail = self.build(&st, old_last, old_last, (old_last + 1) * cs, 0, &[])?;
+            if !old_size.is_multiple_of(cs) || old_size == 0 {
+                self.seal_and_write(keyring, &mut st, old_last, true, &tail)?;
+            }
+            tail
+        };
+        if first <= old_last {
+            self.seal_and_write(keyring, &mut st, first, true, &full_old_last)?;
+        }
+        let b_first = first.max(old_last + 1);
+        let plain = self.build(&st, b_first, last, end, offset, data)?;
+        self.seal_and_write(keyring, &mut st, b_first, true, &plain)?;
+        st.size = end;
+        // Step 3: the old last chunk becomes non-last, restoring truncation detection there.
+        let at = ((old_last - first.min(old_last)) * cs) as usize;
+        let chunk = full_old_last[at..at + cs as usize].to_vec();
+        self.seal_and_write(keyring, &mut st, old_last, false, &chunk)?;
+        Ok(())
+    }
+
+    /// Plaintext of chunks `first..=last` of a file that will be `new_size` long, with
+    /// `data` placed at `offset` over the current contents (read and decrypted where a chunk
+    /// is only partly overwritten).
+    fn build(
+        &self,
+        st: &State,
+        first: u64,
+        last: u64,
+        new_size: u64,
+        offset: u64,
+        data: &[u8],
+    ) -> FsResult<Vec<u8>> {
+        let l = self.layout;
+        let cs = l.chunk_size() as u64;
+        let len = ((last - first) * cs) as usize + l.plaintext_len_of_chunk(last, new_size);
+        let mut plain = vec![0u8; len];
+        let end = offset + data.len() as u64;
+        let old_last = l.last_chunk_index(st.size);
+        for i in first..=last {
+            let (c_start, c_end) = (i * cs, (i * cs + cs).min(first * cs + len as u64));
+            let covered = !data.is_empty() && offset <= c_start && end >= c_end;
+            let old_len = l.plaintext_len_of_chunk(i, st.size);
+            if i <= old_last && old_len > 0 && !covered {
+                let mut ct = vec![0u8; old_len + CHUNK_OVERHEAD];
+                let got =
+                    backing::pread_full(self.fd.as_fd(), &mut ct, l.chunk_offset(i)).map_err(io)?;
+                if got != ct.len() {
+                    return Err(EIO);
+                }
+                let at = ((i - first) * cs) as usize;
+                let n = old_len.min(len - at);
+                let mut out = vec![0u8; old_len];
+                st.cipher
+                    .open_chunk(i, i == old_last, &ct, &mut out)
+                    .map_err(|_| EIO)?;
+                plain[at..at + n].copy_from_slice(&out[..n]);
+            }
+        }
+        // The part of `data` that falls into this run.
+        let run_start = first * cs;
+        let lo = offset.max(run_start);
+        let hi = end.min(run_start + len as u64);
+        if lo < hi {
+            let src = &data[(lo - offset) as usize..(hi - offset) as usize];
+            plain[(lo - run_start) as usize..(hi - run_start) as usize].copy_from_slice(src);
+        }
+        Ok(plain)
+    }
+
+    /// Seals `plain` as chunks from `first` (the run's last chunk flagged last if `ends_file`)
+    /// and writes them, reserving chunk-write budget in the header first.
+    fn seal_and_write(
+        &self,
+        keyring: &Keyring,
+        st: &mut State,
+        first: u64,
+        ends_file: bool,
+        plain: &[u8],
+    ) -> FsResult<()> {
+        let n = plain.len().div_ceil(self.layout.chunk_size()).max(1) as u64;
+        self.reserve(keyring, st, n)?;
+        let mut ct = vec![0u8; st.cipher.sealed_run_len(plain.len())];
+        st.cipher
+            .seal_run(first, ends_file, plain, &mut ct)
+            .map_err(|_| EIO)?;
+        st.budget -= n;
+        backing::pwrite_all(self.fd.as_fd(), &ct, self.layout.chunk_offset(first)).map_err(io)
+    }
+
+    fn reserve(&self, keyring: &Keyring, st: &mut State, n: u64) -> FsResult<()> {
+        if st.budget >= n {
+            return Ok(());
+        }
+        let block = n.max(RESERVE_BLOCK);
+        if st.header.writes_used + block > MAX_CHUNK_WRITES {
+            // The key's nonce budget is spent: the file needs a new key (rotate --reencrypt).
+            log::error!("file key write budget exhausted; re-encrypt the file");
+            return Err(EIO);
+        }
+        let State { header, key, .. } = st;
+        header
+            .reserve_writes(block, keyring, key)
+            .map_err(|_| EIO)?;
+        backing::pwrite_all(self.fd.as_fd(), &st.header.encode(), 0).map_err(io)?;
+        // The reservation must be on disk before the writes it covers.
+        backing::fdatasync(self.fd.as_fd()).map_err(io)?;
+        st.budget += block;
+        Ok(())
+    }
+
+    /// Changes the size (truncate/ftruncate). Zero gives the file a new ID and key.
+    pub fn truncate(&self, keyring: &Keyring, new_size: u64) -> FsResult<()> {
+        let mut st = self.state.write().expect("file lock");
+        let l = self.layout;
+        let cs = l.chunk_size() as u64;
+        let old_size = st.size;
+        if new_size == old_size {
+            return Ok(());
+        }
+        if new_size == 0 {
+            let (header, key, cipher) = fresh_identity(keyring, l)?;
+            backing::ftruncate(self.fd.as_fd(), 0).map_err(io)?;
+            write_empty_file(self.fd.as_fd(), &header, &cipher)?;
+            *st = State {
+                header,
+                key,
+                cipher,
+                size: 0,
+                budget: RESERVE_BLOCK - 1,
+            };
+            return Ok(());
+        }
+        let old_last = l.last_chunk_index(old_size);
+        let new_last = l.last_chunk_index(new_size);
+        if new_size > old_size {
+            if new_last == old_last {
+                let plain = self.build(&st, old_last, old_last, new_size, 0, &[])?;
+                self.seal_and_write(keyring, &mut st, old_last, true, &plain)?;
+            } else {
+                let tail = self.build(&st, old_last, old_last, (old_last + 1) * cs, 0, &[])?;
+                if !old_size.is_multiple_of(cs) || old_size == 0 {
+                    self.seal_and_write(keyring, &mut st, old_last, true, &tail)?;
+                }
+                let zeros = vec![0u8; l.plaintext_len_of_chunk(new_last, new_size)];
+                self.seal_and_write(keyring, &mut st, new_last, true, &zeros)?;
+                st.size = new_size;
+                self.seal_and_write(keyring, &mut st, old_last, false, &tail)?;
+            }
+            st.size = new_size;
+            return Ok(());
+        }
+        // Shrink to new_size > 0: the new last chunk K is resealed flagged last, then cut.
+        let k = new_last;
+        let k_len = l.plaintext_len_of_chunk(k, new_size);
+        let old_k_len = l.plaintext_len_of_chunk(k, old_size);
+        let full = self.build(&st, k, k, old_size.min((k + 1) * cs), 0, &[])?;
+        if k_len < old_k_len && k != old_last {
+            // Keep every intermediate state valid: K flagged last at its old length, cut after it.
+            self.seal_and_write(keyring, &mut st, k, true, &full)?;
+            backing::ftruncate(
+                self.fd.as_fd(),
+                l.chunk_offset(k) + (old_k_len + CHUNK_OVERHEAD) as u64,
+            )
+            .map_err(io)?;
+        }
+        self.seal_and_write(keyring, &mut st, k, true, &full[..k_len])?;
+        backing::ftruncate(self.fd.as_fd(), l.ciphertext_size(new_size)).map_err(io)?;
+        st.size = new_size;
+        Ok(())
+    }
+
+    pub fn fsync(&self, datasync: bool) -> FsResult<()> {
+        let r = if datasync {
+            backing::fdatasync(self.fd.as_fd())
+        } else {
+            backing::fsync(self.fd.as_fd())
+        };
+        r.map_err(io)
+    }
+}
+
+fn fresh_identity(
+    keyring: &Keyring,
+    layout: ChunkLayout,
+) -> FsResult<(FileHeader, Key256, ContentCipher)> {
+    let (header, key) = FileHeader::create(keyring, RESERVE_BLOCK).map_err(|e: CryptoError| {
+        log::error!("cannot create a file key: {e}");
+        EIO
+    })?;
+    let cipher = ContentCipher::new(header.file_id, &key, layout);
+    Ok((header, key, cipher))
+}
+
+fn write_empty_file(
+    fd: std::os::fd::BorrowedFd<'_>,
+    header: &FileHeader,
+    cipher: &ContentCipher,
+) -> FsResult<()> {
+    let mut buf = vec![0u8; HEADER_LEN + CHUNK_OVERHEAD];
+    buf[..HEADER_LEN].copy_from_slice(&header.encode());
+    cipher
+        .seal_run(0, true, &[], &mut buf[HEADER_LEN..])
+        .map_err(|_| EIO)?;
+    backing::pwrite_all(fd, &buf, 0).map_err(io)
+}

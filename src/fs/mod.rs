@@ -1,0 +1,556 @@
+//! The FUSE adapter: presents a vault's plaintext view. `backing` is the only code that
+//! touches the backing tree; `file` holds open-file state and the content protocols; `ops`
+//! maps FUSE requests onto this module's helpers.
+//!
+//! Inodes: every node the kernel knows holds an fd on its backing inode (a directory fd for
+//! directories, O_PATH otherwise). The fd pins the backing inode, so its number cannot be
+//! reused while the node lives, and the FUSE inode number is simply the backing one (with
+//! the backing root's number swapped with 1, FUSE's root): stable while mounted, shared by
+//! hard links, immune to renames.
+
+pub mod backing;
+pub mod file;
+pub mod mount;
+mod ops;
+
+use std::collections::{HashMap, HashSet};
+use std::ffi::OsStr;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::sync::{Arc, Mutex, Weak};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use fuser::{FileAttr, FileType, INodeNo};
+use libc::{EIO, ENAMETOOLONG, ENOENT};
+use rustix::fs::{Mode, OFlags, Stat};
+
+use crate::crypto::chunk::ChunkLayout;
+use crate::crypto::dirid::{ROOT_PARENT, open_dir_id};
+use crate::crypto::names::{
+    self, BackingName, DIRID_FILE, DIRID_NEXT_FILE, EntryKind, NameError, decrypt_name,
+    encrypt_name, read_side_file,
+};
+use crate::crypto::{DirId, Keyring, blob};
+use file::OpenFile;
+
+/// An errno.
+pub type FsResult<T> = Result<T, i32>;
+
+pub(crate) fn errno(e: std::io::Error) -> i32 {
+    e.raw_os_error().unwrap_or(EIO)
+}
+
+/// Settings of one mount.
+#[derive(Debug, Clone)]
+pub struct FsConfig {
+    pub read_only: bool,
+    /// Attribute and entry cache time given to the kernel.
+    pub ttl: Duration,
+}
+
+pub(crate) struct Node {
+    /// FUSE inode of the directory this node was last found in, and its backing entry name.
+    pub parent: u64,
+    pub entry: String,
+    pub kind: FileType,
+    /// Directory fd (directories) or O_PATH fd (everything else) on the backing inode.
+    pub fd: Arc<OwnedFd>,
+    pub dir_id: Option<DirId>,
+    pub lookups: u64,
+    /// Serializes changes to a directory's entries (create, unlink, rename, rmdir).
+    pub dir_lock: Arc<Mutex<()>>,
+}
+
+pub struct VaultFs {
+    pub(crate) keyring: Keyring,
+    pub(crate) layout: ChunkLayout,
+    pub(crate) longname_max: usize,
+    pub(crate) config: FsConfig,
+    pub(crate) root_dev: u64,
+    root_backing_ino: u64,
+    pub(crate) nodes: Mutex<HashMap<u64, Node>>,
+    /// Open files by inode, shared by all handles of the inode.
+    pub(crate) open_files: Mutex<HashMap<u64, Weak<OpenFile>>>,
+    pub(crate) handles: Mutex<HashMap<u64, Handle>>,
+    next_fh: std::sync::atomic::AtomicU64,
+    /// Backing paths whose damage was already logged (each is logged once).
+    reported: Mutex<HashSet<String>>,
+    pub(crate) is_root: bool,
+}
+
+pub(crate) enum Handle {
+    File(Arc<OpenFile>),
+    Dir(Vec<DirListing>),
+}
+
+pub(crate) struct DirListing {
+    pub name: Vec<u8>,
+    pub ino: u64,
+    pub kind: FileType,
+}
+
+pub(crate) const ROOT: u64 = 1;
+
+fn file_type(mode: u32) -> FileType {
+    match mode & libc::S_IFMT {
+        libc::S_IFDIR => FileType::Directory,
+        libc::S_IFLNK => FileType::Symlink,
+        libc::S_IFIFO => FileType::NamedPipe,
+        libc::S_IFSOCK => FileType::Socket,
+        libc::S_IFCHR => FileType::CharDevice,
+        libc::S_IFBLK => FileType::BlockDevice,
+        _ => FileType::RegularFile,
+    }
+}
+
+fn system_time(sec: i64, nsec: i64) -> SystemTime {
+    if sec >= 0 {
+        UNIX_EPOCH + Duration::new(sec as u64, nsec as u32)
+    } else {
+        UNIX_EPOCH - Duration::from_secs(sec.unsigned_abs()) + Duration::from_nanos(nsec as u64)
+    }
+}
+
+impl VaultFs {
+    /// Prepares a filesystem over the backing directory `root` (already opened).
+    pub fn new(
+        keyring: Keyring,
+        layout: ChunkLayout,
+        longname_max: usize,
+        root: OwnedFd,
+        config: FsConfig,
+    ) -> std::io::Result<VaultFs> {
+        let st = backing::fstat(root.as_fd())?;
+        let id_file = backing::read_small(root.as_fd(), DIRID_FILE, 64)?;
+        let (root_id, _) = open_dir_id(&keyring, &ROOT_PARENT, "", &id_file).map_err(|e| {
+            std::io::Error::other(format!("the vault's root directory ID does not open: {e}"))
+        })?;
+        let mut nodes = HashMap::new();
+        nodes.insert(
+            ROOT,
+            Node {
+                parent: ROOT,
+                entry: String::new(),
+                kind: FileType::Directory,
+                fd: Arc::new(root),
+                dir_id: Some(root_id),
+                lookups: 1,
+                dir_lock: Arc::default(),
+            },
+        );
+        Ok(VaultFs {
+            keyring,
+            layout,
+            longname_max,
+            config,
+            root_dev: st.st_dev,
+            root_backing_ino: st.st_ino,
+            nodes: Mutex::new(nodes),
+            open_files: Mutex::default(),
+            handles: Mutex::default(),
+            next_fh: 1.into(),
+            reported: Mutex::default(),
+            is_root: rustix::process::geteuid().is_root(),
+        })
+    }
+
+    /// FUSE inode number of a backing inode number.
+    pub(crate) fn fuse_ino(&self, backing_ino: u64) -> u64 {
+        if backing_ino == self.root_backing_ino {
+            ROOT
+        } else if backing_ino == ROOT {
+            self.root_backing_ino
+        } else {
+            backing_ino
+        }
+    }
+
+    /// Logs a damaged backing object once (with its backing path), and gives EIO.
+    pub(crate) fn damaged(&self, ino: u64, what: &str, detail: impl std::fmt::Display) -> i32 {
+        let path = self.backing_path(ino);
+        let key = format!("{path}: {what}");
+        let mut reported = self.reported.lock().expect("lock");
+        if reported.len() < 10_000 && reported.insert(key) {
+            log::error!("{path}: {what}: {detail}");
+        }
+        EIO
+    }
+
+    /// Best-effort backing path of a node, relative to the vault root, for messages.
+    pub(crate) fn backing_path(&self, ino: u64) -> String {
+        let nodes = self.nodes.lock().expect("lock");
+        let mut parts = Vec::new();
+        let mut cur = ino;
+        while cur != ROOT && parts.len() < 4096 {
+            match nodes.get(&cur) {
+                Some(n) => {
+                    parts.push(n.entry.clone());
+                    cur = n.parent;
+                }
+                None => {
+                    parts.push("?".into());
+                    break;
+                }
+            }
+        }
+        parts.reverse();
+        format!("/{}", parts.join("/"))
+    }
+
+    pub(crate) fn node_fd(&self, ino: u64) -> FsResult<Arc<OwnedFd>> {
+        self.nodes
+            .lock()
+            .expect("lock")
+            .get(&ino)
+            .map(|n| n.fd.clone())
+            .ok_or(ENOENT)
+    }
+
+    /// A directory node's fd, ID and entry lock.
+    pub(crate) fn dir(&self, ino: u64) -> FsResult<(Arc<OwnedFd>, DirId, Arc<Mutex<()>>)> {
+        let nodes = self.nodes.lock().expect("lock");
+        let n = nodes.get(&ino).ok_or(ENOENT)?;
+        match (n.kind, n.dir_id) {
+            (FileType::Directory, Some(id)) => Ok((n.fd.clone(), id, n.dir_lock.clone())),
+            _ => Err(libc::ENOTDIR),
+        }
+    }
+
+    /// The backing name of plaintext `name` in a directory, under each live generation
+    /// (active first).
+    pub(crate) fn candidate_names(
+        &self,
+        dir_id: &DirId,
+        name: &OsStr,
+    ) -> FsResult<Vec<BackingName>> {
+        let mut out = Vec::with_capacity(2);
+        for keys in self.keyring.live() {
+            let encoded = encrypt_name(keys, dir_id, name.as_bytes()).map_err(|e| match e {
+                NameError::TooLong => ENAMETOOLONG,
+                _ => libc::EINVAL,
+            })?;
+            out.push(BackingName::new(encoded, self.longname_max));
+        }
+        Ok(out)
+    }
+
+    /// Finds the existing backing entry of `name` in a directory.
+    pub(crate) fn find_entry(
+        &self,
+        dir_fd: BorrowedFd<'_>,
+        dir_id: &DirId,
+        name: &OsStr,
+    ) -> FsResult<(BackingName, Stat)> {
+        for bn in self.candidate_names(dir_id, name)? {
+            match backing::lstat(dir_fd, bn.entry()) {
+                Ok(st) => return Ok((bn, st)),
+                Err(e) if e.raw_os_error() == Some(ENOENT) => continue,
+                Err(e) => return Err(errno(e)),
+            }
+        }
+        Err(ENOENT)
+    }
+
+    /// The backing name for a new entry `name` (active generation), failing with EEXIST if
+    /// the name exists under any live generation.
+    pub(crate) fn new_entry_name(
+        &self,
+        dir_fd: BorrowedFd<'_>,
+        dir_id: &DirId,
+        name: &OsStr,
+    ) -> FsResult<BackingName> {
+        match self.find_entry(dir_fd, dir_id, name) {
+            Ok(_) => Err(libc::EEXIST),
+            Err(ENOENT) => Ok(self.candidate_names(dir_id, name)?.remove(0)),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Writes a long name's side file (before its entry appears).
+    pub(crate) fn write_side_file(&self, dir_fd: BorrowedFd<'_>, bn: &BackingName) -> FsResult<()> {
+        if let BackingName::Long {
+            side_file, encoded, ..
+        } = bn
+        {
+            let temp = self.temp_name();
+            backing::write_durable(dir_fd, side_file, &temp, encoded.as_bytes(), 0o600)
+                .map_err(errno)?;
+        }
+        Ok(())
+    }
+
+    pub(crate) fn remove_side_file(&self, dir_fd: BorrowedFd<'_>, bn: &BackingName) {
+        if let Some(side) = bn.side_file() {
+            let _ = backing::unlink(dir_fd, side);
+        }
+    }
+
+    pub(crate) fn temp_name(&self) -> String {
+        let r: [u8; 12] = crate::crypto::keys::random_array().unwrap_or([0; 12]);
+        format!(
+            "{}{}",
+            names::TEMP_PREFIX,
+            data_encoding::HEXLOWER.encode(&r)
+        )
+    }
+
+    /// Reads and checks the directory ID of the directory `fd` found at (`parent_id`, `entry`):
+    /// `vaultfs.dirid`, or during a rename `vaultfs.dirid.new`, whichever matches its place.
+    pub(crate) fn read_dir_id(
+        &self,
+        fd: BorrowedFd<'_>,
+        parent_id: &DirId,
+        entry: &str,
+    ) -> Result<DirId, String> {
+        let mut why = String::from("no directory ID file");
+        for file in [DIRID_FILE, DIRID_NEXT_FILE] {
+            match backing::read_small(fd, file, 64) {
+                Ok(bytes) => match open_dir_id(&self.keyring, parent_id, entry, &bytes) {
+                    Ok((id, _)) => return Ok(id),
+                    Err(e) => why = format!("{file}: {e} (moved or copied from elsewhere?)"),
+                },
+                Err(e) if e.raw_os_error() == Some(ENOENT) => {}
+                Err(e) => why = format!("{file}: {e}"),
+            }
+        }
+        Err(why)
+    }
+
+    /// Opens the backing inode of `entry` in the directory `parent` and registers it (or
+    /// bumps the lookup count of the node that has it). Returns its inode and attributes.
+    pub(crate) fn register(
+        &self,
+        parent: u64,
+        parent_fd: BorrowedFd<'_>,
+        parent_id: &DirId,
+        entry: &str,
+    ) -> FsResult<(u64, FileAttr)> {
+        let path_fd = rustix::fs::openat(
+            parent_fd,
+            entry,
+            OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(|e| e.raw_os_error())?;
+        let st = backing::fstat(path_fd.as_fd()).map_err(errno)?;
+        if st.st_dev != self.root_dev {
+            log::error!(
+                "{}/{entry}: on another filesystem; refusing to cross into it",
+                self.backing_path(parent)
+            );
+            return Err(EIO);
+        }
+        let ino = self.fuse_ino(st.st_ino);
+        let kind = file_type(st.st_mode);
+        {
+            let mut nodes = self.nodes.lock().expect("lock");
+            if let Some(n) = nodes.get_mut(&ino) {
+                n.lookups += 1;
+                n.parent = parent;
+                n.entry = entry.to_string();
+                drop(nodes);
+                return Ok((ino, self.attr_of(ino, kind, &st)));
+            }
+        }
+        let (fd, dir_id) = if kind == FileType::Directory {
+            let proc = format!("/proc/self/fd/{}", path_fd.as_raw_fd());
+            let dfd = rustix::fs::open(
+                proc.as_str(),
+                OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+                Mode::empty(),
+            )
+            .map_err(|e| e.raw_os_error())?;
+            let id = self
+                .read_dir_id(dfd.as_fd(), parent_id, entry)
+                .map_err(|why| {
+                    let path = format!("{}/{entry}", self.backing_path(parent));
+                    let mut reported = self.reported.lock().expect("lock");
+                    if reported.insert(path.clone()) {
+                        log::error!("{path}: directory ID does not check out: {why}");
+                    }
+                    EIO
+                })?;
+            (dfd, Some(id))
+        } else {
+            (path_fd, None)
+        };
+        let mut nodes = self.nodes.lock().expect("lock");
+        let n = nodes.entry(ino).or_insert_with(|| Node {
+            parent,
+            entry: entry.to_string(),
+            kind,
+            fd: Arc::new(fd),
+            dir_id,
+            lookups: 0,
+            dir_lock: Arc::default(),
+        });
+        n.lookups += 1;
+        drop(nodes);
+        Ok((ino, self.attr_of(ino, kind, &st)))
+    }
+
+    /// Attributes of a node from a backing stat (sizes translated to plaintext).
+    pub(crate) fn attr_of(&self, ino: u64, kind: FileType, st: &Stat) -> FileAttr {
+        let size = match kind {
+            FileType::RegularFile => {
+                let open = self
+                    .open_files
+                    .lock()
+                    .expect("lock")
+                    .get(&ino)
+                    .and_then(Weak::upgrade);
+                match open {
+                    Some(f) => f.size(),
+                    None => self.layout.plaintext_size_lenient(st.st_size as u64),
+                }
+            }
+            // The backing target is base64url of (overhead + n) bytes.
+            FileType::Symlink => {
+                (st.st_size as u64 * 3 / 4).saturating_sub(blob::BLOB_OVERHEAD as u64)
+            }
+            _ => st.st_size as u64,
+        };
+        FileAttr {
+            ino: INodeNo(ino),
+            size,
+            blocks: st.st_blocks as u64,
+            atime: system_time(st.st_atime, st.st_atime_nsec as i64),
+            mtime: system_time(st.st_mtime, st.st_mtime_nsec as i64),
+            ctime: system_time(st.st_ctime, st.st_ctime_nsec as i64),
+            crtime: UNIX_EPOCH,
+            kind,
+            perm: (st.st_mode & 0o7777) as u16,
+            nlink: st.st_nlink as u32,
+            uid: st.st_uid,
+            gid: st.st_gid,
+            rdev: st.st_rdev as u32,
+            blksize: 4096,
+            flags: 0,
+        }
+    }
+
+    /// Current attributes of a node, from its pinned backing inode.
+    pub(crate) fn getattr_ino(&self, ino: u64) -> FsResult<FileAttr> {
+        let (fd, kind) = {
+            let nodes = self.nodes.lock().expect("lock");
+            let n = nodes.get(&ino).ok_or(ENOENT)?;
+            (n.fd.clone(), n.kind)
+        };
+        let st = backing::fstat(fd.as_fd()).map_err(errno)?;
+        Ok(self.attr_of(ino, kind, &st))
+    }
+
+    /// The shared open state of a regular file, opening its backing file if needed.
+    pub(crate) fn open_file(&self, ino: u64) -> FsResult<Arc<OpenFile>> {
+        if let Some(f) = self
+            .open_files
+            .lock()
+            .expect("lock")
+            .get(&ino)
+            .and_then(Weak::upgrade)
+        {
+            return Ok(f);
+        }
+        let (fd, kind) = {
+            let nodes = self.nodes.lock().expect("lock");
+            let n = nodes.get(&ino).ok_or(ENOENT)?;
+            (n.fd.clone(), n.kind)
+        };
+        if kind != FileType::RegularFile {
+            return Err(if kind == FileType::Directory {
+                libc::EISDIR
+            } else {
+                libc::EINVAL
+            });
+        }
+        // Reopen the pinned inode itself: no path lookup, so nothing can be swapped in.
+        let proc = format!("/proc/self/fd/{}", fd.as_raw_fd());
+        let access = if self.config.read_only {
+            OFlags::RDONLY
+        } else {
+            OFlags::RDWR
+        };
+        let file_fd = rustix::fs::open(
+            proc.as_str(),
+            access | OFlags::CLOEXEC | OFlags::NONBLOCK,
+            Mode::empty(),
+        )
+        .map_err(|e| e.raw_os_error())?;
+        let f = OpenFile::open(file_fd, &self.keyring, self.layout)
+            .map_err(|why| self.damaged(ino, "unreadable file", why))?;
+        let mut open = self.open_files.lock().expect("lock");
+        // Another thread may have opened it meanwhile: keep one state per inode.
+        if let Some(existing) = open.get(&ino).and_then(Weak::upgrade) {
+            return Ok(existing);
+        }
+        let f = Arc::new(f);
+        open.insert(ino, Arc::downgrade(&f));
+        Ok(f)
+    }
+
+    pub(crate) fn add_handle(&self, h: Handle) -> u64 {
+        let fh = self
+            .next_fh
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.handles.lock().expect("lock").insert(fh, h);
+        fh
+    }
+
+    pub(crate) fn file_handle(&self, fh: u64) -> FsResult<Arc<OpenFile>> {
+        match self.handles.lock().expect("lock").get(&fh) {
+            Some(Handle::File(f)) => Ok(f.clone()),
+            _ => Err(libc::EBADF),
+        }
+    }
+
+    /// Decrypted listing of a backing directory: (plaintext name, FUSE inode, type).
+    /// Entries that do not decrypt here are skipped (and logged once).
+    pub(crate) fn list_dir(&self, ino: u64) -> FsResult<Vec<DirListing>> {
+        let (fd, dir_id, _) = self.dir(ino)?;
+        let entries = backing::list(fd.as_fd()).map_err(errno)?;
+        let mut out = Vec::with_capacity(entries.len());
+        for e in entries {
+            let encoded = match names::classify(&e.name) {
+                EntryKind::Encrypted => e.name.clone(),
+                EntryKind::LongName { side_file } => {
+                    match backing::read_small(fd.as_fd(), &side_file, 4096)
+                        .map_err(|e| e.to_string())
+                        .and_then(|b| read_side_file(&e.name, &b).map_err(|e| e.to_string()))
+                    {
+                        Ok(enc) => enc,
+                        Err(why) => {
+                            self.damaged(ino, &format!("long name {}", e.name), why);
+                            continue;
+                        }
+                    }
+                }
+                EntryKind::Reserved | EntryKind::Foreign => continue,
+            };
+            match decrypt_name(&self.keyring, &dir_id, &encoded) {
+                Ok((name, _)) => {
+                    let kind = if e.file_type == rustix::fs::FileType::Unknown {
+                        match backing::lstat(fd.as_fd(), &e.name) {
+                            Ok(st) => file_type(st.st_mode),
+                            Err(_) => continue,
+                        }
+                    } else {
+                        file_type(e.file_type.as_raw_mode())
+                    };
+                    out.push(DirListing {
+                        name,
+                        ino: self.fuse_ino(e.ino),
+                        kind,
+                    });
+                }
+                Err(_) => {
+                    self.damaged(
+                        ino,
+                        &format!("entry {}", e.name),
+                        "name does not decrypt in this directory",
+                    );
+                }
+            }
+        }
+        Ok(out)
+    }
+}

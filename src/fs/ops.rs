@@ -1,0 +1,949 @@
+//! FUSE requests, mapped onto `VaultFs`. Every handler answers with an errno on failure and
+//! never panics on anything the backing tree holds.
+
+use std::ffi::OsStr;
+use std::os::fd::AsFd;
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use fuser::{
+    Errno, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo, KernelConfig,
+    LockOwner, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory,
+    ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite, Request, TimeOrNow, WriteFlags,
+};
+use libc::{EEXIST, EINVAL, EIO, EISDIR, ENOENT, ENOTDIR, ENOTEMPTY, EROFS};
+
+use super::backing::{self, SetTime};
+use super::file::OpenFile;
+use super::{DirListing, FsResult, Handle, ROOT, VaultFs, errno};
+use crate::crypto::dirid::seal_dir_id;
+use crate::crypto::names::{BackingName, DIRID_FILE, DIRID_NEXT_FILE, NAME_MAX};
+use crate::crypto::{blob, keys};
+
+fn e(code: i32) -> Errno {
+    Errno::from_i32(code)
+}
+
+fn set_time(t: Option<TimeOrNow>) -> SetTime {
+    match t {
+        None => SetTime::Omit,
+        Some(TimeOrNow::Now) => SetTime::Now,
+        Some(TimeOrNow::SpecificTime(st)) => match st.duration_since(UNIX_EPOCH) {
+            Ok(d) => SetTime::At(d.as_secs() as i64, d.subsec_nanos()),
+            Err(before) => {
+                let d = before.duration();
+                let (mut sec, mut nsec) = (-(d.as_secs() as i64), d.subsec_nanos());
+                if nsec > 0 {
+                    sec -= 1;
+                    nsec = 1_000_000_000 - nsec;
+                }
+                SetTime::At(sec, nsec)
+            }
+        },
+    }
+}
+
+/// Lock two directory locks in inode order (one if they are the same).
+fn lock_two<'a>(
+    a: (u64, &'a std::sync::Mutex<()>),
+    b: (u64, &'a std::sync::Mutex<()>),
+) -> (
+    std::sync::MutexGuard<'a, ()>,
+    Option<std::sync::MutexGuard<'a, ()>>,
+) {
+    if a.0 == b.0 {
+        (a.1.lock().expect("lock"), None)
+    } else if a.0 < b.0 {
+        let ga = a.1.lock().expect("lock");
+        (ga, Some(b.1.lock().expect("lock")))
+    } else {
+        let gb = b.1.lock().expect("lock");
+        (gb, Some(a.1.lock().expect("lock")))
+    }
+}
+
+impl VaultFs {
+    fn check_name(name: &OsStr) -> FsResult<()> {
+        if name.len() > NAME_MAX {
+            return Err(libc::ENAMETOOLONG);
+        }
+        Ok(())
+    }
+
+    fn writable(&self) -> FsResult<()> {
+        if self.config.read_only {
+            Err(EROFS)
+        } else {
+            Ok(())
+        }
+    }
+
+    /// Owner of a new entry: the caller, with the parent's group if it is set-group-ID.
+    fn owner_for(&self, req: &Request, parent_fd: std::os::fd::BorrowedFd<'_>) -> (u32, u32, bool) {
+        let st = backing::fstat(parent_fd).ok();
+        let sgid = st.as_ref().is_some_and(|s| s.st_mode & libc::S_ISGID != 0);
+        let gid = if sgid {
+            st.map(|s| s.st_gid).unwrap_or(req.gid())
+        } else {
+            req.gid()
+        };
+        (req.uid(), gid, sgid)
+    }
+
+    fn do_lookup(&self, parent: u64, name: &OsStr) -> FsResult<(u64, fuser::FileAttr)> {
+        Self::check_name(name)?;
+        let (pfd, pid, _) = self.dir(parent)?;
+        let (bn, _) = self.find_entry(pfd.as_fd(), &pid, name)?;
+        self.register(parent, pfd.as_fd(), &pid, bn.entry())
+    }
+
+    fn do_mkdir(
+        &self,
+        req: &Request,
+        parent: u64,
+        name: &OsStr,
+        mode: u32,
+    ) -> FsResult<(u64, fuser::FileAttr)> {
+        self.writable()?;
+        Self::check_name(name)?;
+        let (pfd, pid, lock) = self.dir(parent)?;
+        let _g = lock.lock().expect("lock");
+        let bn = self.new_entry_name(pfd.as_fd(), &pid, name)?;
+        let temp = self.temp_name();
+        backing::mkdir(pfd.as_fd(), &temp, 0o700).map_err(errno)?;
+        let result = (|| -> FsResult<()> {
+            let tfd = backing::open_dir(pfd.as_fd(), &temp).map_err(errno)?;
+            let id: [u8; 16] = keys::random_array().map_err(|_| EIO)?;
+            let sealed = seal_dir_id(
+                self.keyring.active(),
+                &self.keyring.vault_id,
+                &pid,
+                bn.entry(),
+                &id,
+            );
+            let f = backing::create_regular(tfd.as_fd(), DIRID_FILE, 0o600).map_err(errno)?;
+            backing::pwrite_all(f.as_fd(), &sealed, 0).map_err(errno)?;
+            backing::fsync(f.as_fd()).map_err(errno)?;
+            backing::fsync(tfd.as_fd()).map_err(errno)?;
+            let (uid, gid, sgid) = self.owner_for(req, pfd.as_fd());
+            if self.is_root {
+                backing::chown_fd(tfd.as_fd(), Some(uid), Some(gid)).map_err(errno)?;
+            }
+            let mode = (mode & 0o7777) | if sgid { libc::S_ISGID } else { 0 };
+            backing::chmod_fd(tfd.as_fd(), mode).map_err(errno)?;
+            self.write_side_file(pfd.as_fd(), &bn)?;
+            backing::rename(
+                pfd.as_fd(),
+                &temp,
+                pfd.as_fd(),
+                bn.entry(),
+                rustix::fs::RenameFlags::NOREPLACE,
+            )
+            .map_err(errno)
+        })();
+        if let Err(code) = result {
+            if let Ok(tfd) = backing::open_dir(pfd.as_fd(), &temp) {
+                let _ = backing::unlink(tfd.as_fd(), DIRID_FILE);
+            }
+            let _ = backing::rmdir(pfd.as_fd(), &temp);
+            return Err(code);
+        }
+        self.register(parent, pfd.as_fd(), &pid, bn.entry())
+    }
+
+    /// Creates a non-directory entry with `make(dir_fd, entry)`, then sets owner and mode.
+    fn make_node(
+        &self,
+        req: &Request,
+        parent: u64,
+        name: &OsStr,
+        mode: Option<u32>,
+        make: impl FnOnce(std::os::fd::BorrowedFd<'_>, &str) -> FsResult<Option<OpenFile>>,
+    ) -> FsResult<(u64, fuser::FileAttr, Option<Arc<OpenFile>>)> {
+        self.writable()?;
+        Self::check_name(name)?;
+        let (pfd, pid, lock) = self.dir(parent)?;
+        let _g = lock.lock().expect("lock");
+        let bn = self.new_entry_name(pfd.as_fd(), &pid, name)?;
+        self.write_side_file(pfd.as_fd(), &bn)?;
+        let made = match make(pfd.as_fd(), bn.entry()) {
+            Ok(f) => f,
+            Err(code) => {
+                if code != EEXIST {
+                    self.remove_side_file(pfd.as_fd(), &bn);
+                }
+                return Err(code);
+            }
+        };
+        let (uid, gid, _) = self.owner_for(req, pfd.as_fd());
+        let setup = (|| -> FsResult<()> {
+            if self.is_root {
+                backing::chown(pfd.as_fd(), bn.entry(), Some(uid), Some(gid)).map_err(errno)?;
+            }
+            if let Some(mode) = mode {
+                backing::chmod(pfd.as_fd(), bn.entry(), mode & 0o7777).map_err(errno)?;
+            }
+            Ok(())
+        })();
+        if let Err(code) = setup {
+            let _ = backing::unlink(pfd.as_fd(), bn.entry());
+            self.remove_side_file(pfd.as_fd(), &bn);
+            return Err(code);
+        }
+        let (ino, _) = self.register(parent, pfd.as_fd(), &pid, bn.entry())?;
+        let file = made.map(|f| {
+            let f = Arc::new(f);
+            self.open_files
+                .lock()
+                .expect("lock")
+                .insert(ino, Arc::downgrade(&f));
+            f
+        });
+        let attr = self.getattr_ino(ino)?;
+        Ok((ino, attr, file))
+    }
+
+    fn do_unlink(&self, parent: u64, name: &OsStr, want_dir: bool) -> FsResult<()> {
+        self.writable()?;
+        Self::check_name(name)?;
+        let (pfd, pid, lock) = self.dir(parent)?;
+        let _g = lock.lock().expect("lock");
+        let (bn, st) = self.find_entry(pfd.as_fd(), &pid, name)?;
+        let is_dir = st.st_mode & libc::S_IFMT == libc::S_IFDIR;
+        if want_dir {
+            if !is_dir {
+                return Err(ENOTDIR);
+            }
+            let child = backing::open_dir(pfd.as_fd(), bn.entry()).map_err(errno)?;
+            let child_ino = self.fuse_ino(st.st_ino);
+            let child_lock = self
+                .nodes
+                .lock()
+                .expect("lock")
+                .get(&child_ino)
+                .map(|n| n.dir_lock.clone());
+            let _cg = child_lock.as_ref().map(|l| l.lock().expect("lock"));
+            self.remove_dir_id_if_empty(child.as_fd())?;
+            if let Err(err) = backing::rmdir(pfd.as_fd(), bn.entry()) {
+                return Err(errno(err));
+            }
+        } else {
+            if is_dir {
+                return Err(EISDIR);
+            }
+            backing::unlink(pfd.as_fd(), bn.entry()).map_err(errno)?;
+        }
+        self.remove_side_file(pfd.as_fd(), &bn);
+        Ok(())
+    }
+
+    /// Removes a directory's ID files if it holds nothing else (ENOTEMPTY otherwise).
+    fn remove_dir_id_if_empty(&self, dir: std::os::fd::BorrowedFd<'_>) -> FsResult<()> {
+        let entries = backing::list(dir).map_err(errno)?;
+        if entries
+            .iter()
+            .any(|e| e.name != DIRID_FILE && e.name != DIRID_NEXT_FILE)
+        {
+            return Err(ENOTEMPTY);
+        }
+        let _ = backing::unlink(dir, DIRID_NEXT_FILE);
+        backing::unlink(dir, DIRID_FILE).map_err(errno)
+    }
+
+    /// Seals `dir`'s ID for a new place into `vaultfs.dirid.new` (step 1 of a directory move).
+    fn stage_dir_id(
+        &self,
+        dir_ino: u64,
+        new_parent_id: &[u8; 16],
+        new_entry: &str,
+    ) -> FsResult<Arc<std::os::fd::OwnedFd>> {
+        let (fd, id, _) = self.dir(dir_ino)?;
+        let sealed = seal_dir_id(
+            self.keyring.active(),
+            &self.keyring.vault_id,
+            new_parent_id,
+            new_entry,
+            &id,
+        );
+        let temp = self.temp_name();
+        backing::write_durable(fd.as_fd(), DIRID_NEXT_FILE, &temp, &sealed, 0o600)
+            .map_err(errno)?;
+        Ok(fd)
+    }
+
+    /// Step 3 of a directory move: the staged ID replaces the old one.
+    fn commit_dir_id(fd: &std::os::fd::OwnedFd) {
+        if backing::rename(
+            fd.as_fd(),
+            DIRID_NEXT_FILE,
+            fd.as_fd(),
+            DIRID_FILE,
+            rustix::fs::RenameFlags::empty(),
+        )
+        .is_ok()
+        {
+            let _ = backing::fsync(fd.as_fd());
+        }
+    }
+
+    fn do_rename(
+        &self,
+        parent: u64,
+        name: &OsStr,
+        newparent: u64,
+        newname: &OsStr,
+        flags: RenameFlags,
+    ) -> FsResult<()> {
+        self.writable()?;
+        Self::check_name(name)?;
+        Self::check_name(newname)?;
+        if flags.contains(RenameFlags::RENAME_WHITEOUT) {
+            return Err(EINVAL);
+        }
+        let exchange = flags.contains(RenameFlags::RENAME_EXCHANGE);
+        let noreplace = flags.contains(RenameFlags::RENAME_NOREPLACE);
+        let (pfd, pid, plock) = self.dir(parent)?;
+        let (npfd, npid, nplock) = self.dir(newparent)?;
+        let _guards = lock_two((parent, &plock), (newparent, &nplock));
+        let (src_bn, src_st) = self.find_entry(pfd.as_fd(), &pid, name)?;
+        let dst = match self.find_entry(npfd.as_fd(), &npid, newname) {
+            Ok(found) => Some(found),
+            Err(ENOENT) => None,
+            Err(code) => return Err(code),
+        };
+        let src_ino = self.fuse_ino(src_st.st_ino);
+        let src_is_dir = src_st.st_mode & libc::S_IFMT == libc::S_IFDIR;
+        if let Some((_, dst_st)) = &dst
+            && dst_st.st_ino == src_st.st_ino
+        {
+            // Same inode (same entry, or two hard links): rename does nothing.
+            return if noreplace { Err(EEXIST) } else { Ok(()) };
+        }
+        if exchange {
+            let Some((dst_bn, dst_st)) = dst else {
+                return Err(ENOENT);
+            };
+            let dst_ino = self.fuse_ino(dst_st.st_ino);
+            let dst_is_dir = dst_st.st_mode & libc::S_IFMT == libc::S_IFDIR;
+            let staged_src = if src_is_dir {
+                Some(self.stage_dir_id(src_ino, &npid, dst_bn.entry())?)
+            } else {
+                None
+            };
+            let staged_dst = if dst_is_dir {
+                Some(self.stage_dir_id(dst_ino, &pid, src_bn.entry())?)
+            } else {
+                None
+            };
+            backing::rename(
+                pfd.as_fd(),
+                src_bn.entry(),
+                npfd.as_fd(),
+                dst_bn.entry(),
+                rustix::fs::RenameFlags::EXCHANGE,
+            )
+            .map_err(errno)?;
+            staged_src
+                .iter()
+                .chain(staged_dst.iter())
+                .for_each(|fd| Self::commit_dir_id(fd));
+            let mut nodes = self.nodes.lock().expect("lock");
+            if let Some(n) = nodes.get_mut(&src_ino) {
+                n.parent = newparent;
+                n.entry = dst_bn.entry().to_string();
+            }
+            if let Some(n) = nodes.get_mut(&dst_ino) {
+                n.parent = parent;
+                n.entry = src_bn.entry().to_string();
+            }
+            return Ok(());
+        }
+        if noreplace && dst.is_some() {
+            return Err(EEXIST);
+        }
+        // The target's backing name: the existing entry's, else a new one (active generation).
+        let dst_bn = match &dst {
+            Some((bn, _)) => bn.clone(),
+            None => self.candidate_names(&npid, newname)?.remove(0),
+        };
+        // Replacing a directory: it must be empty; its ID files go first (restored on failure).
+        let mut removed_dir_id: Option<(std::os::fd::OwnedFd, Vec<u8>)> = None;
+        if let Some((bn, st)) = &dst {
+            let dst_is_dir = st.st_mode & libc::S_IFMT == libc::S_IFDIR;
+            match (src_is_dir, dst_is_dir) {
+                (false, true) => return Err(EISDIR),
+                (true, false) => return Err(ENOTDIR),
+                (true, true) => {
+                    let dfd = backing::open_dir(npfd.as_fd(), bn.entry()).map_err(errno)?;
+                    let saved = backing::read_small(dfd.as_fd(), DIRID_FILE, 64).map_err(errno)?;
+                    self.remove_dir_id_if_empty(dfd.as_fd())?;
+                    removed_dir_id = Some((dfd, saved));
+                }
+                (false, false) => {}
+            }
+        }
+        let restore = |removed: Option<(std::os::fd::OwnedFd, Vec<u8>)>| {
+            if let Some((dfd, saved)) = removed {
+                let temp = self.temp_name();
+                let _ = backing::write_durable(dfd.as_fd(), DIRID_FILE, &temp, &saved, 0o600);
+            }
+        };
+        let staged = if src_is_dir {
+            match self.stage_dir_id(src_ino, &npid, dst_bn.entry()) {
+                Ok(fd) => Some(fd),
+                Err(code) => {
+                    restore(removed_dir_id);
+                    return Err(code);
+                }
+            }
+        } else {
+            None
+        };
+        if dst.is_none()
+            && let Err(code) = self.write_side_file(npfd.as_fd(), &dst_bn)
+        {
+            restore(removed_dir_id);
+            return Err(code);
+        }
+        let rflags = if noreplace {
+            rustix::fs::RenameFlags::NOREPLACE
+        } else {
+            rustix::fs::RenameFlags::empty()
+        };
+        if let Err(err) = backing::rename(
+            pfd.as_fd(),
+            src_bn.entry(),
+            npfd.as_fd(),
+            dst_bn.entry(),
+            rflags,
+        ) {
+            if let Some(fd) = &staged {
+                let _ = backing::unlink(fd.as_fd(), DIRID_NEXT_FILE);
+            }
+            if dst.is_none() {
+                self.remove_side_file(npfd.as_fd(), &dst_bn);
+            }
+            restore(removed_dir_id);
+            return Err(errno(err));
+        }
+        if let Some(fd) = &staged {
+            Self::commit_dir_id(fd);
+        }
+        if parent != newparent || src_bn.entry() != dst_bn.entry() {
+            self.remove_side_file(pfd.as_fd(), &src_bn);
+        }
+        let mut nodes = self.nodes.lock().expect("lock");
+        if let Some(n) = nodes.get_mut(&src_ino) {
+            n.parent = newparent;
+            n.entry = dst_bn.entry().to_string();
+        }
+        Ok(())
+    }
+
+    #[allow(clippy::too_many_arguments)] // mirrors FUSE's setattr
+    fn do_setattr(
+        &self,
+        ino: u64,
+        mode: Option<u32>,
+        uid: Option<u32>,
+        gid: Option<u32>,
+        size: Option<u64>,
+        atime: Option<TimeOrNow>,
+        mtime: Option<TimeOrNow>,
+    ) -> FsResult<fuser::FileAttr> {
+        let (fd, kind, parent, entry) = {
+            let nodes = self.nodes.lock().expect("lock");
+            let n = nodes.get(&ino).ok_or(ENOENT)?;
+            (n.fd.clone(), n.kind, n.parent, n.entry.clone())
+        };
+        if (mode.is_some()
+            || uid.is_some()
+            || gid.is_some()
+            || size.is_some()
+            || atime.is_some()
+            || mtime.is_some())
+            && self.config.read_only
+        {
+            return Err(EROFS);
+        }
+        if let Some(size) = size {
+            match kind {
+                FileType::RegularFile => self.open_file(ino)?.truncate(&self.keyring, size)?,
+                FileType::Directory => return Err(EISDIR),
+                _ => return Err(EINVAL),
+            }
+        }
+        if uid.is_some() || gid.is_some() {
+            backing::chown_fd(fd.as_fd(), uid, gid).map_err(errno)?;
+        }
+        if let Some(mode) = mode {
+            if kind == FileType::Symlink {
+                return Err(libc::EOPNOTSUPP);
+            }
+            backing::chmod_fd(fd.as_fd(), mode & 0o7777).map_err(errno)?;
+        }
+        if atime.is_some() || mtime.is_some() {
+            let (a, m) = (set_time(atime), set_time(mtime));
+            if kind == FileType::Symlink {
+                let pfd = self.node_fd(parent)?;
+                backing::utimens(pfd.as_fd(), &entry, a, m).map_err(errno)?;
+            } else {
+                backing::utimens_fd(fd.as_fd(), a, m).map_err(errno)?;
+            }
+        }
+        self.getattr_ino(ino)
+    }
+}
+
+impl Filesystem for VaultFs {
+    fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
+        let _ = config.set_max_write(1 << 20);
+        Ok(())
+    }
+
+    fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        match self.do_lookup(parent.0, name) {
+            Ok((_, attr)) => reply.entry(&self.config.ttl, &attr, Generation(0)),
+            Err(code) => reply.error(e(code)),
+        }
+    }
+
+    fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
+        if ino.0 == ROOT {
+            return;
+        }
+        let mut nodes = self.nodes.lock().expect("lock");
+        if let Some(n) = nodes.get_mut(&ino.0) {
+            n.lookups = n.lookups.saturating_sub(nlookup);
+            if n.lookups == 0 {
+                nodes.remove(&ino.0);
+            }
+        }
+    }
+
+    fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
+        match self.getattr_ino(ino.0) {
+            Ok(attr) => reply.attr(&self.config.ttl, &attr),
+            Err(code) => reply.error(e(code)),
+        }
+    }
+
+    fn setattr(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        mode: Option<u32>,
+        uid: Option<u32>,
+        gid: Option<u32>,
+        size: Option<u64>,
+        atime: Option<TimeOrNow>,
+        mtime: Option<TimeOrNow>,
+        _ctime: Option<SystemTime>,
+        _fh: Option<FileHandle>,
+        _crtime: Option<SystemTime>,
+        _chgtime: Option<SystemTime>,
+        _bkuptime: Option<SystemTime>,
+        _flags: Option<fuser::BsdFileFlags>,
+        reply: ReplyAttr,
+    ) {
+        match self.do_setattr(ino.0, mode, uid, gid, size, atime, mtime) {
+            Ok(attr) => reply.attr(&self.config.ttl, &attr),
+            Err(code) => reply.error(e(code)),
+        }
+    }
+
+    fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
+        let result = (|| {
+            let (parent, entry) = {
+                let nodes = self.nodes.lock().expect("lock");
+                let n = nodes.get(&ino.0).ok_or(ENOENT)?;
+                (n.parent, n.entry.clone())
+            };
+            let pfd = self.node_fd(parent)?;
+            let target = backing::readlink(pfd.as_fd(), &entry).map_err(errno)?;
+            blob::open_symlink(&self.keyring, &target)
+                .map_err(|err| self.damaged(ino.0, "symlink target", err))
+        })();
+        match result {
+            Ok(t) => reply.data(&t),
+            Err(code) => reply.error(e(code)),
+        }
+    }
+
+    fn mknod(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        _umask: u32,
+        rdev: u32,
+        reply: ReplyEntry,
+    ) {
+        let kind = mode & libc::S_IFMT;
+        if kind == libc::S_IFREG || kind == 0 {
+            // A regular file through mknod: same as create, then closed.
+            let result = self.make_node(req, parent.0, name, Some(mode), |dfd, entry| {
+                let fd = backing::create_regular(dfd, entry, 0o600).map_err(errno)?;
+                OpenFile::create(fd, &self.keyring, self.layout).map(Some)
+            });
+            return match result {
+                Ok((_, attr, _)) => reply.entry(&self.config.ttl, &attr, Generation(0)),
+                Err(code) => reply.error(e(code)),
+            };
+        }
+        let result = self.make_node(req, parent.0, name, None, |dfd, entry| {
+            backing::mknod(dfd, entry, mode, rdev.into())
+                .map_err(errno)
+                .map(|_| None)
+        });
+        match result {
+            Ok((_, attr, _)) => reply.entry(&self.config.ttl, &attr, Generation(0)),
+            Err(code) => reply.error(e(code)),
+        }
+    }
+
+    fn mkdir(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        _umask: u32,
+        reply: ReplyEntry,
+    ) {
+        match self.do_mkdir(req, parent.0, name, mode) {
+            Ok((_, attr)) => reply.entry(&self.config.ttl, &attr, Generation(0)),
+            Err(code) => reply.error(e(code)),
+        }
+    }
+
+    fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        match self.do_unlink(parent.0, name, false) {
+            Ok(()) => reply.ok(),
+            Err(code) => reply.error(e(code)),
+        }
+    }
+
+    fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        match self.do_unlink(parent.0, name, true) {
+            Ok(()) => reply.ok(),
+            Err(code) => reply.error(e(code)),
+        }
+    }
+
+    fn symlink(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        link_name: &OsStr,
+        target: &Path,
+        reply: ReplyEntry,
+    ) {
+        let sealed = match blob::seal_symlink(self.keyring.active(), target.as_os_str().as_bytes())
+        {
+            Ok(s) => s,
+            Err(crate::crypto::CryptoError::TooLong) => return reply.error(e(libc::ENAMETOOLONG)),
+            Err(_) => return reply.error(e(EINVAL)),
+        };
+        let result = self.make_node(req, parent.0, link_name, None, |dfd, entry| {
+            backing::symlink(&sealed, dfd, entry)
+                .map_err(errno)
+                .map(|_| None)
+        });
+        match result {
+            Ok((_, attr, _)) => reply.entry(&self.config.ttl, &attr, Generation(0)),
+            Err(code) => reply.error(e(code)),
+        }
+    }
+
+    fn rename(
+        &self,
+        _req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        newparent: INodeNo,
+        newname: &OsStr,
+        flags: RenameFlags,
+        reply: ReplyEmpty,
+    ) {
+        match self.do_rename(parent.0, name, newparent.0, newname, flags) {
+            Ok(()) => reply.ok(),
+            Err(code) => reply.error(e(code)),
+        }
+    }
+
+    fn link(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        newparent: INodeNo,
+        newname: &OsStr,
+        reply: ReplyEntry,
+    ) {
+        let result = (|| {
+            self.writable()?;
+            Self::check_name(newname)?;
+            let fd = self.node_fd(ino.0)?;
+            let (pfd, pid, lock) = self.dir(newparent.0)?;
+            let _g = lock.lock().expect("lock");
+            let bn: BackingName = self.new_entry_name(pfd.as_fd(), &pid, newname)?;
+            self.write_side_file(pfd.as_fd(), &bn)?;
+            if let Err(err) = backing::link_fd(fd.as_fd(), pfd.as_fd(), bn.entry()) {
+                self.remove_side_file(pfd.as_fd(), &bn);
+                return Err(errno(err));
+            }
+            self.register(newparent.0, pfd.as_fd(), &pid, bn.entry())
+        })();
+        match result {
+            Ok((_, attr)) => reply.entry(&self.config.ttl, &attr, Generation(0)),
+            Err(code) => reply.error(e(code)),
+        }
+    }
+
+    fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        let acc = flags.0 & libc::O_ACCMODE;
+        if acc != libc::O_RDONLY && self.config.read_only {
+            return reply.error(e(EROFS));
+        }
+        match self.open_file(ino.0) {
+            Ok(f) => reply.opened(
+                FileHandle(self.add_handle(Handle::File(f))),
+                FopenFlags::empty(),
+            ),
+            Err(code) => reply.error(e(code)),
+        }
+    }
+
+    fn read(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        size: u32,
+        _flags: OpenFlags,
+        _lock: Option<LockOwner>,
+        reply: ReplyData,
+    ) {
+        let result = self
+            .file_handle(fh.0)
+            .and_then(|f| f.read(offset, size as usize));
+        match result {
+            Ok(data) => reply.data(&data),
+            Err(EIO) => reply.error(e(self.damaged(
+                ino.0,
+                "content",
+                format!("a chunk in bytes {offset}..+{size} failed authentication"),
+            ))),
+            Err(code) => reply.error(e(code)),
+        }
+    }
+
+    fn write(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        data: &[u8],
+        _wf: WriteFlags,
+        _flags: OpenFlags,
+        _lock: Option<LockOwner>,
+        reply: ReplyWrite,
+    ) {
+        let result = self
+            .file_handle(fh.0)
+            .and_then(|f| f.write(&self.keyring, offset, data));
+        match result {
+            Ok(()) => reply.written(data.len() as u32),
+            Err(EIO) => reply.error(e(self.damaged(
+                ino.0,
+                "content",
+                format!("write at {offset} needs a chunk that fails authentication"),
+            ))),
+            Err(code) => reply.error(e(code)),
+        }
+    }
+
+    fn flush(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _lock: LockOwner,
+        reply: ReplyEmpty,
+    ) {
+        // Writes go straight to the backing file; fsync makes them durable.
+        reply.ok();
+    }
+
+    fn release(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _flags: OpenFlags,
+        _lock: Option<LockOwner>,
+        _flush: bool,
+        reply: ReplyEmpty,
+    ) {
+        self.handles.lock().expect("lock").remove(&fh.0);
+        reply.ok();
+    }
+
+    fn fsync(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        datasync: bool,
+        reply: ReplyEmpty,
+    ) {
+        match self.file_handle(fh.0).and_then(|f| f.fsync(datasync)) {
+            Ok(()) => reply.ok(),
+            Err(code) => reply.error(e(code)),
+        }
+    }
+
+    fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        let result = (|| {
+            let parent = self
+                .nodes
+                .lock()
+                .expect("lock")
+                .get(&ino.0)
+                .map(|n| n.parent)
+                .ok_or(ENOENT)?;
+            let mut listing = vec![
+                DirListing {
+                    name: b".".to_vec(),
+                    ino: ino.0,
+                    kind: FileType::Directory,
+                },
+                DirListing {
+                    name: b"..".to_vec(),
+                    ino: parent,
+                    kind: FileType::Directory,
+                },
+            ];
+            listing.extend(self.list_dir(ino.0)?);
+            Ok(self.add_handle(Handle::Dir(listing)))
+        })();
+        match result {
+            Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::empty()),
+            Err(code) => reply.error(e(code)),
+        }
+    }
+
+    fn readdir(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectory,
+    ) {
+        let handles = self.handles.lock().expect("lock");
+        let Some(Handle::Dir(listing)) = handles.get(&fh.0) else {
+            return reply.error(e(libc::EBADF));
+        };
+        for (i, entry) in listing.iter().enumerate().skip(offset as usize) {
+            if reply.add(
+                INodeNo(entry.ino),
+                i as u64 + 1,
+                entry.kind,
+                OsStr::from_bytes(&entry.name),
+            ) {
+                break;
+            }
+        }
+        reply.ok();
+    }
+
+    fn releasedir(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _flags: OpenFlags,
+        reply: ReplyEmpty,
+    ) {
+        self.handles.lock().expect("lock").remove(&fh.0);
+        reply.ok();
+    }
+
+    fn fsyncdir(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        _datasync: bool,
+        reply: ReplyEmpty,
+    ) {
+        match self
+            .node_fd(ino.0)
+            .and_then(|fd| backing::fsync(fd.as_fd()).map_err(errno))
+        {
+            Ok(()) => reply.ok(),
+            Err(code) => reply.error(e(code)),
+        }
+    }
+
+    fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
+        match self
+            .node_fd(ROOT)
+            .and_then(|fd| backing::fstatvfs(fd.as_fd()).map_err(errno))
+        {
+            Ok(s) => reply.statfs(
+                s.f_blocks,
+                s.f_bfree,
+                s.f_bavail,
+                s.f_files,
+                s.f_ffree,
+                s.f_bsize as u32,
+                NAME_MAX as u32,
+                s.f_frsize as u32,
+            ),
+            Err(code) => reply.error(e(code)),
+        }
+    }
+
+    fn access(&self, _req: &Request, _ino: INodeNo, _mask: fuser::AccessFlags, reply: ReplyEmpty) {
+        // The kernel checks permissions (default_permissions); existence is all that is left.
+        reply.ok();
+    }
+
+    fn create(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        _umask: u32,
+        flags: i32,
+        reply: ReplyCreate,
+    ) {
+        let result = self.make_node(req, parent.0, name, Some(mode), |dfd, entry| {
+            let fd = backing::create_regular(dfd, entry, 0o600).map_err(errno)?;
+            OpenFile::create(fd, &self.keyring, self.layout).map(Some)
+        });
+        let _ = flags;
+        match result {
+            Ok((_, attr, Some(f))) => {
+                let fh = self.add_handle(Handle::File(f));
+                reply.created(
+                    &self.config.ttl,
+                    &attr,
+                    Generation(0),
+                    FileHandle(fh),
+                    FopenFlags::empty(),
+                )
+            }
+            Ok((_, _, None)) => reply.error(e(EIO)),
+            Err(code) => reply.error(e(code)),
+        }
+    }
+}
