@@ -54,3 +54,170 @@ pub fn new_vault(parent: &Path, name: &str) -> (PathBuf, InitReport) {
     let report = init(&fast_options(&vault), PASSWORD).unwrap();
     (vault, report)
 }
+
+// ---- Real mounts through the built binary ----
+
+use std::process::{Command, Output, Stdio};
+
+/// True if FUSE tests can run. In CI (CI=true) a missing FUSE is a failure, not a skip;
+/// locally the test is skipped with a loud message.
+pub fn fuse_available() -> bool {
+    let ok = Path::new("/dev/fuse").exists()
+        && (rustix::process::geteuid().is_root() || Path::new("/usr/bin/fusermount3").exists());
+    if !ok {
+        if std::env::var("CI").as_deref() == Ok("true") {
+            panic!(
+                "FUSE is not available (need /dev/fuse, and root or fusermount3): FUSE tests must run in CI"
+            );
+        }
+        eprintln!(
+            "\n*** SKIPPING FUSE TEST: /dev/fuse or fusermount3 is missing on this machine ***\n"
+        );
+    }
+    ok
+}
+
+pub fn vaultfs(state: &Path) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_vaultfs"));
+    c.env("XDG_STATE_HOME", state)
+        .env_remove("RUST_LOG")
+        .stdin(Stdio::null());
+    c
+}
+
+pub fn run_ok(c: &mut Command) -> Output {
+    let o = c.output().unwrap();
+    assert!(
+        o.status.success(),
+        "{c:?} failed: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    o
+}
+
+/// A vault with a mount point and a password file, in a temp dir; unmounted on drop.
+pub struct TestVault {
+    pub tmp: tempfile::TempDir,
+    pub vault: PathBuf,
+    pub mnt: PathBuf,
+    pub state: PathBuf,
+    pub passfile: PathBuf,
+}
+
+impl TestVault {
+    pub fn new(chunk_size: u32) -> TestVault {
+        let tmp = tempfile::Builder::new()
+            .prefix("vaultfs-test-")
+            .tempdir()
+            .unwrap();
+        let root = tmp.path().to_path_buf();
+        let (vault, mnt, state, passfile) = (
+            root.join("vault"),
+            root.join("mnt"),
+            root.join("state"),
+            root.join("pw"),
+        );
+        std::fs::create_dir(&mnt).unwrap();
+        std::fs::write(&passfile, "test password\n").unwrap();
+        run_ok(
+            vaultfs(&state)
+                .args([
+                    "init",
+                    "--scrypt-logn",
+                    "10",
+                    "--no-recovery-key",
+                    "--chunk-size",
+                ])
+                .arg(chunk_size.to_string())
+                .arg("--passfile")
+                .arg(&passfile)
+                .arg(&vault),
+        );
+        TestVault {
+            tmp,
+            vault,
+            mnt,
+            state,
+            passfile,
+        }
+    }
+
+    pub fn mount_args(&self, extra: &[&str]) -> Output {
+        vaultfs(&self.state)
+            .arg("mount")
+            .arg("--passfile")
+            .arg(&self.passfile)
+            .args(extra)
+            .arg(&self.vault)
+            .arg(&self.mnt)
+            .output()
+            .unwrap()
+    }
+
+    pub fn mount(&self) {
+        let o = self.mount_args(&[]);
+        assert!(
+            o.status.success(),
+            "mount failed: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+    }
+
+    pub fn unmount(&self) {
+        run_ok(vaultfs(&self.state).arg("unmount").arg(&self.mnt));
+    }
+
+    pub fn is_mounted(&self) -> bool {
+        let mi = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+        let m = std::fs::canonicalize(&self.mnt).unwrap_or(self.mnt.clone());
+        mi.lines()
+            .any(|l| l.split(' ').nth(4) == Some(m.to_str().unwrap()))
+    }
+
+    pub fn p(&self, rel: &str) -> PathBuf {
+        self.mnt.join(rel)
+    }
+
+    /// Every byte of every backing file, names included, for "no plaintext leaks" checks.
+    pub fn backing_dump(&self) -> Vec<u8> {
+        fn walk(dir: &Path, out: &mut Vec<u8>) {
+            for e in std::fs::read_dir(dir).unwrap() {
+                let e = e.unwrap();
+                out.extend_from_slice(e.file_name().as_encoded_bytes());
+                out.push(b'\n');
+                let ft = e.file_type().unwrap();
+                if ft.is_dir() {
+                    walk(&e.path(), out);
+                } else if ft.is_symlink() {
+                    out.extend_from_slice(
+                        std::fs::read_link(e.path())
+                            .unwrap()
+                            .as_os_str()
+                            .as_encoded_bytes(),
+                    );
+                } else if ft.is_file() {
+                    out.extend_from_slice(&std::fs::read(e.path()).unwrap());
+                }
+            }
+        }
+        let mut out = Vec::new();
+        walk(&self.vault, &mut out);
+        out
+    }
+}
+
+impl Drop for TestVault {
+    fn drop(&mut self) {
+        if self.is_mounted() {
+            let _ = vaultfs(&self.state)
+                .arg("unmount")
+                .arg("--lazy")
+                .arg(&self.mnt)
+                .output();
+        }
+    }
+}
+
+pub fn contains(hay: &[u8], needle: &[u8]) -> bool {
+    hay.windows(needle.len()).any(|w| w == needle)
+}
