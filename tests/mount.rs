@@ -393,7 +393,7 @@ fn attributes_links_and_special_files() {
         // FIFOs.
         rustix::fs::mknodat(
             CWD,
-            &v.p("fifo"),
+            v.p("fifo"),
             rustix::fs::FileType::Fifo,
             rustix::fs::Mode::from_raw_mode(0o600),
             0,
