@@ -101,15 +101,23 @@ fn init_daemon_log(vault_id: &[u8; 16]) -> Result<()> {
         .append(true)
         .open(&path)
         .map_err(VaultError::io(format!("cannot open {}", path.display())))?;
-    let _ = env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn"))
-        .target(env_logger::Target::Pipe(Box::new(file)))
-        .try_init();
+    let _ = env_logger::Builder::from_env(
+        env_logger::Env::default().default_filter_or(DEFAULT_LOG_FILTER),
+    )
+    .target(env_logger::Target::Pipe(Box::new(file)))
+    .try_init();
     Ok(())
 }
 
+/// Warnings and errors; fuser's own notices (e.g. its redundant unmount attempt after the
+/// kernel has released the mount) only when they are errors.
+const DEFAULT_LOG_FILTER: &str = "warn,fuser=error";
+
 pub fn init_stderr_log() {
-    let _ = env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn"))
-        .try_init();
+    let _ = env_logger::Builder::from_env(
+        env_logger::Env::default().default_filter_or(DEFAULT_LOG_FILTER),
+    )
+    .try_init();
 }
 
 /// Unlocks and mounts. In the foreground, serves until unmounted; otherwise forks a daemon

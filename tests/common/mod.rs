@@ -221,3 +221,42 @@ impl Drop for TestVault {
 pub fn contains(hay: &[u8], needle: &[u8]) -> bool {
     hay.windows(needle.len()).any(|w| w == needle)
 }
+
+/// The backing path of a plaintext path (relative to the mount root), computed with the
+/// library: unlock, then encrypt each component under its directory's ID.
+pub fn backing_of(v: &TestVault, rel: &str) -> PathBuf {
+    use vaultfs::crypto::dirid::{ROOT_PARENT, open_dir_id};
+    use vaultfs::crypto::names::{BackingName, DIRID_FILE, encrypt_name};
+    isolate_state();
+    let pw = std::fs::read_to_string(&v.passfile).unwrap();
+    let u = vaultfs::vault::init::unlock(&v.vault, None, false, pw.trim_end().as_bytes()).unwrap();
+    let kr = &u.keyring;
+    let max = u.state().config.longname_max as usize;
+    let (mut id, _) = open_dir_id(
+        kr,
+        &ROOT_PARENT,
+        "",
+        &std::fs::read(v.vault.join(DIRID_FILE)).unwrap(),
+    )
+    .unwrap();
+    let mut path = v.vault.clone();
+    let parts: Vec<&str> = rel.split('/').collect();
+    for (i, part) in parts.iter().enumerate() {
+        let bn = BackingName::new(
+            encrypt_name(kr.active(), &id, part.as_bytes()).unwrap(),
+            max,
+        );
+        path = path.join(bn.entry());
+        if i + 1 < parts.len() {
+            id = open_dir_id(
+                kr,
+                &id,
+                bn.entry(),
+                &std::fs::read(path.join(DIRID_FILE)).unwrap(),
+            )
+            .unwrap()
+            .0;
+        }
+    }
+    path
+}
