@@ -123,6 +123,11 @@ pub fn init_stderr_log() {
 /// Unlocks and mounts. In the foreground, serves until unmounted; otherwise forks a daemon
 /// and returns once the mount answers (or with the daemon's error).
 pub fn mount(mut req: MountRequest, password: &[u8]) -> Result<()> {
+    // Options first: a bad -o is a usage error whatever else is wrong.
+    let vault =
+        fs::canonicalize(&req.vault).map_err(|_| VaultError::NotAVault(req.vault.clone()))?;
+    req.settings.fsname = vault.display().to_string();
+    let fuser_config = req.settings.fuser_config()?;
     let mountpoint = fs::canonicalize(&req.mountpoint)
         .map_err(|e| mount_failed(format!("mount point {}: {e}", req.mountpoint.display())))?;
     if !mountpoint.is_dir() {
@@ -156,8 +161,6 @@ pub fn mount(mut req: MountRequest, password: &[u8]) -> Result<()> {
         read_only: req.settings.read_only,
         ttl: Duration::from_secs(1),
     };
-    req.settings.fsname = vault.display().to_string();
-    let fuser_config = req.settings.fuser_config()?;
     let root = backing::open_root(&vault)
         .map_err(VaultError::io(format!("cannot open {}", vault.display())))?;
     let fs = VaultFs::new(

@@ -1,0 +1,225 @@
+//! The mount daemon as users meet it: mount/unmount exit codes, EBUSY naming open files,
+//! lazy unmount, SIGTERM, wrong passwords, double mounts.
+
+mod common;
+
+use std::fs;
+use std::io::Read;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use common::{TestVault, fuse_available, vaultfs};
+use vaultfs::exitcodes;
+
+fn daemon_pid(v: &TestVault) -> i32 {
+    let dir = v.state.join("vaultfs/mounts");
+    let entry = fs::read_dir(&dir)
+        .unwrap()
+        .next()
+        .expect("a pid file")
+        .unwrap();
+    fs::read_to_string(entry.path())
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+fn wait_gone(pid: i32) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while Instant::now() < deadline {
+        let stat = fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        if stat.is_empty() || stat.split(' ').nth(2) == Some("Z") {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    false
+}
+
+#[test]
+fn unmount_with_open_files_is_busy_then_lazy_works() {
+    if !fuse_available() {
+        return;
+    }
+    let v = TestVault::new(4096);
+    v.mount();
+    fs::write(v.p("open.txt"), b"kept open").unwrap();
+    let mut f = fs::File::open(v.p("open.txt")).unwrap();
+    let pid = daemon_pid(&v);
+    let o = vaultfs(&v.state)
+        .arg("unmount")
+        .arg(&v.mnt)
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(exitcodes::BUSY));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("EBUSY") && err.contains("open.txt"),
+        "names the open file: {err}"
+    );
+    assert!(v.is_mounted());
+    // Lazy: detached at once, the open file keeps working, the daemon exits once it closes.
+    let o = vaultfs(&v.state)
+        .arg("unmount")
+        .arg("--lazy")
+        .arg(&v.mnt)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(!v.is_mounted());
+    let mut s = String::new();
+    f.read_to_string(&mut s).unwrap();
+    assert_eq!(s, "kept open");
+    assert!(
+        fs::read_dir(&v.state.join("vaultfs/mounts"))
+            .unwrap()
+            .next()
+            .is_some(),
+        "daemon still serving"
+    );
+    drop(f);
+    assert!(
+        wait_gone(pid),
+        "daemon exits after the kernel releases the mount"
+    );
+    // Nothing was lost.
+    v.mount();
+    assert_eq!(fs::read(v.p("open.txt")).unwrap(), b"kept open");
+    v.unmount();
+}
+
+#[test]
+fn sigterm_detaches_and_the_daemon_exits_cleanly() {
+    if !fuse_available() {
+        return;
+    }
+    let v = TestVault::new(4096);
+    v.mount();
+    fs::write(v.p("before-term"), vec![7u8; 100_000]).unwrap();
+    let pid = daemon_pid(&v);
+    // SAFETY: sending SIGTERM to our own test daemon.
+    unsafe { libc::kill(pid, libc::SIGTERM) };
+    assert!(wait_gone(pid), "daemon exits after SIGTERM");
+    assert!(!v.is_mounted());
+    v.mount();
+    assert_eq!(fs::read(v.p("before-term")).unwrap(), vec![7u8; 100_000]);
+    v.unmount();
+}
+
+#[test]
+fn unmount_waits_for_the_daemon() {
+    if !fuse_available() {
+        return;
+    }
+    let v = TestVault::new(4096);
+    v.mount();
+    let pid = daemon_pid(&v);
+    v.unmount();
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    assert!(
+        stat.is_empty() || stat.split(' ').nth(2) == Some("Z"),
+        "daemon gone when unmount returns"
+    );
+}
+
+#[test]
+fn mount_refusals_have_clear_errors_and_codes() {
+    if !fuse_available() {
+        return;
+    }
+    let v = TestVault::new(4096);
+    // Wrong password.
+    fs::write(v.tmp.path().join("bad"), "wrong\n").unwrap();
+    let o = vaultfs(&v.state)
+        .arg("mount")
+        .arg("--passfile")
+        .arg(v.tmp.path().join("bad"))
+        .arg(&v.vault)
+        .arg(&v.mnt)
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(exitcodes::WRONG_PASSWORD));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("wrong password"));
+    assert!(!v.is_mounted());
+    // Mount point missing or not a directory.
+    for bad in [v.tmp.path().join("missing"), v.passfile.clone()] {
+        let o = vaultfs(&v.state)
+            .arg("mount")
+            .arg("--passfile")
+            .arg(&v.passfile)
+            .arg(&v.vault)
+            .arg(&bad)
+            .output()
+            .unwrap();
+        assert_eq!(
+            o.status.code(),
+            Some(exitcodes::MOUNT_FAILED),
+            "{}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+    }
+    // Mounted twice: same mount point, or the same vault elsewhere.
+    v.mount();
+    let o = v.mount_args(&[]);
+    assert_eq!(o.status.code(), Some(exitcodes::MOUNT_FAILED));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("busy"));
+    let other = v.tmp.path().join("mnt2");
+    fs::create_dir(&other).unwrap();
+    let o = vaultfs(&v.state)
+        .arg("mount")
+        .arg("--passfile")
+        .arg(&v.passfile)
+        .arg(&v.vault)
+        .arg(&other)
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(exitcodes::MOUNT_FAILED));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("already mounted"),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    // Bad -o option.
+    let o = vaultfs(&v.state)
+        .arg("mount")
+        .arg("--passfile")
+        .arg(&v.passfile)
+        .args(["-o", "suid"])
+        .arg(&v.vault)
+        .arg(&other)
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(exitcodes::USAGE));
+    v.unmount();
+    // Not a vaultfs mount.
+    let o = vaultfs(&v.state)
+        .arg("unmount")
+        .arg(&v.mnt)
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(exitcodes::NOT_MOUNTED));
+}
+
+#[test]
+fn mounts_are_nosuid_nodev_with_default_permissions() {
+    if !fuse_available() {
+        return;
+    }
+    let v = TestVault::new(4096);
+    v.mount();
+    let mi = fs::read_to_string("/proc/self/mountinfo").unwrap();
+    let mnt = fs::canonicalize(&v.mnt).unwrap();
+    let line = mi
+        .lines()
+        .find(|l| l.split(' ').nth(4) == Some(mnt.to_str().unwrap()))
+        .unwrap()
+        .to_string();
+    assert!(line.contains("nosuid") && line.contains("nodev"), "{line}");
+    assert!(
+        line.contains("fuse.vaultfs") && line.contains("default_permissions"),
+        "{line}"
+    );
+    v.unmount();
+    assert!(Path::new(&v.mnt).read_dir().unwrap().next().is_none());
+}
