@@ -72,7 +72,7 @@ fn unmount_with_open_files_is_busy_then_lazy_works() {
     f.read_to_string(&mut s).unwrap();
     assert_eq!(s, "kept open");
     assert!(
-        fs::read_dir(&v.state.join("vaultfs/mounts"))
+        fs::read_dir(v.state.join("vaultfs/mounts"))
             .unwrap()
             .next()
             .is_some(),
