@@ -121,7 +121,7 @@ fn tampered_backing_files_give_eio_and_the_rest_keeps_working() {
     fs::remove_file(b("good_dir").join(DIRID_FILE)).unwrap();
     rustix::fs::mknodat(
         rustix::fs::CWD,
-        &b("good_dir").join(DIRID_FILE),
+        b("good_dir").join(DIRID_FILE),
         rustix::fs::FileType::Fifo,
         rustix::fs::Mode::from_raw_mode(0o644),
         0,
