@@ -180,7 +180,15 @@ pub fn mount(mut req: MountRequest, password: &[u8]) -> Result<()> {
         harden_process();
         let _ =
             local_state::record_local_audit(&vault_id, "mount", &mountpoint.display().to_string());
-        return serve(fs, &mountpoint, &fuser_config, &vault_id, None, marker);
+        return serve(
+            fs,
+            &mountpoint,
+            &req.settings,
+            &fuser_config,
+            &vault_id,
+            None,
+            marker,
+        );
     }
 
     // Fork now, while single-threaded; the child reports back through a pipe.
@@ -203,7 +211,15 @@ pub fn mount(mut req: MountRequest, password: &[u8]) -> Result<()> {
                 "mount",
                 &mountpoint.display().to_string(),
             );
-            let code = match serve(fs, &mountpoint, &fuser_config, &vault_id, Some(wr), marker) {
+            let code = match serve(
+                fs,
+                &mountpoint,
+                &req.settings,
+                &fuser_config,
+                &vault_id,
+                Some(wr),
+                marker,
+            ) {
                 Ok(()) => 0,
                 Err(e) => e.exit_code(),
             };
@@ -253,6 +269,7 @@ fn redirect_stdio() {
 fn serve(
     fs: VaultFs,
     mountpoint: &Path,
+    settings: &MountSettings,
     config: &fuser::Config,
     vault_id: &[u8; 16],
     ready: Option<OwnedFd>,
@@ -266,7 +283,14 @@ fn serve(
             let _ = f.write_all(msg.as_bytes());
         }
     };
-    let session = match fuser::Session::new(fs, mountpoint, config) {
+    // Root mounts directly; others go through fusermount3.
+    let session = if rustix::process::geteuid().is_root() {
+        fuser::Session::new(fs, mountpoint, config)
+    } else {
+        crate::fs::mount::mount_with_fusermount(mountpoint, settings)
+            .and_then(|fd| fuser::Session::from_fd(fs, fd, config.acl, config.clone()))
+    };
+    let session = match session {
         Ok(s) => s,
         Err(e) => {
             let why = if e.kind() == std::io::ErrorKind::NotFound

@@ -81,3 +81,96 @@ impl MountSettings {
         Ok(config)
     }
 }
+
+/// Mounts through the setuid `fusermount3` helper, for users who may not mount(2) or open
+/// /dev/fuse themselves (fuser's own fallback gives up when /dev/fuse is not readable).
+/// Returns the /dev/fuse fd to serve.
+pub fn mount_with_fusermount(
+    mountpoint: &std::path::Path,
+    settings: &MountSettings,
+) -> std::io::Result<std::os::fd::OwnedFd> {
+    use std::os::fd::{AsFd, AsRawFd};
+    use std::os::unix::process::CommandExt;
+
+    let (ours, theirs) = std::os::unix::net::UnixStream::pair()?;
+    let escape = |s: &str| s.replace('\\', "\\\\").replace(',', "\\,");
+    let mut opts = vec![
+        format!("fsname={}", escape(&settings.fsname)),
+        "subtype=vaultfs".to_string(),
+        "nosuid".into(),
+        "nodev".into(),
+        "default_permissions".into(),
+        if settings.read_only {
+            "ro".into()
+        } else {
+            "rw".into()
+        },
+    ];
+    if settings.allow_other {
+        opts.push("allow_other".into());
+    }
+    for o in &settings.options {
+        if matches!(
+            o.as_str(),
+            "noexec" | "exec" | "noatime" | "atime" | "sync" | "async" | "dirsync"
+        ) {
+            opts.push(o.clone());
+        }
+    }
+    let child_fd = theirs.as_raw_fd();
+    let mut cmd = std::process::Command::new("fusermount3");
+    cmd.arg("-o")
+        .arg(opts.join(","))
+        .arg("--")
+        .arg(mountpoint)
+        .env("_FUSE_COMMFD", child_fd.to_string());
+    cmd.stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped());
+    // SAFETY: only fcntl between fork and exec, to let the helper inherit its socket.
+    unsafe {
+        cmd.pre_exec(move || {
+            let flags = libc::fcntl(child_fd, libc::F_GETFD);
+            if flags < 0 || libc::fcntl(child_fd, libc::F_SETFD, flags & !libc::FD_CLOEXEC) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let child = cmd.spawn().map_err(|e| {
+        std::io::Error::new(
+            e.kind(),
+            format!("cannot run fusermount3 ({e}); install fuse3"),
+        )
+    })?;
+    drop(theirs);
+
+    let mut byte = [0u8; 1];
+    let mut space = [std::mem::MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(1))];
+    let mut control = rustix::net::RecvAncillaryBuffer::new(&mut space);
+    let received = rustix::net::recvmsg(
+        ours.as_fd(),
+        &mut [std::io::IoSliceMut::new(&mut byte)],
+        &mut control,
+        rustix::net::RecvFlags::empty(),
+    );
+    let mut fd = None;
+    if received.is_ok() {
+        for msg in control.drain() {
+            if let rustix::net::RecvAncillaryMessage::ScmRights(mut fds) = msg {
+                fd = fds.next();
+            }
+        }
+    }
+    let out = child.wait_with_output()?;
+    match fd {
+        Some(fd) => Ok(fd),
+        None => {
+            let msg = String::from_utf8_lossy(&out.stderr).trim().to_string();
+            Err(std::io::Error::other(if msg.is_empty() {
+                "fusermount3 failed".into()
+            } else {
+                msg
+            }))
+        }
+    }
+}
