@@ -354,9 +354,16 @@ fn attributes_links_and_special_files() {
             fs::metadata(&p).unwrap().permissions().mode() & 0o7777,
             0o640
         );
-        std::os::unix::fs::chown(&p, Some(1234), Some(5678)).unwrap();
-        let m = fs::metadata(&p).unwrap();
-        assert_eq!((m.uid(), m.gid()), (1234, 5678));
+        if rustix::process::geteuid().is_root() {
+            std::os::unix::fs::chown(&p, Some(1234), Some(5678)).unwrap();
+            let m = fs::metadata(&p).unwrap();
+            assert_eq!((m.uid(), m.gid()), (1234, 5678));
+        } else {
+            assert_eq!(
+                errno_of(std::os::unix::fs::chown(&p, Some(1234), None)),
+                libc::EPERM
+            );
+        }
         let t = rustix::fs::Timestamps {
             last_access: rustix::fs::Timespec {
                 tv_sec: 1_000_000_000,
@@ -480,4 +487,57 @@ fn create_exclusive_and_mode() {
         let mode = fs::metadata(&p).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode & !0o022, 0o604 & !0o022);
     });
+}
+
+/// Runs this whole file again as `nobody`, mounting through fusermount3 (the unprivileged
+/// path), from the root run. Needs a /dev/fuse that others may open, as on stock Debian.
+#[test]
+fn the_suite_passes_as_an_unprivileged_user_through_fusermount3() {
+    if !rustix::process::geteuid().is_root() || std::env::var_os("VAULTFS_NESTED").is_some() {
+        return; // only the outer, root run drives the nested one
+    }
+    if !fuse_available() {
+        return;
+    }
+    let dev_ok = fs::metadata("/dev/fuse")
+        .map(|m| m.permissions().mode() & 0o006 == 0o006)
+        .unwrap_or(false);
+    if !dev_ok || !Path::new("/usr/bin/fusermount3").exists() {
+        let why = "unprivileged FUSE needs fusermount3 and a /dev/fuse others can open (mode 0666)";
+        if std::env::var("CI").as_deref() == Ok("true") {
+            panic!("{why}");
+        }
+        eprintln!("\n*** SKIPPING unprivileged run: {why} ***\n");
+        return;
+    }
+    let exe = std::env::current_exe().unwrap();
+    let out = std::process::Command::new("setpriv")
+        .args(["--reuid=nobody", "--regid=nogroup", "--clear-groups"])
+        .arg(&exe)
+        .arg("--test-threads=2")
+        .env("VAULTFS_NESTED", "1")
+        .env("HOME", "/tmp")
+        .env_remove("XDG_STATE_HOME")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "unprivileged run failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let passed: usize = stdout
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("test result: ok. ")?
+                .split(' ')
+                .next()?
+                .parse()
+                .ok()
+        })
+        .unwrap_or(0);
+    assert!(
+        passed >= 10,
+        "the unprivileged run really ran the suite: {stdout}"
+    );
 }

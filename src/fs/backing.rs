@@ -46,6 +46,17 @@ pub fn open_dir(dir: BorrowedFd<'_>, name: &str) -> io::Result<OwnedFd> {
     .map_err(err)
 }
 
+/// An O_PATH fd on subdirectory `name` (needs only search permission on `dir`).
+pub fn open_dir_path(dir: BorrowedFd<'_>, name: &str) -> io::Result<OwnedFd> {
+    rustix::fs::openat(
+        dir,
+        name,
+        OFlags::PATH | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(err)
+}
+
 /// Opens regular file `name`; anything else (symlink, FIFO, device, directory) gives EIO.
 pub fn open_regular(dir: BorrowedFd<'_>, name: &str, write: bool) -> io::Result<OwnedFd> {
     let access = if write { OFlags::RDWR } else { OFlags::RDONLY };

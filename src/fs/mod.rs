@@ -301,19 +301,57 @@ impl VaultFs {
         fd: BorrowedFd<'_>,
         parent_id: &DirId,
         entry: &str,
-    ) -> Result<DirId, String> {
-        let mut why = String::from("no directory ID file");
+    ) -> Result<DirId, (i32, String)> {
+        let mut why = (EIO, String::from("no directory ID file"));
         for file in [DIRID_FILE, DIRID_NEXT_FILE] {
             match backing::read_small(fd, file, 64) {
                 Ok(bytes) => match open_dir_id(&self.keyring, parent_id, entry, &bytes) {
                     Ok((id, _)) => return Ok(id),
-                    Err(e) => why = format!("{file}: {e} (moved or copied from elsewhere?)"),
+                    Err(e) => {
+                        why = (
+                            EIO,
+                            format!("{file}: {e} (moved or copied from elsewhere?)"),
+                        )
+                    }
                 },
                 Err(e) if e.raw_os_error() == Some(ENOENT) => {}
-                Err(e) => why = format!("{file}: {e}"),
+                Err(e) => why = (e.raw_os_error().unwrap_or(EIO), format!("{file}: {e}")),
             }
         }
         Err(why)
+    }
+
+    /// Runs `op`; if it fails with EACCES in a daemon that is not root, gives the owner
+    /// `bits` on the entry `fd` pins for the span of one retry, then restores the mode. A
+    /// non-root daemon owns every backing entry but obeys its mode bits, while vaultfs's own
+    /// I/O (headers, directory IDs, side files) must not depend on them (SPEC section 4).
+    pub(crate) fn retry_with_access<T>(
+        &self,
+        fd: BorrowedFd<'_>,
+        bits: u32,
+        op: impl Fn() -> FsResult<T>,
+    ) -> FsResult<T> {
+        match op() {
+            Err(libc::EACCES) if !self.is_root => {
+                let mode = backing::fstat(fd).map_err(errno)?.st_mode & 0o7777;
+                if mode & bits == bits {
+                    return Err(libc::EACCES);
+                }
+                backing::chmod_fd(fd, mode | bits).map_err(errno)?;
+                let result = op();
+                let _ = backing::chmod_fd(fd, mode);
+                result
+            }
+            other => other,
+        }
+    }
+
+    /// A readable fd on a directory node (for listing and fsync).
+    pub(crate) fn readable_dir(&self, ino: u64) -> FsResult<OwnedFd> {
+        let fd = self.node_fd(ino)?;
+        self.retry_with_access(fd.as_fd(), 0o500, || {
+            backing::reopen(fd.as_fd(), OFlags::RDONLY | OFlags::DIRECTORY).map_err(errno)
+        })
     }
 
     /// Opens the backing inode of `entry` in the directory `parent` and registers it (or
@@ -353,24 +391,22 @@ impl VaultFs {
             }
         }
         let (fd, dir_id) = if kind == FileType::Directory {
-            let proc = format!("/proc/self/fd/{}", path_fd.as_raw_fd());
-            let dfd = rustix::fs::open(
-                proc.as_str(),
-                OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
-                Mode::empty(),
-            )
-            .map_err(|e| e.raw_os_error())?;
-            let id = self
-                .read_dir_id(dfd.as_fd(), parent_id, entry)
-                .map_err(|why| {
-                    let path = format!("{}/{entry}", self.backing_path(parent));
-                    let mut reported = self.reported.lock().expect("lock");
-                    if reported.insert(path.clone()) {
-                        log::error!("{path}: directory ID does not check out: {why}");
-                    }
-                    EIO
-                })?;
-            (dfd, Some(id))
+            // Directory nodes keep the O_PATH fd: enough for every *at call, and needs only
+            // search permission (a mode-0151 directory is still usable by its owner).
+            let id = self.retry_with_access(path_fd.as_fd(), 0o100, || {
+                self.read_dir_id(path_fd.as_fd(), parent_id, entry)
+                    .map_err(|(code, why)| {
+                        if code != libc::EACCES {
+                            let path = format!("{}/{entry}", self.backing_path(parent));
+                            let mut reported = self.reported.lock().expect("lock");
+                            if reported.insert(path.clone()) {
+                                log::error!("{path}: directory ID does not check out: {why}");
+                            }
+                        }
+                        code
+                    })
+            })?;
+            (path_fd, Some(id))
         } else {
             (path_fd, None)
         };
@@ -470,12 +506,14 @@ impl VaultFs {
         } else {
             OFlags::RDWR
         };
-        let file_fd = rustix::fs::open(
-            proc.as_str(),
-            access | OFlags::CLOEXEC | OFlags::NONBLOCK,
-            Mode::empty(),
-        )
-        .map_err(|e| e.raw_os_error())?;
+        let file_fd = self.retry_with_access(fd.as_fd(), 0o600, || {
+            rustix::fs::open(
+                proc.as_str(),
+                access | OFlags::CLOEXEC | OFlags::NONBLOCK,
+                Mode::empty(),
+            )
+            .map_err(|e| e.raw_os_error())
+        })?;
         let f = OpenFile::open(file_fd, &self.keyring, self.layout)
             .map_err(|why| self.damaged(ino, "unreadable file", why))?;
         let mut open = self.open_files.lock().expect("lock");
@@ -507,7 +545,7 @@ impl VaultFs {
     /// Entries that do not decrypt here are skipped (and logged once).
     pub(crate) fn list_dir(&self, ino: u64) -> FsResult<Vec<DirListing>> {
         let (fd, dir_id, _) = self.dir(ino)?;
-        let entries = backing::list(fd.as_fd()).map_err(errno)?;
+        let entries = backing::list(self.readable_dir(ino)?.as_fd()).map_err(errno)?;
         let mut out = Vec::with_capacity(entries.len());
         for e in entries {
             let encoded = match names::classify(&e.name) {

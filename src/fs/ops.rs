@@ -216,7 +216,7 @@ impl VaultFs {
             if !is_dir {
                 return Err(ENOTDIR);
             }
-            let child = backing::open_dir(pfd.as_fd(), bn.entry()).map_err(errno)?;
+            let child = backing::open_dir_path(pfd.as_fd(), bn.entry()).map_err(errno)?;
             let child_ino = self.fuse_ino(st.st_ino);
             let child_lock = self
                 .nodes
@@ -225,7 +225,9 @@ impl VaultFs {
                 .get(&child_ino)
                 .map(|n| n.dir_lock.clone());
             let _cg = child_lock.as_ref().map(|l| l.lock().expect("lock"));
-            self.remove_dir_id_if_empty(child.as_fd())?;
+            self.retry_with_access(child.as_fd(), 0o700, || {
+                self.remove_dir_id_if_empty(child.as_fd())
+            })?;
             if let Err(err) = backing::rmdir(pfd.as_fd(), bn.entry()) {
                 return Err(errno(err));
             }
@@ -241,7 +243,12 @@ impl VaultFs {
 
     /// Removes a directory's ID files if it holds nothing else (ENOTEMPTY otherwise).
     fn remove_dir_id_if_empty(&self, dir: std::os::fd::BorrowedFd<'_>) -> FsResult<()> {
-        let entries = backing::list(dir).map_err(errno)?;
+        let readable = backing::reopen(
+            dir,
+            rustix::fs::OFlags::RDONLY | rustix::fs::OFlags::DIRECTORY,
+        )
+        .map_err(errno)?;
+        let entries = backing::list(readable.as_fd()).map_err(errno)?;
         if entries
             .iter()
             .any(|e| e.name != DIRID_FILE && e.name != DIRID_NEXT_FILE)
@@ -268,24 +275,31 @@ impl VaultFs {
             &id,
         );
         let temp = self.temp_name();
-        backing::write_durable(fd.as_fd(), DIRID_NEXT_FILE, &temp, &sealed, 0o600)
-            .map_err(errno)?;
+        self.retry_with_access(fd.as_fd(), 0o300, || {
+            backing::write_durable(fd.as_fd(), DIRID_NEXT_FILE, &temp, &sealed, 0o600)
+                .map_err(errno)
+        })?;
         Ok(fd)
     }
 
     /// Step 3 of a directory move: the staged ID replaces the old one.
-    fn commit_dir_id(fd: &std::os::fd::OwnedFd) {
-        if backing::rename(
-            fd.as_fd(),
-            DIRID_NEXT_FILE,
-            fd.as_fd(),
-            DIRID_FILE,
-            rustix::fs::RenameFlags::empty(),
-        )
-        .is_ok()
-        {
-            let _ = backing::fsync(fd.as_fd());
-        }
+    fn commit_dir_id(&self, fd: &std::os::fd::OwnedFd) {
+        let _ = self.retry_with_access(fd.as_fd(), 0o700, || {
+            backing::rename(
+                fd.as_fd(),
+                DIRID_NEXT_FILE,
+                fd.as_fd(),
+                DIRID_FILE,
+                rustix::fs::RenameFlags::empty(),
+            )
+            .map_err(errno)?;
+            let readable = backing::reopen(
+                fd.as_fd(),
+                rustix::fs::OFlags::RDONLY | rustix::fs::OFlags::DIRECTORY,
+            )
+            .map_err(errno)?;
+            backing::fsync(readable.as_fd()).map_err(errno)
+        });
     }
 
     fn do_rename(
@@ -348,7 +362,7 @@ impl VaultFs {
             staged_src
                 .iter()
                 .chain(staged_dst.iter())
-                .for_each(|fd| Self::commit_dir_id(fd));
+                .for_each(|fd| self.commit_dir_id(fd));
             let mut nodes = self.nodes.lock().expect("lock");
             if let Some(n) = nodes.get_mut(&src_ino) {
                 n.parent = newparent;
@@ -376,9 +390,13 @@ impl VaultFs {
                 (false, true) => return Err(EISDIR),
                 (true, false) => return Err(ENOTDIR),
                 (true, true) => {
-                    let dfd = backing::open_dir(npfd.as_fd(), bn.entry()).map_err(errno)?;
-                    let saved = backing::read_small(dfd.as_fd(), DIRID_FILE, 64).map_err(errno)?;
-                    self.remove_dir_id_if_empty(dfd.as_fd())?;
+                    let dfd = backing::open_dir_path(npfd.as_fd(), bn.entry()).map_err(errno)?;
+                    let saved = self.retry_with_access(dfd.as_fd(), 0o700, || {
+                        let saved =
+                            backing::read_small(dfd.as_fd(), DIRID_FILE, 64).map_err(errno)?;
+                        self.remove_dir_id_if_empty(dfd.as_fd())?;
+                        Ok(saved)
+                    })?;
                     removed_dir_id = Some((dfd, saved));
                 }
                 (false, false) => {}
@@ -387,7 +405,10 @@ impl VaultFs {
         let restore = |removed: Option<(std::os::fd::OwnedFd, Vec<u8>)>| {
             if let Some((dfd, saved)) = removed {
                 let temp = self.temp_name();
-                let _ = backing::write_durable(dfd.as_fd(), DIRID_FILE, &temp, &saved, 0o600);
+                let _ = self.retry_with_access(dfd.as_fd(), 0o300, || {
+                    backing::write_durable(dfd.as_fd(), DIRID_FILE, &temp, &saved, 0o600)
+                        .map_err(errno)
+                });
             }
         };
         let staged = if src_is_dir {
@@ -429,7 +450,7 @@ impl VaultFs {
             return Err(errno(err));
         }
         if let Some(fd) = &staged {
-            Self::commit_dir_id(fd);
+            self.commit_dir_id(fd);
         }
         if parent != newparent || src_bn.entry() != dst_bn.entry() {
             self.remove_side_file(pfd.as_fd(), &src_bn);
