@@ -127,24 +127,47 @@ impl OpenFile {
 
     /// Writes `data` at `offset`.
     pub fn write(&self, keyring: &Keyring, offset: u64, data: &[u8]) -> FsResult<()> {
+        let mut st = self.state.write().expect("file lock");
+        self.write_locked(keyring, &mut st, offset, data)
+    }
+
+    fn write_locked(
+        &self,
+        keyring: &Keyring,
+        st: &mut State,
+        offset: u64,
+        data: &[u8],
+    ) -> FsResult<()> {
         if data.is_empty() {
             return Ok(());
         }
         let end = offset.checked_add(data.len() as u64).ok_or(EFBIG)?;
-        let mut st = self.state.write().expect("file lock");
         let l = self.layout;
         let cs = l.chunk_size() as u64;
         let old_size = st.size;
         let old_last = l.last_chunk_index(old_size);
         let first = offset / cs;
         let last = (end - 1) / cs;
+        // Reserve the space of every chunk this write touches before touching any, so a full
+        // disk fails the write (ENOSPC) instead of tearing a chunk of data already written.
+        // Chunks skipped over by a growing write stay holes: reserve around them.
+        let chunk_end = |i: u64| {
+            l.chunk_offset(i)
+                + (l.plaintext_len_of_chunk(i, old_size.max(end)) + CHUNK_OVERHEAD) as u64
+        };
+        if end > old_size && first > old_last {
+            self.reserve_space(l.chunk_offset(old_last), chunk_end(old_last))?;
+            self.reserve_space(l.chunk_offset(first), chunk_end(last))?;
+        } else {
+            self.reserve_space(l.chunk_offset(first.min(old_last)), chunk_end(last))?;
+        }
         if end <= old_size || last == old_last {
             // Rewrite in place (possibly lengthening the last chunk).
             let new_size = old_size.max(end);
-            let plain = self.build(&st, first, last, new_size, offset, data)?;
+            let plain = self.build(st, first, last, new_size, offset, data)?;
             self.seal_and_write(
                 keyring,
-                &mut st,
+                st,
                 first,
                 last == l.last_chunk_index(new_size),
                 &plain,
@@ -156,25 +179,25 @@ impl OpenFile {
         let full_old_last = if first <= old_last {
             // The data overlaps the old last chunk: step 1 writes [first, old_last] with the
             // old last chunk full and still flagged last.
-            self.build(&st, first, old_last, (old_last + 1) * cs, offset, data)?
+            self.build(st, first, old_last, (old_last + 1) * cs, offset, data)?
         } else {
-            let tail = self.build(&st, old_last, old_last, (old_last + 1) * cs, 0, &[])?;
+            let tail = self.build(st, old_last, old_last, (old_last + 1) * cs, 0, &[])?;
             if !old_size.is_multiple_of(cs) || old_size == 0 {
-                self.seal_and_write(keyring, &mut st, old_last, true, &tail)?;
+                self.seal_and_write(keyring, st, old_last, true, &tail)?;
             }
             tail
         };
         if first <= old_last {
-            self.seal_and_write(keyring, &mut st, first, true, &full_old_last)?;
+            self.seal_and_write(keyring, st, first, true, &full_old_last)?;
         }
         let b_first = first.max(old_last + 1);
-        let plain = self.build(&st, b_first, last, end, offset, data)?;
-        self.seal_and_write(keyring, &mut st, b_first, true, &plain)?;
+        let plain = self.build(st, b_first, last, end, offset, data)?;
+        self.seal_and_write(keyring, st, b_first, true, &plain)?;
         st.size = end;
         // Step 3: the old last chunk becomes non-last, restoring truncation detection there.
         let at = ((old_last - first.min(old_last)) * cs) as usize;
         let chunk = full_old_last[at..at + cs as usize].to_vec();
-        self.seal_and_write(keyring, &mut st, old_last, false, &chunk)?;
+        self.seal_and_write(keyring, st, old_last, false, &chunk)?;
         Ok(())
     }
 
@@ -271,6 +294,10 @@ impl OpenFile {
     /// Changes the size (truncate/ftruncate). Zero gives the file a new ID and key.
     pub fn truncate(&self, keyring: &Keyring, new_size: u64) -> FsResult<()> {
         let mut st = self.state.write().expect("file lock");
+        self.truncate_locked(keyring, &mut st, new_size)
+    }
+
+    fn truncate_locked(&self, keyring: &Keyring, st: &mut State, new_size: u64) -> FsResult<()> {
         let l = self.layout;
         let cs = l.chunk_size() as u64;
         let old_size = st.size;
@@ -294,17 +321,17 @@ impl OpenFile {
         let new_last = l.last_chunk_index(new_size);
         if new_size > old_size {
             if new_last == old_last {
-                let plain = self.build(&st, old_last, old_last, new_size, 0, &[])?;
-                self.seal_and_write(keyring, &mut st, old_last, true, &plain)?;
+                let plain = self.build(st, old_last, old_last, new_size, 0, &[])?;
+                self.seal_and_write(keyring, st, old_last, true, &plain)?;
             } else {
-                let tail = self.build(&st, old_last, old_last, (old_last + 1) * cs, 0, &[])?;
+                let tail = self.build(st, old_last, old_last, (old_last + 1) * cs, 0, &[])?;
                 if !old_size.is_multiple_of(cs) || old_size == 0 {
-                    self.seal_and_write(keyring, &mut st, old_last, true, &tail)?;
+                    self.seal_and_write(keyring, st, old_last, true, &tail)?;
                 }
                 let zeros = vec![0u8; l.plaintext_len_of_chunk(new_last, new_size)];
-                self.seal_and_write(keyring, &mut st, new_last, true, &zeros)?;
+                self.seal_and_write(keyring, st, new_last, true, &zeros)?;
                 st.size = new_size;
-                self.seal_and_write(keyring, &mut st, old_last, false, &tail)?;
+                self.seal_and_write(keyring, st, old_last, false, &tail)?;
             }
             st.size = new_size;
             return Ok(());
@@ -313,20 +340,176 @@ impl OpenFile {
         let k = new_last;
         let k_len = l.plaintext_len_of_chunk(k, new_size);
         let old_k_len = l.plaintext_len_of_chunk(k, old_size);
-        let full = self.build(&st, k, k, old_size.min((k + 1) * cs), 0, &[])?;
+        let full = self.build(st, k, k, old_size.min((k + 1) * cs), 0, &[])?;
         if k_len < old_k_len && k != old_last {
             // Keep every intermediate state valid: K flagged last at its old length, cut after it.
-            self.seal_and_write(keyring, &mut st, k, true, &full)?;
+            self.seal_and_write(keyring, st, k, true, &full)?;
             backing::ftruncate(
                 self.fd.as_fd(),
                 l.chunk_offset(k) + (old_k_len + CHUNK_OVERHEAD) as u64,
             )
             .map_err(io)?;
         }
-        self.seal_and_write(keyring, &mut st, k, true, &full[..k_len])?;
+        self.seal_and_write(keyring, st, k, true, &full[..k_len])?;
         backing::ftruncate(self.fd.as_fd(), l.ciphertext_size(new_size)).map_err(io)?;
         st.size = new_size;
         Ok(())
+    }
+
+    /// Preallocates backing bytes [from, to) without changing the backing size. A backing
+    /// filesystem without fallocate gets no reservation (its errno is not ours to report).
+    fn reserve_space(&self, from: u64, to: u64) -> FsResult<()> {
+        if to <= from {
+            return Ok(());
+        }
+        match rustix::fs::fallocate(
+            &self.fd,
+            rustix::fs::FallocateFlags::KEEP_SIZE,
+            from,
+            to - from,
+        ) {
+            Ok(()) => Ok(()),
+            Err(rustix::io::Errno::OPNOTSUPP | rustix::io::Errno::NOSYS) => Ok(()),
+            Err(e) => Err(e.raw_os_error()),
+        }
+    }
+
+    /// fallocate: mode 0 (allocate, growing the file), KEEP_SIZE (allocate only), and
+    /// PUNCH_HOLE|KEEP_SIZE (zero a range: whole non-final chunks become holes in the backing
+    /// file, partial ones are rewritten as zeros). Other modes: EOPNOTSUPP.
+    pub fn fallocate(&self, keyring: &Keyring, offset: u64, len: u64, mode: i32) -> FsResult<()> {
+        const KEEP_SIZE: i32 = libc::FALLOC_FL_KEEP_SIZE;
+        const PUNCH_HOLE: i32 = libc::FALLOC_FL_PUNCH_HOLE;
+        if mode & !(KEEP_SIZE | PUNCH_HOLE) != 0
+            || (mode & PUNCH_HOLE != 0 && mode & KEEP_SIZE == 0)
+        {
+            return Err(libc::EOPNOTSUPP);
+        }
+        let end = offset.checked_add(len).ok_or(EFBIG)?;
+        let mut st = self.state.write().expect("file lock");
+        let l = self.layout;
+        let cs = l.chunk_size() as u64;
+        if mode & PUNCH_HOLE != 0 {
+            let end = end.min(st.size);
+            if offset >= end {
+                return Ok(());
+            }
+            let final_chunk = l.last_chunk_index(st.size);
+            let first_full = offset.div_ceil(cs);
+            let end_full = (end / cs).min(final_chunk);
+            if first_full >= end_full {
+                return self.write_locked(
+                    keyring,
+                    &mut st,
+                    offset,
+                    &vec![0u8; (end - offset) as usize],
+                );
+            }
+            // Head and tail partial chunks (and the final chunk, which must stay sealed).
+            if offset < first_full * cs {
+                self.write_locked(
+                    keyring,
+                    &mut st,
+                    offset,
+                    &vec![0u8; (first_full * cs - offset) as usize],
+                )?;
+            }
+            if end > end_full * cs {
+                self.write_locked(
+                    keyring,
+                    &mut st,
+                    end_full * cs,
+                    &vec![0u8; (end - end_full * cs) as usize],
+                )?;
+            }
+            let from = l.chunk_offset(first_full);
+            let to = l.chunk_offset(end_full);
+            let punch =
+                rustix::fs::FallocateFlags::PUNCH_HOLE | rustix::fs::FallocateFlags::KEEP_SIZE;
+            return match rustix::fs::fallocate(&self.fd, punch, from, to - from) {
+                Ok(()) => Ok(()),
+                // No hole punching in the backing: write the zeros as sealed chunks.
+                Err(rustix::io::Errno::OPNOTSUPP) => self.write_locked(
+                    keyring,
+                    &mut st,
+                    first_full * cs,
+                    &vec![0u8; ((end_full - first_full) * cs) as usize],
+                ),
+                Err(e) => Err(e.raw_os_error()),
+            };
+        }
+        let first = offset / cs;
+        let from = l.chunk_offset(first.min(l.last_chunk_index(st.size)));
+        let to = l.ciphertext_size(end.max(st.size));
+        match rustix::fs::fallocate(
+            &self.fd,
+            rustix::fs::FallocateFlags::KEEP_SIZE,
+            from,
+            to - from,
+        ) {
+            Ok(()) => {}
+            Err(e) => return Err(e.raw_os_error()),
+        }
+        if mode & KEEP_SIZE == 0 && end > st.size {
+            self.truncate_locked(keyring, &mut st, end)?;
+        }
+        Ok(())
+    }
+
+    /// lseek SEEK_DATA / SEEK_HOLE over the plaintext, following the backing file's holes
+    /// chunk by chunk. The final chunk is always data; end of file is a hole.
+    pub fn seek_data_hole(&self, offset: u64, whence: i32) -> FsResult<u64> {
+        let st = self.state.read().expect("file lock");
+        let l = self.layout;
+        let cs = l.chunk_size() as u64;
+        if offset >= st.size {
+            return Err(libc::ENXIO);
+        }
+        let final_chunk = l.last_chunk_index(st.size);
+        let ct_len = l.ciphertext_chunk_len();
+        let backing_seek = |pos: u64, data: bool| -> FsResult<Option<u64>> {
+            let whence = if data {
+                rustix::fs::SeekFrom::Data(pos)
+            } else {
+                rustix::fs::SeekFrom::Hole(pos)
+            };
+            match rustix::fs::seek(&self.fd, whence) {
+                Ok(p) => Ok(Some(p)),
+                Err(rustix::io::Errno::NXIO) => Ok(None),
+                Err(e) => Err(e.raw_os_error()),
+            }
+        };
+        // A chunk is a hole when its ciphertext is all zeros (docs/FORMAT.md section 6).
+        // Backing holes answer quickly; chunks sharing a block with a neighbour are read.
+        let is_hole = |i: u64| -> FsResult<bool> {
+            if i >= final_chunk {
+                return Ok(false);
+            }
+            let (start, end) = (l.chunk_offset(i), l.chunk_offset(i + 1));
+            if backing_seek(start, true)?.is_none_or(|d| d >= end) {
+                return Ok(true);
+            }
+            let mut ct = vec![0u8; ct_len as usize];
+            let n = backing::pread_full(self.fd.as_fd(), &mut ct, start).map_err(io)?;
+            Ok(n == ct.len() && crate::crypto::chunk::is_hole(&ct))
+        };
+        let chunk_at = |pos: u64| pos.saturating_sub(l.chunk_offset(0)) / ct_len;
+        let want_hole = whence == libc::SEEK_HOLE;
+        let mut i = offset / cs;
+        while i < final_chunk {
+            if is_hole(i)? == want_hole {
+                return Ok(offset.max(i * cs));
+            }
+            // Skip ahead with the backing file's own data/hole map.
+            let next =
+                backing_seek(l.chunk_offset(i + 1), !want_hole)?.map_or(final_chunk, chunk_at);
+            i = next.max(i + 1);
+        }
+        if want_hole {
+            Ok(st.size)
+        } else {
+            Ok(offset.max(final_chunk * cs))
+        }
     }
 
     pub fn fsync(&self, datasync: bool) -> FsResult<()> {

@@ -12,6 +12,7 @@ pub mod backing;
 pub mod file;
 pub mod mount;
 mod ops;
+mod xattr;
 
 use std::collections::{HashMap, HashSet};
 use std::ffi::OsStr;

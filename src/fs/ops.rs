@@ -932,38 +932,88 @@ impl Filesystem for VaultFs {
         }
     }
 
-    // Extended attributes arrive with part 2 of the mount; ENOSYS tells the kernel to stop
-    // asking (it then answers EOPNOTSUPP itself).
     fn getxattr(
         &self,
         _req: &Request,
-        _ino: INodeNo,
-        _name: &OsStr,
-        _size: u32,
+        ino: INodeNo,
+        name: &OsStr,
+        size: u32,
         reply: fuser::ReplyXattr,
     ) {
-        reply.error(e(libc::ENOSYS));
+        super::xattr::reply_sized(reply, size, self.do_getxattr(ino.0, name));
     }
 
-    fn listxattr(&self, _req: &Request, _ino: INodeNo, _size: u32, reply: fuser::ReplyXattr) {
-        reply.error(e(libc::ENOSYS));
+    fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: fuser::ReplyXattr) {
+        super::xattr::reply_sized(reply, size, self.do_listxattr(ino.0));
     }
 
     fn setxattr(
         &self,
         _req: &Request,
-        _ino: INodeNo,
-        _name: &OsStr,
-        _value: &[u8],
-        _flags: i32,
+        ino: INodeNo,
+        name: &OsStr,
+        value: &[u8],
+        flags: i32,
         _position: u32,
         reply: ReplyEmpty,
     ) {
-        reply.error(e(libc::ENOSYS));
+        match self.do_setxattr(ino.0, name, value, flags) {
+            Ok(()) => reply.ok(),
+            Err(code) => reply.error(e(code)),
+        }
     }
 
-    fn removexattr(&self, _req: &Request, _ino: INodeNo, _name: &OsStr, reply: ReplyEmpty) {
-        reply.error(e(libc::ENOSYS));
+    fn removexattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        match self.do_removexattr(ino.0, name) {
+            Ok(()) => reply.ok(),
+            Err(code) => reply.error(e(code)),
+        }
+    }
+
+    fn fallocate(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        length: u64,
+        mode: i32,
+        reply: ReplyEmpty,
+    ) {
+        let result = self
+            .writable()
+            .and_then(|_| self.file_handle(fh.0))
+            .and_then(|f| f.fallocate(&self.keyring, offset, length, mode));
+        match result {
+            Ok(()) => reply.ok(),
+            Err(EIO) => reply.error(e(self.damaged(
+                ino.0,
+                "content",
+                "fallocate needs a chunk that fails authentication",
+            ))),
+            Err(code) => reply.error(e(code)),
+        }
+    }
+
+    fn lseek(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: i64,
+        whence: i32,
+        reply: fuser::ReplyLseek,
+    ) {
+        if whence != libc::SEEK_DATA && whence != libc::SEEK_HOLE {
+            return reply.error(e(EINVAL));
+        }
+        let result = self
+            .file_handle(fh.0)
+            .and_then(|f| f.seek_data_hole(offset.max(0) as u64, whence));
+        match result {
+            Ok(off) => reply.offset(off as i64),
+            Err(code) => reply.error(e(code)),
+        }
     }
 
     fn access(&self, _req: &Request, _ino: INodeNo, _mask: fuser::AccessFlags, reply: ReplyEmpty) {
