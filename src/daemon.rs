@@ -11,12 +11,16 @@ use data_encoding::HEXLOWER;
 use sha2::{Digest, Sha256};
 
 use crate::fs::mount::MountSettings;
-use crate::fs::{FsConfig, VaultFs, backing};
+use std::sync::Arc;
+
+use crate::fs::{Activity, FsConfig, VaultFs, backing};
 use crate::vault::init::open_keystore;
 use crate::vault::layout::MARKER_FILE;
 use crate::vault::{Result, VaultError, local_state};
 
 pub struct MountRequest {
+    /// Unmount after this long without filesystem activity (and with nothing open).
+    pub idle: Option<Duration>,
     pub vault: PathBuf,
     pub keystore: Option<PathBuf>,
     pub mountpoint: PathBuf,
@@ -101,23 +105,25 @@ fn init_daemon_log(vault_id: &[u8; 16]) -> Result<()> {
         .append(true)
         .open(&path)
         .map_err(VaultError::io(format!("cannot open {}", path.display())))?;
-    let _ = env_logger::Builder::from_env(
-        env_logger::Env::default().default_filter_or(DEFAULT_LOG_FILTER),
-    )
-    .target(env_logger::Target::Pipe(Box::new(file)))
-    .try_init();
+    let _ = log_builder()
+        .target(env_logger::Target::Pipe(Box::new(file)))
+        .try_init();
     Ok(())
 }
 
-/// Warnings and errors; fuser's own notices (e.g. its redundant unmount attempt after the
-/// kernel has released the mount) only when they are errors.
-const DEFAULT_LOG_FILTER: &str = "warn,fuser=error";
+/// RUST_LOG (default: warnings and errors). fuser is capped at warnings whatever RUST_LOG
+/// says, since its debug output carries plaintext names; vaultfs logs each request itself
+/// (inode and result only). fuser's session notices (e.g. its redundant unmount attempt
+/// after the kernel has released the mount) only when they are errors.
+fn log_builder() -> env_logger::Builder {
+    let mut b = env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn"));
+    b.filter_module("fuser", log::LevelFilter::Warn);
+    b.filter_module("fuser::session", log::LevelFilter::Error);
+    b
+}
 
 pub fn init_stderr_log() {
-    let _ = env_logger::Builder::from_env(
-        env_logger::Env::default().default_filter_or(DEFAULT_LOG_FILTER),
-    )
-    .try_init();
+    let _ = log_builder().try_init();
 }
 
 /// Unlocks and mounts. In the foreground, serves until unmounted; otherwise forks a daemon
@@ -163,17 +169,18 @@ pub fn mount(mut req: MountRequest, password: &[u8]) -> Result<()> {
     };
     let root = backing::open_root(&vault)
         .map_err(VaultError::io(format!("cannot open {}", vault.display())))?;
+    let activity = Arc::new(Activity::default());
+    activity.touch();
     let fs = VaultFs::new(
         unlocked.keyring.clone(),
         unlocked.layout(),
         unlocked.state().config.longname_max as usize,
         root,
-        FsConfig {
-            read_only: req.settings.read_only,
-            ..config
-        },
+        config,
+        activity.clone(),
     )
     .map_err(|e| mount_failed(format!("cannot read the vault root: {e}")))?;
+    let idle = req.idle.map(|d| (d, activity));
     drop(unlocked);
 
     if req.foreground {
@@ -185,9 +192,12 @@ pub fn mount(mut req: MountRequest, password: &[u8]) -> Result<()> {
             &mountpoint,
             &req.settings,
             &fuser_config,
-            &vault_id,
             None,
-            marker,
+            Daemon {
+                vault_id,
+                _lock: marker,
+                idle,
+            },
         );
     }
 
@@ -216,9 +226,12 @@ pub fn mount(mut req: MountRequest, password: &[u8]) -> Result<()> {
                 &mountpoint,
                 &req.settings,
                 &fuser_config,
-                &vault_id,
                 Some(wr),
-                marker,
+                Daemon {
+                    vault_id,
+                    _lock: marker,
+                    idle,
+                },
             ) {
                 Ok(()) => 0,
                 Err(e) => e.exit_code(),
@@ -266,15 +279,28 @@ fn redirect_stdio() {
     }
 }
 
+/// What the serving daemon holds besides the filesystem.
+struct Daemon {
+    vault_id: [u8; 16],
+    /// The vault lock (flock on the marker), released when the daemon exits.
+    _lock: fs::File,
+    idle: Option<(Duration, Arc<Activity>)>,
+}
+
 fn serve(
     fs: VaultFs,
     mountpoint: &Path,
     settings: &MountSettings,
     config: &fuser::Config,
-    vault_id: &[u8; 16],
     ready: Option<OwnedFd>,
-    _lock: fs::File,
+    daemon: Daemon,
 ) -> Result<()> {
+    let Daemon {
+        vault_id,
+        _lock,
+        idle,
+    } = daemon;
+    let vault_id = &vault_id;
     let report = |ready: &Option<OwnedFd>, msg: &str| {
         if let Some(fd) = ready {
             // SAFETY: borrow the pipe fd as a File without taking ownership.
@@ -312,6 +338,9 @@ fn serve(
         let _ = fs::write(p, format!("{}\n", std::process::id()));
     }
     spawn_signal_thread(mountpoint.to_path_buf());
+    if let Some((limit, activity)) = idle {
+        spawn_idle_thread(mountpoint.to_path_buf(), limit, activity);
+    }
     report(&ready, "OK\n");
     drop(ready);
     let result = session.run();
@@ -333,6 +362,25 @@ fn spawn_signal_thread(mountpoint: PathBuf) {
         if let Some(sig) = signals.forever().next() {
             log::info!("signal {sig}: detaching {}", mountpoint.display());
             let _ = detach(&mountpoint, true);
+        }
+    });
+}
+
+/// --idle: unmount once nothing has happened for `limit` and nothing is open.
+fn spawn_idle_thread(mountpoint: PathBuf, limit: Duration, activity: Arc<Activity>) {
+    std::thread::spawn(move || {
+        loop {
+            std::thread::sleep(Duration::from_secs(1).min(limit));
+            if activity.idle_for().is_some_and(|idle| idle >= limit) {
+                log::info!(
+                    "idle for {}: unmounting {}",
+                    humantime::format_duration(limit),
+                    mountpoint.display()
+                );
+                if detach(&mountpoint, false).is_ok() {
+                    return;
+                }
+            }
         }
     });
 }

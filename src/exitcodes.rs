@@ -28,3 +28,41 @@ pub const MOUNT_FAILED: i32 = 17;
 pub const BUSY: i32 = 18;
 /// `unmount` of a path that is not a vaultfs mount.
 pub const NOT_MOUNTED: i32 = 19;
+
+/// Every status with its meaning, for the man page and `--help`.
+pub const ALL: &[(i32, &str)] = &[
+    (OK, "success"),
+    (GENERAL, "an error with no more specific status"),
+    (USAGE, "bad command-line usage or option value"),
+    (
+        WRONG_PASSWORD,
+        "the password or recovery key opens no keyslot",
+    ),
+    (
+        PASSWORD_SOURCE,
+        "no usable password: no terminal, unreadable or empty password file, failed --extpass command, passwords differ",
+    ),
+    (
+        NOT_A_VAULT,
+        "not a vault, or its key database is missing or kept elsewhere (use --keystore)",
+    ),
+    (
+        ALREADY_EXISTS,
+        "init: the directory is not empty, or the keystore or recovery-key file exists",
+    ),
+    (
+        KEYSTORE_REFUSED,
+        "the key database is damaged, foreign, tampered with, rolled back, or has a sync-conflict copy",
+    ),
+    (NEWER_FORMAT, "the vault was made by a newer vaultfs"),
+    (IO, "an I/O error on the vault or key database"),
+    (
+        MOUNT_FAILED,
+        "the mount failed: mount point missing, busy or not a directory, vault already mounted, no FUSE",
+    ),
+    (
+        BUSY,
+        "unmount: files are open on the mount (they are listed); use --lazy",
+    ),
+    (NOT_MOUNTED, "unmount: the path is not a vaultfs mount"),
+];

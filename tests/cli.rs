@@ -220,7 +220,7 @@ fn errors_are_one_line_with_distinct_exit_codes() {
         (
             vec!["frobnicate"],
             vaultfs::exitcodes::USAGE,
-            "unrecognized",
+            "unknown command 'frobnicate'",
         ),
     ];
     for (args, code, needle) in cases {

@@ -1,5 +1,7 @@
 //! The command line: clap definitions and the thin glue that calls `vault`.
 
+pub mod fstab;
+pub mod manpage;
 pub mod password;
 
 use std::io::Write;
@@ -34,6 +36,31 @@ pub enum Command {
     Mount(MountArgs),
     /// Unmount a vault (fails with EBUSY, naming the open files, unless --lazy)
     Unmount(UnmountArgs),
+    /// Print the plaintext path (relative to the mount root) of a backing path
+    DecryptPath(PathArgs),
+    /// Print the backing path (relative to the vault) of a plaintext path
+    EncryptPath(PathArgs),
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell)
+    Completions(CompletionsArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct PathArgs {
+    #[command(flatten)]
+    pub password: PasswordArgs,
+    /// The vault's key database, if it is kept outside the vault
+    #[arg(long, value_name = "PATH")]
+    pub keystore: Option<PathBuf>,
+    /// The vault (backing) directory
+    pub vault: PathBuf,
+    /// The path to translate
+    pub path: PathBuf,
+}
+
+#[derive(Debug, Args)]
+pub struct CompletionsArgs {
+    /// The shell
+    pub shell: clap_complete::Shell,
 }
 
 #[derive(Debug, Args)]
@@ -53,10 +80,16 @@ pub struct MountArgs {
     /// /etc/fuse.conf when not root)
     #[arg(long)]
     pub allow_other: bool,
+    /// Unmount automatically after this long without filesystem activity, once no file is
+    /// open (e.g. 30s, 10m, 1h)
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    pub idle: Option<std::time::Duration>,
     /// Extra mount options, comma-separated (ro, allow_other, noexec, noatime, sync, ...)
     #[arg(short = 'o', value_name = "OPTS", value_delimiter = ',')]
     pub options: Vec<String>,
+    /// The vault (backing) directory
     pub vault: PathBuf,
+    /// Where the plaintext appears: an existing empty directory
     pub mountpoint: PathBuf,
 }
 
@@ -65,6 +98,7 @@ pub struct UnmountArgs {
     /// Detach now even with files open; the daemon serves them until they are closed
     #[arg(long, short = 'z')]
     pub lazy: bool,
+    /// The mount point
     pub mountpoint: PathBuf,
 }
 
@@ -97,7 +131,7 @@ pub struct InitArgs {
 
 #[derive(Debug, Args)]
 pub struct StatusArgs {
-    /// Print JSON (stable field names; see docs/FORMAT.md)
+    /// Print JSON (stable field names; see docs/USAGE.md)
     #[arg(long)]
     pub json: bool,
     /// The vault's key database, if it is kept outside the vault
@@ -106,6 +140,7 @@ pub struct StatusArgs {
     /// Audit entries to show
     #[arg(long, value_name = "N", default_value_t = 10)]
     pub audit: usize,
+    /// The vault (backing) directory
     pub vault: PathBuf,
 }
 
@@ -118,18 +153,48 @@ pub fn run(cli: Cli) -> Result<()> {
                 Command::Init(a) => cmd_init(a),
                 Command::Status(a) => cmd_status(a),
                 Command::Unmount(a) => crate::daemon::unmount(&a.mountpoint, a.lazy),
+                Command::DecryptPath(a) => cmd_path(a, false),
+                Command::EncryptPath(a) => cmd_path(a, true),
+                Command::Completions(a) => {
+                    use clap::CommandFactory;
+                    clap_complete::generate(
+                        a.shell,
+                        &mut Cli::command(),
+                        "vaultfs",
+                        &mut std::io::stdout(),
+                    );
+                    Ok(())
+                }
                 Command::Mount(_) => unreachable!("handled above"),
             }
         }
     }
 }
 
-fn cmd_mount(a: MountArgs) -> Result<()> {
+fn cmd_path(a: PathArgs, encrypt: bool) -> Result<()> {
+    let password = a.password.get(&a.vault.display().to_string())?;
+    let u = crate::vault::init::unlock(&a.vault, a.keystore.as_deref(), false, &password)?;
+    let out = if encrypt {
+        crate::vault::pathmap::encrypt_path(
+            &a.vault,
+            &u.keyring,
+            u.state().config.longname_max as usize,
+            &a.path,
+        )?
+    } else {
+        crate::vault::pathmap::decrypt_path(&a.vault, &u.keyring, &a.path)?
+    };
+    println!("{}", out.display());
+    Ok(())
+}
+
+pub fn cmd_mount(a: MountArgs) -> Result<()> {
     if a.foreground {
         crate::daemon::init_stderr_log();
     }
     let password = a.password.get(&a.vault.display().to_string())?;
     let req = crate::daemon::MountRequest {
+        idle: a.idle,
         vault: a.vault,
         keystore: a.keystore,
         mountpoint: a.mountpoint,

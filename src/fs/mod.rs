@@ -49,6 +49,38 @@ pub struct FsConfig {
     pub ttl: Duration,
 }
 
+/// When the mount was last used and how many files and directories are open: what
+/// `--idle` watches from outside the FUSE session.
+#[derive(Debug, Default)]
+pub struct Activity {
+    last: std::sync::atomic::AtomicU64,
+    pub open: std::sync::atomic::AtomicI64,
+}
+
+impl Activity {
+    fn now() -> u64 {
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0)
+    }
+
+    pub fn touch(&self) {
+        self.last
+            .store(Self::now(), std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Time since the last request, if nothing is open.
+    pub fn idle_for(&self) -> Option<Duration> {
+        if self.open.load(std::sync::atomic::Ordering::Relaxed) > 0 {
+            return None;
+        }
+        Some(Duration::from_secs(Self::now().saturating_sub(
+            self.last.load(std::sync::atomic::Ordering::Relaxed),
+        )))
+    }
+}
+
 pub(crate) struct Node {
     /// FUSE inode of the directory this node was last found in, and its backing entry name.
     pub parent: u64,
@@ -77,6 +109,7 @@ pub struct VaultFs {
     /// Backing paths whose damage was already logged (each is logged once).
     reported: Mutex<HashSet<String>>,
     pub(crate) is_root: bool,
+    pub(crate) activity: Arc<Activity>,
 }
 
 pub(crate) enum Handle {
@@ -120,6 +153,7 @@ impl VaultFs {
         longname_max: usize,
         root: OwnedFd,
         config: FsConfig,
+        activity: Arc<Activity>,
     ) -> std::io::Result<VaultFs> {
         let st = backing::fstat(root.as_fd())?;
         let id_file = backing::read_small(root.as_fd(), DIRID_FILE, 64)?;
@@ -152,6 +186,7 @@ impl VaultFs {
             next_fh: 1.into(),
             reported: Mutex::default(),
             is_root: rustix::process::geteuid().is_root(),
+            activity,
         })
     }
 
@@ -532,7 +567,19 @@ impl VaultFs {
             .next_fh
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         self.handles.lock().expect("lock").insert(fh, h);
+        self.activity
+            .open
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         fh
+    }
+
+    pub(crate) fn close_handle(&self, fh: u64) {
+        if self.handles.lock().expect("lock").remove(&fh).is_some() {
+            self.activity
+                .open
+                .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+        }
+        self.activity.touch();
     }
 
     pub(crate) fn file_handle(&self, fh: u64) -> FsResult<Arc<OpenFile>> {

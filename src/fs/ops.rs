@@ -65,6 +65,22 @@ fn lock_two<'a>(
 }
 
 impl VaultFs {
+    /// Every request passes here: it counts as activity (for --idle) and, at debug level, is
+    /// logged with its result. Only inode numbers and errnos, never names or data.
+    fn logged<T>(&self, op: &'static str, ino: u64, result: FsResult<T>) -> FsResult<T> {
+        self.activity.touch();
+        if log::log_enabled!(log::Level::Debug) {
+            match &result {
+                Ok(_) => log::debug!("{op}(ino {ino}) -> ok"),
+                Err(code) => log::debug!(
+                    "{op}(ino {ino}) -> {}",
+                    std::io::Error::from_raw_os_error(*code)
+                ),
+            }
+        }
+        result
+    }
+
     fn check_name(name: &OsStr) -> FsResult<()> {
         if name.len() > NAME_MAX {
             return Err(libc::ENAMETOOLONG);
@@ -525,7 +541,7 @@ impl Filesystem for VaultFs {
     }
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
-        match self.do_lookup(parent.0, name) {
+        match self.logged("lookup", parent.0, self.do_lookup(parent.0, name)) {
             Ok((_, attr)) => reply.entry(&self.config.ttl, &attr, Generation(0)),
             Err(code) => reply.error(e(code)),
         }
@@ -545,7 +561,7 @@ impl Filesystem for VaultFs {
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
-        match self.getattr_ino(ino.0) {
+        match self.logged("getattr", ino.0, self.getattr_ino(ino.0)) {
             Ok(attr) => reply.attr(&self.config.ttl, &attr),
             Err(code) => reply.error(e(code)),
         }
@@ -569,7 +585,11 @@ impl Filesystem for VaultFs {
         _flags: Option<fuser::BsdFileFlags>,
         reply: ReplyAttr,
     ) {
-        match self.do_setattr(ino.0, mode, uid, gid, size, atime, mtime) {
+        match self.logged(
+            "setattr",
+            ino.0,
+            self.do_setattr(ino.0, mode, uid, gid, size, atime, mtime),
+        ) {
             Ok(attr) => reply.attr(&self.config.ttl, &attr),
             Err(code) => reply.error(e(code)),
         }
@@ -587,7 +607,7 @@ impl Filesystem for VaultFs {
             blob::open_symlink(&self.keyring, &target)
                 .map_err(|err| self.damaged(ino.0, "symlink target", err))
         })();
-        match result {
+        match self.logged("readlink", ino.0, result) {
             Ok(t) => reply.data(&t),
             Err(code) => reply.error(e(code)),
         }
@@ -610,7 +630,7 @@ impl Filesystem for VaultFs {
                 let fd = backing::create_regular(dfd, entry, 0o600).map_err(errno)?;
                 OpenFile::create(fd, &self.keyring, self.layout).map(Some)
             });
-            return match result {
+            return match self.logged("mknod", parent.0, result) {
                 Ok((_, attr, _)) => reply.entry(&self.config.ttl, &attr, Generation(0)),
                 Err(code) => reply.error(e(code)),
             };
@@ -620,7 +640,7 @@ impl Filesystem for VaultFs {
                 .map_err(errno)
                 .map(|_| None)
         });
-        match result {
+        match self.logged("mknod", parent.0, result) {
             Ok((_, attr, _)) => reply.entry(&self.config.ttl, &attr, Generation(0)),
             Err(code) => reply.error(e(code)),
         }
@@ -635,21 +655,21 @@ impl Filesystem for VaultFs {
         _umask: u32,
         reply: ReplyEntry,
     ) {
-        match self.do_mkdir(req, parent.0, name, mode) {
+        match self.logged("mkdir", parent.0, self.do_mkdir(req, parent.0, name, mode)) {
             Ok((_, attr)) => reply.entry(&self.config.ttl, &attr, Generation(0)),
             Err(code) => reply.error(e(code)),
         }
     }
 
     fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        match self.do_unlink(parent.0, name, false) {
+        match self.logged("unlink", parent.0, self.do_unlink(parent.0, name, false)) {
             Ok(()) => reply.ok(),
             Err(code) => reply.error(e(code)),
         }
     }
 
     fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        match self.do_unlink(parent.0, name, true) {
+        match self.logged("rmdir", parent.0, self.do_unlink(parent.0, name, true)) {
             Ok(()) => reply.ok(),
             Err(code) => reply.error(e(code)),
         }
@@ -674,7 +694,7 @@ impl Filesystem for VaultFs {
                 .map_err(errno)
                 .map(|_| None)
         });
-        match result {
+        match self.logged("symlink", parent.0, result) {
             Ok((_, attr, _)) => reply.entry(&self.config.ttl, &attr, Generation(0)),
             Err(code) => reply.error(e(code)),
         }
@@ -690,7 +710,11 @@ impl Filesystem for VaultFs {
         flags: RenameFlags,
         reply: ReplyEmpty,
     ) {
-        match self.do_rename(parent.0, name, newparent.0, newname, flags) {
+        match self.logged(
+            "rename",
+            parent.0,
+            self.do_rename(parent.0, name, newparent.0, newname, flags),
+        ) {
             Ok(()) => reply.ok(),
             Err(code) => reply.error(e(code)),
         }
@@ -718,7 +742,7 @@ impl Filesystem for VaultFs {
             }
             self.register(newparent.0, pfd.as_fd(), &pid, bn.entry())
         })();
-        match result {
+        match self.logged("link", ino.0, result) {
             Ok((_, attr)) => reply.entry(&self.config.ttl, &attr, Generation(0)),
             Err(code) => reply.error(e(code)),
         }
@@ -729,7 +753,7 @@ impl Filesystem for VaultFs {
         if acc != libc::O_RDONLY && self.config.read_only {
             return reply.error(e(EROFS));
         }
-        match self.open_file(ino.0) {
+        match self.logged("open", ino.0, self.open_file(ino.0)) {
             Ok(f) => reply.opened(
                 FileHandle(self.add_handle(Handle::File(f))),
                 FopenFlags::empty(),
@@ -752,7 +776,7 @@ impl Filesystem for VaultFs {
         let result = self
             .file_handle(fh.0)
             .and_then(|f| f.read(offset, size as usize));
-        match result {
+        match self.logged("read", ino.0, result) {
             Ok(data) => reply.data(&data),
             Err(EIO) => reply.error(e(self.damaged(
                 ino.0,
@@ -778,7 +802,7 @@ impl Filesystem for VaultFs {
         let result = self
             .file_handle(fh.0)
             .and_then(|f| f.write(&self.keyring, offset, data));
-        match result {
+        match self.logged("write", ino.0, result) {
             Ok(()) => reply.written(data.len() as u32),
             Err(EIO) => reply.error(e(self.damaged(
                 ino.0,
@@ -811,7 +835,7 @@ impl Filesystem for VaultFs {
         _flush: bool,
         reply: ReplyEmpty,
     ) {
-        self.handles.lock().expect("lock").remove(&fh.0);
+        self.close_handle(fh.0);
         reply.ok();
     }
 
@@ -823,7 +847,11 @@ impl Filesystem for VaultFs {
         datasync: bool,
         reply: ReplyEmpty,
     ) {
-        match self.file_handle(fh.0).and_then(|f| f.fsync(datasync)) {
+        match self.logged(
+            "fsync",
+            _ino.0,
+            self.file_handle(fh.0).and_then(|f| f.fsync(datasync)),
+        ) {
             Ok(()) => reply.ok(),
             Err(code) => reply.error(e(code)),
         }
@@ -853,7 +881,7 @@ impl Filesystem for VaultFs {
             listing.extend(self.list_dir(ino.0)?);
             Ok(self.add_handle(Handle::Dir(listing)))
         })();
-        match result {
+        match self.logged("opendir", ino.0, result) {
             Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::empty()),
             Err(code) => reply.error(e(code)),
         }
@@ -867,6 +895,7 @@ impl Filesystem for VaultFs {
         offset: u64,
         mut reply: ReplyDirectory,
     ) {
+        let _ = self.logged("readdir", _ino.0, Ok(()));
         let handles = self.handles.lock().expect("lock");
         let Some(Handle::Dir(listing)) = handles.get(&fh.0) else {
             return reply.error(e(libc::EBADF));
@@ -892,7 +921,7 @@ impl Filesystem for VaultFs {
         _flags: OpenFlags,
         reply: ReplyEmpty,
     ) {
-        self.handles.lock().expect("lock").remove(&fh.0);
+        self.close_handle(fh.0);
         reply.ok();
     }
 
@@ -904,20 +933,20 @@ impl Filesystem for VaultFs {
         _datasync: bool,
         reply: ReplyEmpty,
     ) {
-        match self
-            .node_fd(ino.0)
-            .and_then(|fd| backing::fsync(fd.as_fd()).map_err(errno))
-        {
+        let result = self
+            .readable_dir(ino.0)
+            .and_then(|fd| backing::fsync(fd.as_fd()).map_err(errno));
+        match self.logged("fsyncdir", ino.0, result) {
             Ok(()) => reply.ok(),
             Err(code) => reply.error(e(code)),
         }
     }
 
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
-        match self
+        let result = self
             .node_fd(ROOT)
-            .and_then(|fd| backing::fstatvfs(fd.as_fd()).map_err(errno))
-        {
+            .and_then(|fd| backing::fstatvfs(fd.as_fd()).map_err(errno));
+        match self.logged("statfs", ROOT, result) {
             Ok(s) => reply.statfs(
                 s.f_blocks,
                 s.f_bfree,
@@ -940,11 +969,19 @@ impl Filesystem for VaultFs {
         size: u32,
         reply: fuser::ReplyXattr,
     ) {
-        super::xattr::reply_sized(reply, size, self.do_getxattr(ino.0, name));
+        super::xattr::reply_sized(
+            reply,
+            size,
+            self.logged("getxattr", ino.0, self.do_getxattr(ino.0, name)),
+        );
     }
 
     fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: fuser::ReplyXattr) {
-        super::xattr::reply_sized(reply, size, self.do_listxattr(ino.0));
+        super::xattr::reply_sized(
+            reply,
+            size,
+            self.logged("listxattr", ino.0, self.do_listxattr(ino.0)),
+        );
     }
 
     fn setxattr(
@@ -957,14 +994,18 @@ impl Filesystem for VaultFs {
         _position: u32,
         reply: ReplyEmpty,
     ) {
-        match self.do_setxattr(ino.0, name, value, flags) {
+        match self.logged(
+            "setxattr",
+            ino.0,
+            self.do_setxattr(ino.0, name, value, flags),
+        ) {
             Ok(()) => reply.ok(),
             Err(code) => reply.error(e(code)),
         }
     }
 
     fn removexattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        match self.do_removexattr(ino.0, name) {
+        match self.logged("removexattr", ino.0, self.do_removexattr(ino.0, name)) {
             Ok(()) => reply.ok(),
             Err(code) => reply.error(e(code)),
         }
@@ -984,7 +1025,7 @@ impl Filesystem for VaultFs {
             .writable()
             .and_then(|_| self.file_handle(fh.0))
             .and_then(|f| f.fallocate(&self.keyring, offset, length, mode));
-        match result {
+        match self.logged("fallocate", ino.0, result) {
             Ok(()) => reply.ok(),
             Err(EIO) => reply.error(e(self.damaged(
                 ino.0,
@@ -1010,7 +1051,7 @@ impl Filesystem for VaultFs {
         let result = self
             .file_handle(fh.0)
             .and_then(|f| f.seek_data_hole(offset.max(0) as u64, whence));
-        match result {
+        match self.logged("lseek", _ino.0, result) {
             Ok(off) => reply.offset(off as i64),
             Err(code) => reply.error(e(code)),
         }
@@ -1036,7 +1077,7 @@ impl Filesystem for VaultFs {
             OpenFile::create(fd, &self.keyring, self.layout).map(Some)
         });
         let _ = flags;
-        match result {
+        match self.logged("create", parent.0, result) {
             Ok((_, attr, Some(f))) => {
                 let fh = self.add_handle(Handle::File(f));
                 reply.created(

@@ -9,6 +9,7 @@ pub mod init;
 pub mod keystore;
 pub mod layout;
 pub mod local_state;
+pub mod pathmap;
 pub mod probe;
 pub mod recovery_file;
 pub mod state;
