@@ -28,6 +28,8 @@ pub const MOUNT_FAILED: i32 = 17;
 pub const BUSY: i32 = 18;
 /// `unmount` of a path that is not a vaultfs mount.
 pub const NOT_MOUNTED: i32 = 19;
+/// `fsck` found problems (they are listed).
+pub const DAMAGED: i32 = 20;
 
 /// Every status with its meaning, for the man page and `--help`.
 pub const ALL: &[(i32, &str)] = &[
@@ -65,4 +67,5 @@ pub const ALL: &[(i32, &str)] = &[
         "unmount: files are open on the mount (they are listed); use --lazy",
     ),
     (NOT_MOUNTED, "unmount: the path is not a vaultfs mount"),
+    (DAMAGED, "fsck: problems were found (listed one per line)"),
 ];

@@ -8,4 +8,5 @@ pub mod crypto;
 pub mod daemon;
 pub mod exitcodes;
 pub mod fs;
+pub mod fsck;
 pub mod vault;

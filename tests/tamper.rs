@@ -229,6 +229,52 @@ fn tampered_backing_files_give_eio_and_the_rest_keeps_working() {
             log.push_str(&text);
         }
     }
+    // fsck names every damaged object (and only those).
+    let o = common::vaultfs(&v.state)
+        .args(["fsck", "--json", "--passfile"])
+        .arg(&v.passfile)
+        .arg(&v.vault)
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(vaultfs::exitcodes::DAMAGED));
+    let report: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let problems = report["problems"].as_array().unwrap();
+    let plain: Vec<&str> = problems
+        .iter()
+        .filter_map(|p| p["plain_path"].as_str())
+        .collect();
+    for damaged in [
+        "flip",
+        "swap",
+        "copy",
+        "cut_boundary",
+        "cut_mid",
+        "cut_last",
+        "hdr_a",
+        "hdr_b",
+        "zero_hdr",
+        "empty",
+        "victim_link",
+        "d2",
+        "good_dir",
+    ] {
+        assert!(
+            plain.contains(&damaged),
+            "fsck reports {damaged}: {plain:?}"
+        );
+    }
+    for good in ["good", "donor", "d1/inner", "dst/inner", "new"] {
+        assert!(!plain.contains(&good), "fsck does not report {good}");
+    }
+    let kinds: Vec<&str> = problems.iter().filter_map(|p| p["kind"].as_str()).collect();
+    assert!(
+        kinds.contains(&"lost-name"),
+        "the name moved into dst is lost there: {kinds:?}"
+    );
+    assert!(
+        kinds.contains(&"bad-long-name"),
+        "the FIFO side file: {kinds:?}"
+    );
     let swap_entry = b("swap").file_name().unwrap().to_str().unwrap().to_string();
     let lines = log.lines().filter(|l| l.contains(&swap_entry)).count();
     assert_eq!(

@@ -40,8 +40,24 @@ pub enum Command {
     DecryptPath(PathArgs),
     /// Print the backing path (relative to the vault) of a plaintext path
     EncryptPath(PathArgs),
+    /// Check every file, name, directory ID, symlink and xattr against the key (read-only)
+    Fsck(FsckArgs),
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell)
     Completions(CompletionsArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct FsckArgs {
+    #[command(flatten)]
+    pub password: PasswordArgs,
+    /// The vault's key database, if it is kept outside the vault
+    #[arg(long, value_name = "PATH")]
+    pub keystore: Option<PathBuf>,
+    /// Print the report as JSON
+    #[arg(long)]
+    pub json: bool,
+    /// The vault (backing) directory
+    pub vault: PathBuf,
 }
 
 #[derive(Debug, Args)]
@@ -154,6 +170,7 @@ pub fn run(cli: Cli) -> Result<()> {
                 Command::Status(a) => cmd_status(a),
                 Command::Unmount(a) => crate::daemon::unmount(&a.mountpoint, a.lazy),
                 Command::DecryptPath(a) => cmd_path(a, false),
+                Command::Fsck(a) => cmd_fsck(a),
                 Command::EncryptPath(a) => cmd_path(a, true),
                 Command::Completions(a) => {
                     use clap::CommandFactory;
@@ -168,6 +185,59 @@ pub fn run(cli: Cli) -> Result<()> {
                 Command::Mount(_) => unreachable!("handled above"),
             }
         }
+    }
+}
+
+fn cmd_fsck(a: FsckArgs) -> Result<()> {
+    let password = a.password.get(&a.vault.display().to_string())?;
+    let u = crate::vault::init::unlock(&a.vault, a.keystore.as_deref(), false, &password)?;
+    let bar = indicatif::ProgressBar::new_spinner();
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{spinner} {msg}").expect("valid template"),
+    );
+    let progress = |r: &crate::fsck::Report| {
+        bar.set_message(format!(
+            "{} files, {} directories, {} problems",
+            r.files,
+            r.directories,
+            r.problems.len()
+        ));
+        bar.tick();
+    };
+    let report = crate::fsck::check(&a.vault, &u.keyring, u.layout(), &progress)
+        .map_err(VaultError::io(format!("cannot read {}", a.vault.display())))?;
+    bar.finish_and_clear();
+    let summary = format!(
+        "{} problems; checked {} files ({} bytes), {} directories, {} symlinks, {} other",
+        report.problems.len(),
+        report.files,
+        report.plaintext_bytes,
+        report.directories,
+        report.symlinks,
+        report.other
+    );
+    let _ =
+        crate::vault::local_state::record_local_audit(&u.state().config.vault_id, "fsck", &summary);
+    if a.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&report).expect("report serializes")
+        );
+    } else {
+        for p in &report.problems {
+            let plain = p
+                .plain_path
+                .as_deref()
+                .map(|pp| format!(" ({pp})"))
+                .unwrap_or_default();
+            println!("{:?}: {}{plain}: {}", p.kind, p.backing_path, p.detail);
+        }
+        println!("{summary}");
+    }
+    if report.problems.is_empty() {
+        Ok(())
+    } else {
+        std::process::exit(crate::exitcodes::DAMAGED)
     }
 }
 
