@@ -83,9 +83,11 @@ fn pidfile(mountpoint: &Path) -> Result<PathBuf> {
 /// Makes key memory hard to leak: no core dumps or ptrace by others, no swapping where the
 /// system allows it, and no death by SIGPIPE.
 fn harden_process() {
-    // SAFETY: plain prctl/mlockall/signal calls with constant arguments.
+    // SAFETY: plain prctl/mlockall/signal/umask calls with constant arguments.
     unsafe {
         libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0);
+        // Modes of new backing entries are set explicitly; the daemon's umask must not mask them.
+        libc::umask(0);
         if libc::mlockall(libc::MCL_CURRENT | libc::MCL_FUTURE | libc::MCL_ONFAULT) != 0 {
             log::info!(
                 "cannot lock memory ({}); keys may be swapped out",
@@ -202,7 +204,8 @@ pub fn mount(mut req: MountRequest, password: &[u8]) -> Result<()> {
     }
 
     // Fork now, while single-threaded; the child reports back through a pipe.
-    let (rd, wr) = rustix::pipe::pipe().map_err(|e| mount_failed(format!("pipe: {e}")))?;
+    let (rd, wr) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)
+        .map_err(|e| mount_failed(format!("pipe: {e}")))?;
     // SAFETY: no other threads exist yet; the child only continues with its own copy.
     match unsafe { libc::fork() } {
         -1 => Err(mount_failed(format!(
@@ -309,6 +312,9 @@ fn serve(
             let _ = f.write_all(msg.as_bytes());
         }
     };
+    // Signals are caught from before the mount exists, so none can kill the daemon and leave
+    // a dead mount behind; one that arrives early detaches the mount as soon as it is up.
+    let terminate = spawn_signal_thread(mountpoint.to_path_buf());
     // Root mounts directly; others go through fusermount3.
     let session = if rustix::process::geteuid().is_root() {
         fuser::Session::new(fs, mountpoint, config)
@@ -337,7 +343,9 @@ fn serve(
     if let Some(p) = &pid_path {
         let _ = fs::write(p, format!("{}\n", std::process::id()));
     }
-    spawn_signal_thread(mountpoint.to_path_buf());
+    if terminate.load(std::sync::atomic::Ordering::SeqCst) {
+        let _ = detach(mountpoint, true);
+    }
     if let Some((limit, activity)) = idle {
         spawn_idle_thread(mountpoint.to_path_buf(), limit, activity);
     }
@@ -353,17 +361,21 @@ fn serve(
 
 /// SIGTERM/SIGINT/SIGHUP: detach the mount (lazy unmount); the daemon keeps serving open
 /// files until the kernel releases the mount, then exits.
-fn spawn_signal_thread(mountpoint: PathBuf) {
+fn spawn_signal_thread(mountpoint: PathBuf) -> Arc<std::sync::atomic::AtomicBool> {
     use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+    let requested = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let Ok(mut signals) = signal_hook::iterator::Signals::new([SIGTERM, SIGINT, SIGHUP]) else {
-        return;
+        return requested;
     };
+    let flag = requested.clone();
     std::thread::spawn(move || {
-        if let Some(sig) = signals.forever().next() {
+        for sig in signals.forever() {
             log::info!("signal {sig}: detaching {}", mountpoint.display());
+            flag.store(true, std::sync::atomic::Ordering::SeqCst);
             let _ = detach(&mountpoint, true);
         }
     });
+    requested
 }
 
 /// --idle: unmount once nothing has happened for `limit` and nothing is open.

@@ -155,11 +155,33 @@ impl FileHeader {
         let used = self
             .writes_used
             .checked_add(count)
-            .filter(|&u| u <= MAX_CHUNK_WRITES);
-        self.writes_used = used.ok_or(CryptoError::TooLong)?;
-        for index in 0..2 {
-            if let Some(slot) = &self.slots[index] {
-                let keys = keyring.get(slot.generation)?;
+            .ok_or(CryptoError::TooLong)?;
+        self.set_writes_used(used, keyring, file_key)
+    }
+
+    /// Sets the count of chunk writes used under this key (a writer gives back the unused
+    /// part of its reservation this way) and rewraps both slots.
+    pub fn set_writes_used(
+        &mut self,
+        used: u64,
+        keyring: &Keyring,
+        file_key: &Key256,
+    ) -> Result<(), CryptoError> {
+        if used > MAX_CHUNK_WRITES {
+            return Err(CryptoError::TooLong);
+        }
+        let keys: Vec<_> = self
+            .slots
+            .iter()
+            .map(|s| {
+                s.as_ref()
+                    .map(|s| keyring.get(s.generation).cloned())
+                    .transpose()
+            })
+            .collect::<Result<_, _>>()?;
+        self.writes_used = used;
+        for (index, keys) in keys.iter().enumerate() {
+            if let Some(keys) = keys {
                 self.slots[index] = Some(self.wrap(index, keys, file_key));
             }
         }

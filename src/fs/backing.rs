@@ -59,19 +59,21 @@ pub fn open_dir_path(dir: BorrowedFd<'_>, name: &str) -> io::Result<OwnedFd> {
 
 /// Opens regular file `name`; anything else (symlink, FIFO, device, directory) gives EIO.
 pub fn open_regular(dir: BorrowedFd<'_>, name: &str, write: bool) -> io::Result<OwnedFd> {
-    let access = if write { OFlags::RDWR } else { OFlags::RDONLY };
-    let fd = rustix::fs::openat(dir, name, OPEN_BASE | access, Mode::empty()).map_err(|e| {
-        if e == rustix::io::Errno::LOOP {
-            eio()
-        } else {
-            err(e)
-        }
-    })?;
-    let st = fstat(fd.as_fd())?;
+    // O_PATH first: opening a planted device node or FIFO for real would run its driver's
+    // open (a tty could even become the daemon's controlling terminal).
+    let path_fd = rustix::fs::openat(
+        dir,
+        name,
+        OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(err)?;
+    let st = fstat(path_fd.as_fd())?;
     if FileType::from_raw_mode(st.st_mode) != FileType::RegularFile {
         return Err(eio());
     }
-    Ok(fd)
+    let access = if write { OFlags::RDWR } else { OFlags::RDONLY };
+    reopen(path_fd.as_fd(), access | OFlags::NONBLOCK | OFlags::NOCTTY)
 }
 
 /// Creates regular file `name` exclusively, for reading and writing.

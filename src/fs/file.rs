@@ -18,8 +18,12 @@ use crate::crypto::header::{FileHeader, HEADER_LEN, MAX_CHUNK_WRITES};
 use crate::crypto::keys::Key256;
 use crate::crypto::{CryptoError, Keyring};
 
-/// Chunk writes reserved in the header at a time (one header rewrite per this many writes).
-const RESERVE_BLOCK: u64 = 1 << 16;
+/// Chunk writes are reserved in the header in blocks that start small and double up to
+/// this size (one header rewrite and fdatasync per block); the unused part of a reservation
+/// is given back when the file's last handle closes, so open/write/close cycles do not eat
+/// the key's 2^32 budget.
+const RESERVE_BLOCK_MAX: u64 = 1 << 16;
+const RESERVE_BLOCK_MIN: u64 = 16;
 
 struct State {
     header: FileHeader,
@@ -28,6 +32,8 @@ struct State {
     size: u64,
     /// Chunk writes still covered by the last reservation recorded in the header.
     budget: u64,
+    /// Size of the next reservation.
+    next_block: u64,
 }
 
 pub struct OpenFile {
@@ -66,6 +72,7 @@ impl OpenFile {
                 cipher,
                 size,
                 budget: 0,
+                next_block: RESERVE_BLOCK_MIN,
             }),
         })
     }
@@ -79,7 +86,8 @@ impl OpenFile {
             key,
             cipher,
             size: 0,
-            budget: RESERVE_BLOCK - 1,
+            budget: RESERVE_BLOCK_MIN - 1,
+            next_block: RESERVE_BLOCK_MIN * 2,
         };
         Ok(OpenFile {
             fd,
@@ -128,7 +136,11 @@ impl OpenFile {
     /// Writes `data` at `offset`.
     pub fn write(&self, keyring: &Keyring, offset: u64, data: &[u8]) -> FsResult<()> {
         let mut st = self.state.write().expect("file lock");
-        self.write_locked(keyring, &mut st, offset, data)
+        let result = self.write_locked(keyring, &mut st, offset, data);
+        if result.is_err() {
+            self.resync_size(&mut st);
+        }
+        result
     }
 
     fn write_locked(
@@ -274,11 +286,15 @@ impl OpenFile {
         if st.budget >= n {
             return Ok(());
         }
-        let block = n.max(RESERVE_BLOCK);
-        if st.header.writes_used + block > MAX_CHUNK_WRITES {
-            // The key's nonce budget is spent: the file needs a new key (rotate --reencrypt).
-            log::error!("file key write budget exhausted; re-encrypt the file");
-            return Err(EIO);
+        let left = MAX_CHUNK_WRITES - st.header.writes_used;
+        let block = n.max(st.next_block).min(left);
+        if block < n {
+            // The key's nonce budget is spent: the file needs a new key and ID, which
+            // rewriting it gives (copy it, or `rotate --reencrypt`).
+            log::error!(
+                "a file key has served 2^32 chunk writes; copy the file to give it a new key"
+            );
+            return Err(libc::EFBIG);
         }
         let State { header, key, .. } = st;
         header
@@ -288,13 +304,43 @@ impl OpenFile {
         // The reservation must be on disk before the writes it covers.
         backing::fdatasync(self.fd.as_fd()).map_err(io)?;
         st.budget += block;
+        st.next_block = (st.next_block * 2).min(RESERVE_BLOCK_MAX);
         Ok(())
+    }
+
+    /// Gives back the unused part of the write reservation (when the last handle closes).
+    /// Not synced: if this is lost in a crash, the header just over-counts, which is safe.
+    pub fn release_budget(&self, keyring: &Keyring) {
+        let mut st = self.state.write().expect("file lock");
+        if st.budget == 0 {
+            return;
+        }
+        let used = st.header.writes_used - st.budget;
+        let State { header, key, .. } = &mut *st;
+        if header.set_writes_used(used, keyring, key).is_ok()
+            && backing::pwrite_all(self.fd.as_fd(), &st.header.encode(), 0).is_ok()
+        {
+            st.budget = 0;
+            st.next_block = RESERVE_BLOCK_MIN;
+        }
+    }
+
+    /// After a failed multi-step change, the in-memory size follows what is on disk (every
+    /// intermediate state of the protocols is a valid file).
+    fn resync_size(&self, st: &mut State) {
+        if let Ok(meta) = backing::fstat(self.fd.as_fd()) {
+            st.size = self.layout.plaintext_size_lenient(meta.st_size as u64);
+        }
     }
 
     /// Changes the size (truncate/ftruncate). Zero gives the file a new ID and key.
     pub fn truncate(&self, keyring: &Keyring, new_size: u64) -> FsResult<()> {
         let mut st = self.state.write().expect("file lock");
-        self.truncate_locked(keyring, &mut st, new_size)
+        let result = self.truncate_locked(keyring, &mut st, new_size);
+        if result.is_err() {
+            self.resync_size(&mut st);
+        }
+        result
     }
 
     fn truncate_locked(&self, keyring: &Keyring, st: &mut State, new_size: u64) -> FsResult<()> {
@@ -313,13 +359,20 @@ impl OpenFile {
                 key,
                 cipher,
                 size: 0,
-                budget: RESERVE_BLOCK - 1,
+                budget: RESERVE_BLOCK_MIN - 1,
+                next_block: RESERVE_BLOCK_MIN * 2,
             };
             return Ok(());
         }
         let old_last = l.last_chunk_index(old_size);
         let new_last = l.last_chunk_index(new_size);
         if new_size > old_size {
+            // Space for the chunks this rewrites (the old last, the new last), never the holes.
+            let chunk_end = |i: u64| {
+                l.chunk_offset(i) + (l.plaintext_len_of_chunk(i, new_size) + CHUNK_OVERHEAD) as u64
+            };
+            self.reserve_space(l.chunk_offset(old_last), chunk_end(old_last))?;
+            self.reserve_space(l.chunk_offset(new_last), chunk_end(new_last))?;
             if new_last == old_last {
                 let plain = self.build(st, old_last, old_last, new_size, 0, &[])?;
                 self.seal_and_write(keyring, st, old_last, true, &plain)?;
@@ -378,6 +431,15 @@ impl OpenFile {
     /// PUNCH_HOLE|KEEP_SIZE (zero a range: whole non-final chunks become holes in the backing
     /// file, partial ones are rewritten as zeros). Other modes: EOPNOTSUPP.
     pub fn fallocate(&self, keyring: &Keyring, offset: u64, len: u64, mode: i32) -> FsResult<()> {
+        let result = self.fallocate_inner(keyring, offset, len, mode);
+        if result.is_err() {
+            let mut st = self.state.write().expect("file lock");
+            self.resync_size(&mut st);
+        }
+        result
+    }
+
+    fn fallocate_inner(&self, keyring: &Keyring, offset: u64, len: u64, mode: i32) -> FsResult<()> {
         const KEEP_SIZE: i32 = libc::FALLOC_FL_KEEP_SIZE;
         const PUNCH_HOLE: i32 = libc::FALLOC_FL_PUNCH_HOLE;
         if mode & !(KEEP_SIZE | PUNCH_HOLE) != 0
@@ -526,10 +588,11 @@ fn fresh_identity(
     keyring: &Keyring,
     layout: ChunkLayout,
 ) -> FsResult<(FileHeader, Key256, ContentCipher)> {
-    let (header, key) = FileHeader::create(keyring, RESERVE_BLOCK).map_err(|e: CryptoError| {
-        log::error!("cannot create a file key: {e}");
-        EIO
-    })?;
+    let (header, key) =
+        FileHeader::create(keyring, RESERVE_BLOCK_MIN).map_err(|e: CryptoError| {
+            log::error!("cannot create a file key: {e}");
+            EIO
+        })?;
     let cipher = ContentCipher::new(header.file_id, &key, layout);
     Ok((header, key, cipher))
 }

@@ -311,6 +311,10 @@ impl VaultFs {
             let temp = self.temp_name();
             backing::write_durable(dir_fd, side_file, &temp, encoded.as_bytes(), 0o600)
                 .map_err(errno)?;
+            // The side file's entry must be durable before the entry it names can be.
+            let readable =
+                backing::reopen(dir_fd, OFlags::RDONLY | OFlags::DIRECTORY).map_err(errno)?;
+            backing::fsync(readable.as_fd()).map_err(errno)?;
         }
         Ok(())
     }
@@ -574,10 +578,22 @@ impl VaultFs {
     }
 
     pub(crate) fn close_handle(&self, fh: u64) {
-        if self.handles.lock().expect("lock").remove(&fh).is_some() {
+        // Removed under the lock, dropped (and so closed) outside it.
+        let removed = self.handles.lock().expect("lock").remove(&fh);
+        if let Some(handle) = removed {
             self.activity
                 .open
                 .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+            if let Handle::File(f) = &handle
+                && Arc::strong_count(f) == 1
+            {
+                f.release_budget(&self.keyring);
+            }
+            drop(handle);
+            self.open_files
+                .lock()
+                .expect("lock")
+                .retain(|_, w| w.strong_count() > 0);
         }
         self.activity.touch();
     }

@@ -65,6 +65,31 @@ fn lock_two<'a>(
 }
 
 impl VaultFs {
+    /// A directory's entries, "." and ".." first.
+    fn listing(&self, ino: u64) -> FsResult<Vec<DirListing>> {
+        let parent = self
+            .nodes
+            .lock()
+            .expect("lock")
+            .get(&ino)
+            .map(|n| n.parent)
+            .ok_or(ENOENT)?;
+        let mut listing = vec![
+            DirListing {
+                name: b".".to_vec(),
+                ino,
+                kind: FileType::Directory,
+            },
+            DirListing {
+                name: b"..".to_vec(),
+                ino: parent,
+                kind: FileType::Directory,
+            },
+        ];
+        listing.extend(self.list_dir(ino)?);
+        Ok(listing)
+    }
+
     /// Every request passes here: it counts as activity (for --idle) and, at debug level, is
     /// logged with its result. Only inode numbers and errnos, never names or data.
     fn logged<T>(&self, op: &'static str, ino: u64, result: FsResult<T>) -> FsResult<T> {
@@ -241,10 +266,18 @@ impl VaultFs {
                 .get(&child_ino)
                 .map(|n| n.dir_lock.clone());
             let _cg = child_lock.as_ref().map(|l| l.lock().expect("lock"));
-            self.retry_with_access(child.as_fd(), 0o700, || {
-                self.remove_dir_id_if_empty(child.as_fd())
+            let saved = self.retry_with_access(child.as_fd(), 0o700, || {
+                let saved = backing::read_small(child.as_fd(), DIRID_FILE, 64).map_err(errno)?;
+                self.remove_dir_id_if_empty(child.as_fd())?;
+                Ok(saved)
             })?;
             if let Err(err) = backing::rmdir(pfd.as_fd(), bn.entry()) {
+                // Put the ID back: a directory without it would read as damaged.
+                let temp = self.temp_name();
+                let _ = self.retry_with_access(child.as_fd(), 0o300, || {
+                    backing::write_durable(child.as_fd(), DIRID_FILE, &temp, &saved, 0o600)
+                        .map_err(errno)
+                });
                 return Err(errno(err));
             }
         } else {
@@ -296,6 +329,15 @@ impl VaultFs {
                 .map_err(errno)
         })?;
         Ok(fd)
+    }
+
+    /// fsync of one or two directories (best effort: a failure only weakens durability).
+    fn sync_dirs(&self, a: u64, b: u64) {
+        for ino in if a == b { vec![a] } else { vec![a, b] } {
+            if let Ok(fd) = self.readable_dir(ino) {
+                let _ = backing::fsync(fd.as_fd());
+            }
+        }
     }
 
     /// Step 3 of a directory move: the staged ID replaces the old one.
@@ -367,14 +409,21 @@ impl VaultFs {
             } else {
                 None
             };
-            backing::rename(
+            if let Err(err) = backing::rename(
                 pfd.as_fd(),
                 src_bn.entry(),
                 npfd.as_fd(),
                 dst_bn.entry(),
                 rustix::fs::RenameFlags::EXCHANGE,
-            )
-            .map_err(errno)?;
+            ) {
+                for fd in staged_src.iter().chain(staged_dst.iter()) {
+                    let _ = backing::unlink(fd.as_fd(), DIRID_NEXT_FILE);
+                }
+                return Err(errno(err));
+            }
+            if staged_src.is_some() || staged_dst.is_some() {
+                self.sync_dirs(parent, newparent);
+            }
             staged_src
                 .iter()
                 .chain(staged_dst.iter())
@@ -466,6 +515,9 @@ impl VaultFs {
             return Err(errno(err));
         }
         if let Some(fd) = &staged {
+            // The move must be durable before the new ID replaces the old one, or a crash
+            // could leave the directory where its (new) ID does not match.
+            self.sync_dirs(parent, newparent);
             self.commit_dir_id(fd);
         }
         if parent != newparent || src_bn.entry() != dst_bn.entry() {
@@ -507,7 +559,13 @@ impl VaultFs {
         }
         if let Some(size) = size {
             match kind {
-                FileType::RegularFile => self.open_file(ino)?.truncate(&self.keyring, size)?,
+                FileType::RegularFile => {
+                    let f = self.open_file(ino)?;
+                    f.truncate(&self.keyring, size)?;
+                    if Arc::strong_count(&f) == 1 {
+                        f.release_budget(&self.keyring);
+                    }
+                }
                 FileType::Directory => return Err(EISDIR),
                 _ => return Err(EINVAL),
             }
@@ -524,7 +582,14 @@ impl VaultFs {
         if atime.is_some() || mtime.is_some() {
             let (a, m) = (set_time(atime), set_time(mtime));
             if kind == FileType::Symlink {
+                // By name (Linux has no fd-based utimens for a symlink itself), after checking
+                // that the name still holds this very inode (hard links, renames, unlinks).
                 let pfd = self.node_fd(parent)?;
+                let here = backing::lstat(pfd.as_fd(), &entry).map_err(errno)?;
+                let pinned = backing::fstat(fd.as_fd()).map_err(errno)?;
+                if (here.st_dev, here.st_ino) != (pinned.st_dev, pinned.st_ino) {
+                    return Err(libc::ESTALE);
+                }
                 backing::utimens(pfd.as_fd(), &entry, a, m).map_err(errno)?;
             } else {
                 backing::utimens_fd(fd.as_fd(), a, m).map_err(errno)?;
@@ -597,13 +662,9 @@ impl Filesystem for VaultFs {
 
     fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
         let result = (|| {
-            let (parent, entry) = {
-                let nodes = self.nodes.lock().expect("lock");
-                let n = nodes.get(&ino.0).ok_or(ENOENT)?;
-                (n.parent, n.entry.clone())
-            };
-            let pfd = self.node_fd(parent)?;
-            let target = backing::readlink(pfd.as_fd(), &entry).map_err(errno)?;
+            // The node's own O_PATH fd: right even after renames and for hard links.
+            let fd = self.node_fd(ino.0)?;
+            let target = backing::readlink(fd.as_fd(), "").map_err(errno)?;
             blob::open_symlink(&self.keyring, &target)
                 .map_err(|err| self.damaged(ino.0, "symlink target", err))
         })();
@@ -628,14 +689,18 @@ impl Filesystem for VaultFs {
             // A regular file through mknod: same as create, then closed.
             let result = self.make_node(req, parent.0, name, Some(mode), |dfd, entry| {
                 let fd = backing::create_regular(dfd, entry, 0o600).map_err(errno)?;
-                OpenFile::create(fd, &self.keyring, self.layout).map(Some)
+                OpenFile::create(fd, &self.keyring, self.layout)
+                    .map(Some)
+                    .inspect_err(|_| {
+                        let _ = backing::unlink(dfd, entry);
+                    })
             });
             return match self.logged("mknod", parent.0, result) {
                 Ok((_, attr, _)) => reply.entry(&self.config.ttl, &attr, Generation(0)),
                 Err(code) => reply.error(e(code)),
             };
         }
-        let result = self.make_node(req, parent.0, name, None, |dfd, entry| {
+        let result = self.make_node(req, parent.0, name, Some(mode), |dfd, entry| {
             backing::mknod(dfd, entry, mode, rdev.into())
                 .map_err(errno)
                 .map(|_| None)
@@ -781,7 +846,7 @@ impl Filesystem for VaultFs {
             Err(EIO) => reply.error(e(self.damaged(
                 ino.0,
                 "content",
-                format!("a chunk in bytes {offset}..+{size} failed authentication"),
+                format!("bytes {offset}..+{size}: a chunk does not authenticate, or the backing read failed"),
             ))),
             Err(code) => reply.error(e(code)),
         }
@@ -807,7 +872,7 @@ impl Filesystem for VaultFs {
             Err(EIO) => reply.error(e(self.damaged(
                 ino.0,
                 "content",
-                format!("write at {offset} needs a chunk that fails authentication"),
+                format!("write at {offset}: a chunk it rewrites does not authenticate, or backing I/O failed"),
             ))),
             Err(code) => reply.error(e(code)),
         }
@@ -858,29 +923,9 @@ impl Filesystem for VaultFs {
     }
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
-        let result = (|| {
-            let parent = self
-                .nodes
-                .lock()
-                .expect("lock")
-                .get(&ino.0)
-                .map(|n| n.parent)
-                .ok_or(ENOENT)?;
-            let mut listing = vec![
-                DirListing {
-                    name: b".".to_vec(),
-                    ino: ino.0,
-                    kind: FileType::Directory,
-                },
-                DirListing {
-                    name: b"..".to_vec(),
-                    ino: parent,
-                    kind: FileType::Directory,
-                },
-            ];
-            listing.extend(self.list_dir(ino.0)?);
-            Ok(self.add_handle(Handle::Dir(listing)))
-        })();
+        let result = self
+            .dir(ino.0)
+            .map(|_| self.add_handle(Handle::Dir(Vec::new())));
         match self.logged("opendir", ino.0, result) {
             Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::empty()),
             Err(code) => reply.error(e(code)),
@@ -890,12 +935,25 @@ impl Filesystem for VaultFs {
     fn readdir(
         &self,
         _req: &Request,
-        _ino: INodeNo,
+        ino: INodeNo,
         fh: FileHandle,
         offset: u64,
         mut reply: ReplyDirectory,
     ) {
-        let _ = self.logged("readdir", _ino.0, Ok(()));
+        // Offset 0 is a first read or a rewinddir: list the backing directory afresh (outside
+        // any lock); later offsets page through that snapshot.
+        if offset == 0 {
+            let listing = self.logged("readdir", ino.0, self.listing(ino.0));
+            match listing {
+                Ok(l) => match self.handles.lock().expect("lock").get_mut(&fh.0) {
+                    Some(Handle::Dir(slot)) => *slot = l,
+                    _ => return reply.error(e(libc::EBADF)),
+                },
+                Err(code) => return reply.error(e(code)),
+            }
+        } else {
+            let _ = self.logged("readdir", ino.0, Ok(()));
+        }
         let handles = self.handles.lock().expect("lock");
         let Some(Handle::Dir(listing)) = handles.get(&fh.0) else {
             return reply.error(e(libc::EBADF));
@@ -1048,9 +1106,12 @@ impl Filesystem for VaultFs {
         if whence != libc::SEEK_DATA && whence != libc::SEEK_HOLE {
             return reply.error(e(EINVAL));
         }
-        let result = self
-            .file_handle(fh.0)
-            .and_then(|f| f.seek_data_hole(offset.max(0) as u64, whence));
+        let result = if offset < 0 {
+            Err(libc::ENXIO)
+        } else {
+            self.file_handle(fh.0)
+                .and_then(|f| f.seek_data_hole(offset as u64, whence))
+        };
         match self.logged("lseek", _ino.0, result) {
             Ok(off) => reply.offset(off as i64),
             Err(code) => reply.error(e(code)),
@@ -1074,7 +1135,12 @@ impl Filesystem for VaultFs {
     ) {
         let result = self.make_node(req, parent.0, name, Some(mode), |dfd, entry| {
             let fd = backing::create_regular(dfd, entry, 0o600).map_err(errno)?;
-            OpenFile::create(fd, &self.keyring, self.layout).map(Some)
+            // A half-made file (no header) must not stay behind.
+            OpenFile::create(fd, &self.keyring, self.layout)
+                .map(Some)
+                .inspect_err(|_| {
+                    let _ = backing::unlink(dfd, entry);
+                })
         });
         let _ = flags;
         match self.logged("create", parent.0, result) {
