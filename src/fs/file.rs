@@ -18,10 +18,11 @@ use crate::crypto::header::{FileHeader, HEADER_LEN, MAX_CHUNK_WRITES};
 use crate::crypto::keys::Key256;
 use crate::crypto::{CryptoError, Keyring};
 
-/// Chunk writes are reserved in the header in blocks that start small and double up to
-/// this size (one header rewrite and fdatasync per block); the unused part of a reservation
-/// is given back when the file's last handle closes, so open/write/close cycles do not eat
-/// the key's 2^32 budget.
+/// Chunk writes are reserved in the header in blocks that start small at each open and
+/// double up to this size (one header rewrite and fdatasync per block). A session that makes
+/// n chunk writes reserves at most 2n + 16, so open/write/close cycles cannot exhaust the
+/// key's 2^32 budget the way fixed 65,536-write blocks did. Nothing is given back at close:
+/// a header write then would change the file's times after the user's last operation.
 const RESERVE_BLOCK_MAX: u64 = 1 << 16;
 const RESERVE_BLOCK_MIN: u64 = 16;
 
@@ -306,23 +307,6 @@ impl OpenFile {
         st.budget += block;
         st.next_block = (st.next_block * 2).min(RESERVE_BLOCK_MAX);
         Ok(())
-    }
-
-    /// Gives back the unused part of the write reservation (when the last handle closes).
-    /// Not synced: if this is lost in a crash, the header just over-counts, which is safe.
-    pub fn release_budget(&self, keyring: &Keyring) {
-        let mut st = self.state.write().expect("file lock");
-        if st.budget == 0 {
-            return;
-        }
-        let used = st.header.writes_used - st.budget;
-        let State { header, key, .. } = &mut *st;
-        if header.set_writes_used(used, keyring, key).is_ok()
-            && backing::pwrite_all(self.fd.as_fd(), &st.header.encode(), 0).is_ok()
-        {
-            st.budget = 0;
-            st.next_block = RESERVE_BLOCK_MIN;
-        }
     }
 
     /// After a failed multi-step change, the in-memory size follows what is on disk (every

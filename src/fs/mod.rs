@@ -584,11 +584,6 @@ impl VaultFs {
             self.activity
                 .open
                 .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
-            if let Handle::File(f) = &handle
-                && Arc::strong_count(f) == 1
-            {
-                f.release_budget(&self.keyring);
-            }
             drop(handle);
             self.open_files
                 .lock()

@@ -560,11 +560,7 @@ impl VaultFs {
         if let Some(size) = size {
             match kind {
                 FileType::RegularFile => {
-                    let f = self.open_file(ino)?;
-                    f.truncate(&self.keyring, size)?;
-                    if Arc::strong_count(&f) == 1 {
-                        f.release_budget(&self.keyring);
-                    }
+                    self.open_file(ino)?.truncate(&self.keyring, size)?;
                 }
                 FileType::Directory => return Err(EISDIR),
                 _ => return Err(EINVAL),
