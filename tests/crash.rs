@@ -184,14 +184,13 @@ fn workload(v: &TestVault, log: &Mutex<Log>, round: u64, cs: u64) {
 fn daemon_pid(v: &TestVault) -> i32 {
     let dir = v.state.join("vaultfs/mounts");
     for _ in 0..100 {
-        if let Some(Ok(e)) = fs::read_dir(&dir).ok().and_then(|mut d| d.next()) {
-            if let Ok(pid) = fs::read_to_string(e.path())
+        if let Some(Ok(e)) = fs::read_dir(&dir).ok().and_then(|mut d| d.next())
+            && let Ok(pid) = fs::read_to_string(e.path())
                 .unwrap_or_default()
                 .trim()
                 .parse()
-            {
-                return pid;
-            }
+        {
+            return pid;
         }
         std::thread::sleep(Duration::from_millis(10));
     }
