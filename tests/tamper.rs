@@ -59,6 +59,7 @@ fn tampered_backing_files_give_eio_and_the_rest_keeps_working() {
         "donor",
         "victim_link",
         "victim_fifo",
+        "cut_to_empty",
     ];
     for (i, name) in files.iter().enumerate() {
         fs::write(v.p(name), data(i as u8)).unwrap();
@@ -86,6 +87,8 @@ fn tampered_backing_files_give_eio_and_the_rest_keeps_working() {
     edit(&b("cut_boundary"), |f| f.truncate(chunk_range(2).start));
     edit(&b("cut_mid"), |f| f.truncate(chunk_range(1).start + 100));
     edit(&b("cut_last"), |f| f.truncate(f.len() - 1));
+    // Cut back to exactly an empty file's length: a valid size, but no valid last chunk.
+    edit(&b("cut_to_empty"), |f| f.truncate(HEADER_LEN + 28));
     let (ha, hb) = (fs::read(b("hdr_a")).unwrap(), fs::read(b("hdr_b")).unwrap());
     edit(&b("hdr_a"), |f| {
         f[..HEADER_LEN].copy_from_slice(&hb[..HEADER_LEN])
@@ -150,6 +153,7 @@ fn tampered_backing_files_give_eio_and_the_rest_keeps_working() {
         "hdr_b",
         "zero_hdr",
         "empty",
+        "cut_to_empty",
     ] {
         assert_eq!(
             errno_of(fs::read(v.p(name))),
@@ -254,6 +258,7 @@ fn tampered_backing_files_give_eio_and_the_rest_keeps_working() {
         "hdr_b",
         "zero_hdr",
         "empty",
+        "cut_to_empty",
         "victim_link",
         "d2",
         "good_dir",

@@ -64,6 +64,20 @@ impl OpenFile {
             .plaintext_size(backing_size)
             .map_err(|e| format!("{e}"))?;
         let cipher = ContentCipher::new(header.file_id, &key, layout);
+        // The last chunk must authenticate as last: a file cut back to a length that happens
+        // to be valid (down to an empty file's) is caught here, even by reads that never
+        // reach its end (a read at end of file decrypts nothing).
+        let last = layout.last_chunk_index(size);
+        let last_len = layout.plaintext_len_of_chunk(last, size);
+        let mut ct = vec![0u8; last_len + CHUNK_OVERHEAD];
+        let got = backing::pread_full(fd.as_fd(), &mut ct, layout.chunk_offset(last))
+            .map_err(|e| format!("{e}"))?;
+        let mut plain = vec![0u8; last_len];
+        if got != ct.len() || cipher.open_chunk(last, true, &ct, &mut plain).is_err() {
+            return Err(format!(
+                "its last chunk ({last}) does not authenticate as last: truncated or damaged"
+            ));
+        }
         Ok(OpenFile {
             fd,
             layout,
