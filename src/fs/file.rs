@@ -18,6 +18,72 @@ use crate::crypto::header::{FileHeader, HEADER_LEN, MAX_CHUNK_WRITES};
 use crate::crypto::keys::Key256;
 use crate::crypto::{CryptoError, Keyring};
 
+/// What the content protocols need from a backing file. The real one is an fd; tests use a
+/// recording store to replay every crash state the write and sync order allows.
+pub trait FileStore: Send + Sync {
+    /// Reads up to `buf.len()` bytes at `off`; fewer only at end of file.
+    fn read_at(&self, buf: &mut [u8], off: u64) -> std::io::Result<usize>;
+    fn write_at(&self, buf: &[u8], off: u64) -> std::io::Result<()>;
+    fn set_len(&self, len: u64) -> std::io::Result<()>;
+    fn size(&self) -> std::io::Result<u64>;
+    fn sync(&self, data_only: bool) -> std::io::Result<()>;
+    fn allocate(&self, how: Allocation, off: u64, len: u64) -> std::io::Result<()>;
+    /// SEEK_DATA (`data`) or SEEK_HOLE from `pos`; None past the end.
+    fn seek(&self, pos: u64, data: bool) -> std::io::Result<Option<u64>>;
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Allocation {
+    /// Reserve space without changing the size.
+    KeepSize,
+    /// Deallocate (reads as zeros), keeping the size.
+    PunchHole,
+}
+
+impl FileStore for OwnedFd {
+    fn read_at(&self, buf: &mut [u8], off: u64) -> std::io::Result<usize> {
+        backing::pread_full(self.as_fd(), buf, off)
+    }
+    fn write_at(&self, buf: &[u8], off: u64) -> std::io::Result<()> {
+        backing::pwrite_all(self.as_fd(), buf, off)
+    }
+    fn set_len(&self, len: u64) -> std::io::Result<()> {
+        backing::ftruncate(self.as_fd(), len)
+    }
+    fn size(&self) -> std::io::Result<u64> {
+        Ok(backing::fstat(self.as_fd())?.st_size as u64)
+    }
+    fn sync(&self, data_only: bool) -> std::io::Result<()> {
+        if data_only {
+            backing::fdatasync(self.as_fd())
+        } else {
+            backing::fsync(self.as_fd())
+        }
+    }
+    fn allocate(&self, how: Allocation, off: u64, len: u64) -> std::io::Result<()> {
+        let flags = match how {
+            Allocation::KeepSize => rustix::fs::FallocateFlags::KEEP_SIZE,
+            Allocation::PunchHole => {
+                rustix::fs::FallocateFlags::PUNCH_HOLE | rustix::fs::FallocateFlags::KEEP_SIZE
+            }
+        };
+        rustix::fs::fallocate(self, flags, off, len)
+            .map_err(|e| std::io::Error::from_raw_os_error(e.raw_os_error()))
+    }
+    fn seek(&self, pos: u64, data: bool) -> std::io::Result<Option<u64>> {
+        let whence = if data {
+            rustix::fs::SeekFrom::Data(pos)
+        } else {
+            rustix::fs::SeekFrom::Hole(pos)
+        };
+        match rustix::fs::seek(self, whence) {
+            Ok(p) => Ok(Some(p)),
+            Err(rustix::io::Errno::NXIO) => Ok(None),
+            Err(e) => Err(std::io::Error::from_raw_os_error(e.raw_os_error())),
+        }
+    }
+}
+
 /// Chunk writes are reserved in the header in blocks that start small at each open and
 /// double up to this size (one header rewrite and fdatasync per block). A session that makes
 /// n chunk writes reserves at most 2n + 16, so open/write/close cycles cannot exhaust the
@@ -37,8 +103,8 @@ struct State {
     next_block: u64,
 }
 
-pub struct OpenFile {
-    fd: OwnedFd,
+pub struct OpenFile<S: FileStore = OwnedFd> {
+    fd: S,
     layout: ChunkLayout,
     state: RwLock<State>,
 }
@@ -47,19 +113,18 @@ fn io(e: std::io::Error) -> i32 {
     e.raw_os_error().unwrap_or(EIO)
 }
 
-impl OpenFile {
+impl<S: FileStore> OpenFile<S> {
     /// Opens an existing file from its backing fd: reads and unwraps the header.
-    pub fn open(fd: OwnedFd, keyring: &Keyring, layout: ChunkLayout) -> Result<OpenFile, String> {
+    pub fn open(fd: S, keyring: &Keyring, layout: ChunkLayout) -> Result<OpenFile<S>, String> {
         let mut head = [0u8; HEADER_LEN];
-        let n = backing::pread_full(fd.as_fd(), &mut head, 0)
+        let n = fd
+            .read_at(&mut head, 0)
             .map_err(|e| format!("cannot read header: {e}"))?;
         let header = FileHeader::decode(&head[..n]).map_err(|e| format!("{e}"))?;
         let key = header
             .unwrap_key(keyring)
             .map_err(|e| format!("file header: {e}"))?;
-        let backing_size = backing::fstat(fd.as_fd())
-            .map_err(|e| format!("{e}"))?
-            .st_size as u64;
+        let backing_size = fd.size().map_err(|e| format!("{e}"))?;
         let size = layout
             .plaintext_size(backing_size)
             .map_err(|e| format!("{e}"))?;
@@ -70,7 +135,8 @@ impl OpenFile {
         let last = layout.last_chunk_index(size);
         let last_len = layout.plaintext_len_of_chunk(last, size);
         let mut ct = vec![0u8; last_len + CHUNK_OVERHEAD];
-        let got = backing::pread_full(fd.as_fd(), &mut ct, layout.chunk_offset(last))
+        let got = fd
+            .read_at(&mut ct, layout.chunk_offset(last))
             .map_err(|e| format!("{e}"))?;
         let mut plain = vec![0u8; last_len];
         if got != ct.len() || cipher.open_chunk(last, true, &ct, &mut plain).is_err() {
@@ -93,9 +159,9 @@ impl OpenFile {
     }
 
     /// Writes a new empty file (header and empty last chunk) to `fd` and opens it.
-    pub fn create(fd: OwnedFd, keyring: &Keyring, layout: ChunkLayout) -> FsResult<OpenFile> {
+    pub fn create(fd: S, keyring: &Keyring, layout: ChunkLayout) -> FsResult<OpenFile<S>> {
         let (header, key, cipher) = fresh_identity(keyring, layout)?;
-        write_empty_file(fd.as_fd(), &header, &cipher)?;
+        write_empty_file(&fd, &header, &cipher)?;
         let state = State {
             header,
             key,
@@ -111,7 +177,8 @@ impl OpenFile {
         })
     }
 
-    pub fn fd(&self) -> &OwnedFd {
+    /// The backing store (for tests that inspect what was written).
+    pub fn store(&self) -> &S {
         &self.fd
     }
 
@@ -133,8 +200,10 @@ impl OpenFile {
         let last = (end - 1) / cs;
         let plain_len = ((last - first) * cs) as usize + l.plaintext_len_of_chunk(last, st.size);
         let mut ct = vec![0u8; plain_len + (last - first + 1) as usize * CHUNK_OVERHEAD];
-        let got =
-            backing::pread_full(self.fd.as_fd(), &mut ct, l.chunk_offset(first)).map_err(io)?;
+        let got = self
+            .fd
+            .read_at(&mut ct, l.chunk_offset(first))
+            .map_err(io)?;
         if got != ct.len() {
             return Err(EIO);
         }
@@ -252,8 +321,7 @@ impl OpenFile {
             let old_len = l.plaintext_len_of_chunk(i, st.size);
             if i <= old_last && old_len > 0 && !covered {
                 let mut ct = vec![0u8; old_len + CHUNK_OVERHEAD];
-                let got =
-                    backing::pread_full(self.fd.as_fd(), &mut ct, l.chunk_offset(i)).map_err(io)?;
+                let got = self.fd.read_at(&mut ct, l.chunk_offset(i)).map_err(io)?;
                 if got != ct.len() {
                     return Err(EIO);
                 }
@@ -294,7 +362,9 @@ impl OpenFile {
             .seal_run(first, ends_file, plain, &mut ct)
             .map_err(|_| EIO)?;
         st.budget -= n;
-        backing::pwrite_all(self.fd.as_fd(), &ct, self.layout.chunk_offset(first)).map_err(io)
+        self.fd
+            .write_at(&ct, self.layout.chunk_offset(first))
+            .map_err(io)
     }
 
     fn reserve(&self, keyring: &Keyring, st: &mut State, n: u64) -> FsResult<()> {
@@ -315,9 +385,9 @@ impl OpenFile {
         header
             .reserve_writes(block, keyring, key)
             .map_err(|_| EIO)?;
-        backing::pwrite_all(self.fd.as_fd(), &st.header.encode(), 0).map_err(io)?;
+        self.fd.write_at(&st.header.encode(), 0).map_err(io)?;
         // The reservation must be on disk before the writes it covers.
-        backing::fdatasync(self.fd.as_fd()).map_err(io)?;
+        self.fd.sync(true).map_err(io)?;
         st.budget += block;
         st.next_block = (st.next_block * 2).min(RESERVE_BLOCK_MAX);
         Ok(())
@@ -326,8 +396,8 @@ impl OpenFile {
     /// After a failed multi-step change, the in-memory size follows what is on disk (every
     /// intermediate state of the protocols is a valid file).
     fn resync_size(&self, st: &mut State) {
-        if let Ok(meta) = backing::fstat(self.fd.as_fd()) {
-            st.size = self.layout.plaintext_size_lenient(meta.st_size as u64);
+        if let Ok(len) = self.fd.size() {
+            st.size = self.layout.plaintext_size_lenient(len);
         }
     }
 
@@ -350,8 +420,8 @@ impl OpenFile {
         }
         if new_size == 0 {
             let (header, key, cipher) = fresh_identity(keyring, l)?;
-            backing::ftruncate(self.fd.as_fd(), 0).map_err(io)?;
-            write_empty_file(self.fd.as_fd(), &header, &cipher)?;
+            self.fd.set_len(0).map_err(io)?;
+            write_empty_file(&self.fd, &header, &cipher)?;
             *st = State {
                 header,
                 key,
@@ -395,14 +465,12 @@ impl OpenFile {
         if k_len < old_k_len && k != old_last {
             // Keep every intermediate state valid: K flagged last at its old length, cut after it.
             self.seal_and_write(keyring, st, k, true, &full)?;
-            backing::ftruncate(
-                self.fd.as_fd(),
-                l.chunk_offset(k) + (old_k_len + CHUNK_OVERHEAD) as u64,
-            )
-            .map_err(io)?;
+            self.fd
+                .set_len(l.chunk_offset(k) + (old_k_len + CHUNK_OVERHEAD) as u64)
+                .map_err(io)?;
         }
         self.seal_and_write(keyring, st, k, true, &full[..k_len])?;
-        backing::ftruncate(self.fd.as_fd(), l.ciphertext_size(new_size)).map_err(io)?;
+        self.fd.set_len(l.ciphertext_size(new_size)).map_err(io)?;
         st.size = new_size;
         Ok(())
     }
@@ -413,15 +481,17 @@ impl OpenFile {
         if to <= from {
             return Ok(());
         }
-        match rustix::fs::fallocate(
-            &self.fd,
-            rustix::fs::FallocateFlags::KEEP_SIZE,
-            from,
-            to - from,
-        ) {
+        match self.fd.allocate(Allocation::KeepSize, from, to - from) {
             Ok(()) => Ok(()),
-            Err(rustix::io::Errno::OPNOTSUPP | rustix::io::Errno::NOSYS) => Ok(()),
-            Err(e) => Err(e.raw_os_error()),
+            Err(e)
+                if matches!(
+                    e.raw_os_error(),
+                    Some(libc::EOPNOTSUPP) | Some(libc::ENOSYS)
+                ) =>
+            {
+                Ok(())
+            }
+            Err(e) => Err(io(e)),
         }
     }
 
@@ -484,32 +554,24 @@ impl OpenFile {
             }
             let from = l.chunk_offset(first_full);
             let to = l.chunk_offset(end_full);
-            let punch =
-                rustix::fs::FallocateFlags::PUNCH_HOLE | rustix::fs::FallocateFlags::KEEP_SIZE;
-            return match rustix::fs::fallocate(&self.fd, punch, from, to - from) {
+            return match self.fd.allocate(Allocation::PunchHole, from, to - from) {
                 Ok(()) => Ok(()),
                 // No hole punching in the backing: write the zeros as sealed chunks.
-                Err(rustix::io::Errno::OPNOTSUPP) => self.write_locked(
+                Err(e) if e.raw_os_error() == Some(libc::EOPNOTSUPP) => self.write_locked(
                     keyring,
                     &mut st,
                     first_full * cs,
                     &vec![0u8; ((end_full - first_full) * cs) as usize],
                 ),
-                Err(e) => Err(e.raw_os_error()),
+                Err(e) => Err(io(e)),
             };
         }
         let first = offset / cs;
         let from = l.chunk_offset(first.min(l.last_chunk_index(st.size)));
         let to = l.ciphertext_size(end.max(st.size));
-        match rustix::fs::fallocate(
-            &self.fd,
-            rustix::fs::FallocateFlags::KEEP_SIZE,
-            from,
-            to - from,
-        ) {
-            Ok(()) => {}
-            Err(e) => return Err(e.raw_os_error()),
-        }
+        self.fd
+            .allocate(Allocation::KeepSize, from, to - from)
+            .map_err(io)?;
         if mode & KEEP_SIZE == 0 && end > st.size {
             self.truncate_locked(keyring, &mut st, end)?;
         }
@@ -527,18 +589,7 @@ impl OpenFile {
         }
         let final_chunk = l.last_chunk_index(st.size);
         let ct_len = l.ciphertext_chunk_len();
-        let backing_seek = |pos: u64, data: bool| -> FsResult<Option<u64>> {
-            let whence = if data {
-                rustix::fs::SeekFrom::Data(pos)
-            } else {
-                rustix::fs::SeekFrom::Hole(pos)
-            };
-            match rustix::fs::seek(&self.fd, whence) {
-                Ok(p) => Ok(Some(p)),
-                Err(rustix::io::Errno::NXIO) => Ok(None),
-                Err(e) => Err(e.raw_os_error()),
-            }
-        };
+        let backing_seek = |pos: u64, data: bool| self.fd.seek(pos, data).map_err(io);
         // A chunk is a hole when its ciphertext is all zeros (docs/FORMAT.md section 6).
         // Backing holes answer quickly; chunks sharing a block with a neighbour are read.
         let is_hole = |i: u64| -> FsResult<bool> {
@@ -550,7 +601,7 @@ impl OpenFile {
                 return Ok(true);
             }
             let mut ct = vec![0u8; ct_len as usize];
-            let n = backing::pread_full(self.fd.as_fd(), &mut ct, start).map_err(io)?;
+            let n = self.fd.read_at(&mut ct, start).map_err(io)?;
             Ok(n == ct.len() && crate::crypto::chunk::is_hole(&ct))
         };
         let chunk_at = |pos: u64| pos.saturating_sub(l.chunk_offset(0)) / ct_len;
@@ -574,9 +625,9 @@ impl OpenFile {
 
     pub fn fsync(&self, datasync: bool) -> FsResult<()> {
         let r = if datasync {
-            backing::fdatasync(self.fd.as_fd())
+            self.fd.sync(true)
         } else {
-            backing::fsync(self.fd.as_fd())
+            self.fd.sync(false)
         };
         r.map_err(io)
     }
@@ -596,7 +647,7 @@ fn fresh_identity(
 }
 
 fn write_empty_file(
-    fd: std::os::fd::BorrowedFd<'_>,
+    fd: &impl FileStore,
     header: &FileHeader,
     cipher: &ContentCipher,
 ) -> FsResult<()> {
@@ -605,5 +656,5 @@ fn write_empty_file(
     cipher
         .seal_run(0, true, &[], &mut buf[HEADER_LEN..])
         .map_err(|_| EIO)?;
-    backing::pwrite_all(fd, &buf, 0).map_err(io)
+    fd.write_at(&buf, 0).map_err(io)
 }

@@ -164,7 +164,23 @@ impl TestVault {
     }
 
     pub fn unmount(&self) {
-        run_ok(vaultfs(&self.state).arg("unmount").arg(&self.mnt));
+        // Tests run in parallel threads that spawn processes: a child between fork and exec
+        // briefly holds copies of this process's fds, which unmount rightly reports as busy.
+        for _ in 0..50 {
+            let o = vaultfs(&self.state)
+                .arg("unmount")
+                .arg(&self.mnt)
+                .output()
+                .unwrap();
+            if o.status.success() {
+                return;
+            }
+            if o.status.code() != Some(vaultfs::exitcodes::BUSY) {
+                panic!("unmount failed: {}", String::from_utf8_lossy(&o.stderr));
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        panic!("{} stayed busy", self.mnt.display());
     }
 
     pub fn is_mounted(&self) -> bool {
