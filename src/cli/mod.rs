@@ -42,8 +42,119 @@ pub enum Command {
     EncryptPath(PathArgs),
     /// Check every file, name, directory ID, symlink and xattr against the key (read-only)
     Fsck(FsckArgs),
+    /// Change the password of the keyslot it unlocks
+    Passwd(PasswdArgs),
+    /// List, add or remove keyslots (one per user or purpose)
+    #[command(subcommand)]
+    Keyslot(KeyslotCommand),
+    /// Set a new password with the recovery key, or rebuild a lost key database
+    Recover(RecoverArgs),
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell)
     Completions(CompletionsArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct NewPasswordArgs {
+    /// Read the new password from the first line of this file (else: asked twice)
+    #[arg(long, value_name = "FILE")]
+    pub new_passfile: Option<PathBuf>,
+}
+
+impl NewPasswordArgs {
+    fn get(&self, what: &str) -> Result<password::Password> {
+        match &self.new_passfile {
+            Some(f) => password::read_passfile(f),
+            None => PasswordArgs::default().get_new(what),
+        }
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct PasswdArgs {
+    #[command(flatten)]
+    pub password: PasswordArgs,
+    #[command(flatten)]
+    pub new_password: NewPasswordArgs,
+    /// The vault's key database, if it is kept outside the vault
+    #[arg(long, value_name = "PATH")]
+    pub keystore: Option<PathBuf>,
+    /// The vault (backing) directory
+    pub vault: PathBuf,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum KeyslotCommand {
+    /// List keyslots: label, kind, created, scrypt parameters (no password needed)
+    List {
+        /// The vault's key database, if it is kept outside the vault
+        #[arg(long, value_name = "PATH")]
+        keystore: Option<PathBuf>,
+        /// The vault (backing) directory
+        vault: PathBuf,
+    },
+    /// Add a password slot (unlock with any slot), or with --recovery issue a new recovery key
+    Add(KeyslotAddArgs),
+    /// Remove a slot (unlock with another one); revokes future key generations only
+    Remove(KeyslotRemoveArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct KeyslotAddArgs {
+    #[command(flatten)]
+    pub password: PasswordArgs,
+    #[command(flatten)]
+    pub new_password: NewPasswordArgs,
+    /// The new slot's label
+    #[arg(long, value_name = "NAME")]
+    pub label: Option<String>,
+    /// Issue a new recovery key (replacing the current one, if any)
+    #[arg(long)]
+    pub recovery: bool,
+    /// With --recovery: write the key to this new file (mode 0600) instead of printing it
+    #[arg(long, value_name = "FILE", requires = "recovery")]
+    pub recovery_key_file: Option<PathBuf>,
+    /// The vault's key database, if it is kept outside the vault
+    #[arg(long, value_name = "PATH")]
+    pub keystore: Option<PathBuf>,
+    /// The vault (backing) directory
+    pub vault: PathBuf,
+}
+
+#[derive(Debug, Args)]
+pub struct KeyslotRemoveArgs {
+    #[command(flatten)]
+    pub password: PasswordArgs,
+    /// The label of the slot to remove
+    #[arg(long, value_name = "NAME")]
+    pub label: String,
+    /// The vault's key database, if it is kept outside the vault
+    #[arg(long, value_name = "PATH")]
+    pub keystore: Option<PathBuf>,
+    /// The vault (backing) directory
+    pub vault: PathBuf,
+}
+
+#[derive(Debug, Args)]
+pub struct RecoverArgs {
+    /// Read the recovery key from this file (else: asked on the terminal)
+    #[arg(long, value_name = "FILE")]
+    pub recovery_key_file: Option<PathBuf>,
+    #[command(flatten)]
+    pub new_password: NewPasswordArgs,
+    /// The password slot that gets the new password (default: the first)
+    #[arg(long, value_name = "NAME")]
+    pub label: Option<String>,
+    /// Recreate a lost or corrupt key database from the recovery files in the vault
+    #[arg(long)]
+    pub rebuild_keystore: bool,
+    /// With --rebuild-keystore: scrypt cost of the new password slot
+    #[arg(long, value_name = "N", default_value_t = KdfParams::DEFAULT.log_n)]
+    pub scrypt_logn: u8,
+    /// The vault's key database, if it is kept outside the vault
+    #[arg(long, value_name = "PATH")]
+    pub keystore: Option<PathBuf>,
+    /// The vault (backing) directory
+    pub vault: PathBuf,
 }
 
 #[derive(Debug, Args)]
@@ -171,6 +282,9 @@ pub fn run(cli: Cli) -> Result<()> {
                 Command::Unmount(a) => crate::daemon::unmount(&a.mountpoint, a.lazy),
                 Command::DecryptPath(a) => cmd_path(a, false),
                 Command::Fsck(a) => cmd_fsck(a),
+                Command::Passwd(a) => cmd_passwd(a),
+                Command::Keyslot(c) => cmd_keyslot(c),
+                Command::Recover(a) => cmd_recover(a),
                 Command::EncryptPath(a) => cmd_path(a, true),
                 Command::Completions(a) => {
                     use clap::CommandFactory;
@@ -186,6 +300,176 @@ pub fn run(cli: Cli) -> Result<()> {
             }
         }
     }
+}
+
+fn cmd_passwd(a: PasswdArgs) -> Result<()> {
+    let old = a.password.get(&a.vault.display().to_string())?;
+    let mut u = crate::vault::init::unlock(&a.vault, a.keystore.as_deref(), true, &old)?;
+    let new = a.new_password.get(&a.vault.display().to_string())?;
+    let label = u.change_password(&new)?;
+    println!("Changed the password of keyslot '{label}'; the old password no longer opens it.");
+    Ok(())
+}
+
+fn write_recovery_key_file(f: &std::path::Path, key: &str) -> Result<()> {
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(f)
+        .map_err(VaultError::io(format!(
+            "cannot write the recovery key to {}",
+            f.display()
+        )))?;
+    file.write_all(format!("{key}\n").as_bytes())
+        .map_err(VaultError::io("write the recovery key"))
+}
+
+fn show_recovery_key(key: &str, file: Option<&std::path::Path>) -> Result<()> {
+    match file {
+        Some(f) => {
+            write_recovery_key_file(f, key)?;
+            println!(
+                "Recovery key written to {}: keep it offline, apart from the vault.",
+                f.display()
+            );
+        }
+        None => {
+            println!(
+                "Recovery key (shown only this once; write it down and keep it offline):\n\n    {key}\n"
+            );
+        }
+    }
+    Ok(())
+}
+
+fn cmd_keyslot(c: KeyslotCommand) -> Result<()> {
+    match c {
+        KeyslotCommand::List { keystore, vault } => {
+            let ks = open_keystore(&vault, keystore.as_deref(), false)?;
+            println!(
+                "{:>4}  {:<20} {:<9} {:<26} created",
+                "id", "label", "kind", "kdf"
+            );
+            for s in &ks.state.slots {
+                let kdf = s
+                    .kdf
+                    .map(|k| format!("scrypt logN={} r={} p={}", k.log_n, k.r, k.p))
+                    .unwrap_or_default();
+                println!(
+                    "{:>4}  {:<20} {:<9} {:<26} {}",
+                    s.slot_id,
+                    s.label,
+                    s.kind.as_str(),
+                    kdf,
+                    fmt_time(s.created)
+                );
+            }
+            Ok(())
+        }
+        KeyslotCommand::Add(a) => {
+            if let Some(f) = &a.recovery_key_file
+                && f.exists()
+            {
+                return Err(VaultError::AlreadyExists(format!(
+                    "{} already exists; the recovery key file must be new",
+                    f.display()
+                )));
+            }
+            let pw = a.password.get(&a.vault.display().to_string())?;
+            let mut u = crate::vault::init::unlock(&a.vault, a.keystore.as_deref(), true, &pw)?;
+            if a.recovery {
+                let label = a.label.unwrap_or_else(|| "recovery".into());
+                let key = u.new_recovery_key(&label)?;
+                println!(
+                    "Added recovery keyslot '{label}' (any earlier recovery key no longer opens new key generations)."
+                );
+                show_recovery_key(&key, a.recovery_key_file.as_deref())
+            } else {
+                let label = a.label.ok_or_else(|| {
+                    VaultError::InvalidArgument("keyslot add needs --label NAME".into())
+                })?;
+                let new = a.new_password.get(&format!("keyslot '{label}'"))?;
+                u.add_password_slot(&label, &new)?;
+                println!("Added password keyslot '{label}'.");
+                Ok(())
+            }
+        }
+        KeyslotCommand::Remove(a) => {
+            let pw = a.password.get(&a.vault.display().to_string())?;
+            let mut u = crate::vault::init::unlock(&a.vault, a.keystore.as_deref(), true, &pw)?;
+            u.remove_slot(&a.label)?;
+            println!("Removed keyslot '{}'.", a.label);
+            eprintln!(
+                "note: removal revokes future key generations only; whoever held this slot may have kept the current keys: run `vaultfs rotate --reencrypt` to re-encrypt everything under new keys"
+            );
+            Ok(())
+        }
+    }
+}
+
+fn read_recovery_key(file: Option<&std::path::Path>) -> Result<crate::crypto::keys::Key256> {
+    let text = match file {
+        Some(f) => {
+            let bytes = std::fs::read(f).map_err(|e| {
+                VaultError::PasswordSource(format!("cannot read {}: {e}", f.display()))
+            })?;
+            password::read_line_from(&bytes[..])
+                .ok_or_else(|| VaultError::PasswordSource(format!("{} is empty", f.display())))?
+        }
+        None => {
+            zeroize::Zeroizing::new(rpassword::prompt_password("Recovery key: ").map_err(|e| {
+                VaultError::PasswordSource(format!(
+                    "cannot ask for the recovery key ({e}): use --recovery-key-file FILE"
+                ))
+            })?)
+        }
+    };
+    crate::crypto::recovery_key::decode(&text)
+        .map_err(|e| VaultError::PasswordSource(format!("recovery key: {e}")))
+}
+
+fn cmd_recover(a: RecoverArgs) -> Result<()> {
+    crate::vault::keyslots::ensure_not_mounted(&a.vault)?;
+    let seed = read_recovery_key(a.recovery_key_file.as_deref())?;
+    if a.rebuild_keystore {
+        let new = a.new_password.get(&a.vault.display().to_string())?;
+        let kdf = KdfParams {
+            log_n: a.scrypt_logn,
+            ..KdfParams::DEFAULT
+        };
+        let path = crate::vault::rebuild::rebuild_keystore(
+            &a.vault,
+            a.keystore.as_deref(),
+            &seed,
+            &new,
+            kdf,
+        )?;
+        println!(
+            "Rebuilt the key database at {} with a new password for keyslot 'default'.",
+            path.display()
+        );
+        return Ok(());
+    }
+    let ks = open_keystore(&a.vault, a.keystore.as_deref(), true)?;
+    let mut u = ks.unlock_with_recovery(&seed)?;
+    let slot_id = match &a.label {
+        Some(l) => u
+            .keystore
+            .state
+            .slots
+            .iter()
+            .find(|s| &s.label == l)
+            .map(|s| s.slot_id)
+            .ok_or_else(|| VaultError::InvalidArgument(format!("no keyslot labelled '{l}'")))?,
+        None => u.first_password_slot().ok_or_else(|| {
+            VaultError::InvalidArgument("this vault has no password keyslot".into())
+        })?,
+    };
+    let new = a.new_password.get(&a.vault.display().to_string())?;
+    let label = u.reset_password_slot(slot_id, &new)?;
+    println!("Set a new password on keyslot '{label}'.");
+    Ok(())
 }
 
 fn cmd_fsck(a: FsckArgs) -> Result<()> {

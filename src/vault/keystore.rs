@@ -27,6 +27,8 @@ pub struct Unlocked {
     pub keystore: Keystore,
     pub slot_id: u32,
     pub k_auth: Key256,
+    /// The unlocking slot's private key (kept to rewrap it under a new password).
+    pub private_key: Key256,
     pub keyring: Keyring,
 }
 
@@ -184,6 +186,7 @@ impl Keystore {
             keystore: self,
             slot_id,
             k_auth: secrets.k_auth,
+            private_key: secrets.private_key,
             keyring,
         })
     }

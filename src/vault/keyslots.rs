@@ -1,0 +1,348 @@
+//! Keyslot management on an unlocked vault: change a password, add and remove slots, issue
+//! a new recovery key, and recover (a new password, or a whole new key database) with the
+//! recovery key. New slots get every live generation sealed to their public key, which needs
+//! K_auth and the master keys (from the slot that unlocked) but no other slot's secret.
+
+use std::path::Path;
+
+use zeroize::Zeroizing;
+
+use super::error::{Result, VaultError};
+use super::keystore::Unlocked;
+use super::layout::write_file_durably;
+use super::now;
+use super::recovery_file::{self, RecoveryFileInfo};
+use super::state::{FORMAT_VERSION, GenState, Seal, Slot, SlotKind};
+use crate::crypto::keys::{Key256, random_array};
+use crate::crypto::keyslot::{KdfParams, PasswordSlotBinding, RecoverySlotBinding, SlotSecrets};
+use crate::crypto::{recovery_key, seal};
+
+/// Refuses to change keys while a daemon serves the vault (its lock on the marker is held).
+pub fn ensure_not_mounted(vault: &Path) -> Result<()> {
+    let marker = std::fs::File::open(vault.join(super::layout::MARKER_FILE))
+        .map_err(VaultError::io(format!("cannot open {}", vault.display())))?;
+    use std::os::fd::AsRawFd;
+    // SAFETY: flock on an fd we own; released when `marker` closes.
+    if unsafe { libc::flock(marker.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        return Err(VaultError::MountFailed(format!(
+            "{} is mounted: unmount it first",
+            vault.display()
+        )));
+    }
+    Ok(())
+}
+
+fn password_slot(
+    vault_id: &[u8; 16],
+    slot_id: u32,
+    label: &str,
+    kdf: KdfParams,
+    secrets: &SlotSecrets,
+    password: &[u8],
+) -> Result<Slot> {
+    if password.is_empty() {
+        return Err(VaultError::PasswordSource(
+            "the new password is empty".into(),
+        ));
+    }
+    let public_key = seal::public_key_of(&secrets.private_key)?;
+    let salt: [u8; 32] = random_array()?;
+    let binding = PasswordSlotBinding {
+        vault_id,
+        slot_id,
+        public_key: &public_key,
+        kdf,
+        salt: &salt,
+    };
+    let kek = binding.derive_kek(password)?;
+    Ok(Slot {
+        slot_id,
+        label: label.to_string(),
+        kind: SlotKind::Password,
+        created: now(),
+        public_key,
+        kdf: Some(kdf),
+        salt: Some(salt),
+        wrapped: binding.wrap(&kek, secrets),
+    })
+}
+
+impl Unlocked {
+    /// Seals every live generation to `slot` (HPKE mode_psk with the K_auth PSK).
+    fn seal_live_generations_to(&mut self, slot: &Slot) -> Result<()> {
+        let vault_id = self.keystore.state.config.vault_id;
+        let psk = seal::psk_from_k_auth(&self.k_auth, &vault_id);
+        for keys in self.keyring.live() {
+            let (enc, sealed) = seal::seal_master_key(
+                &slot.public_key,
+                &psk,
+                &vault_id,
+                keys.generation,
+                &slot.slot_id.to_be_bytes(),
+                &keys.master_key,
+            )?;
+            self.keystore
+                .state
+                .seals
+                .retain(|s| !(s.generation == keys.generation && s.slot_id == slot.slot_id));
+            self.keystore.state.seals.push(Seal {
+                generation: keys.generation,
+                slot_id: slot.slot_id,
+                enc: enc.to_vec(),
+                sealed: sealed.to_vec(),
+            });
+        }
+        Ok(())
+    }
+
+    fn slot_by_label(&self, label: &str) -> Result<Slot> {
+        self.keystore
+            .state
+            .slots
+            .iter()
+            .find(|s| s.label == label)
+            .cloned()
+            .ok_or_else(|| {
+                VaultError::InvalidArgument(format!(
+                    "no keyslot labelled '{label}'; see `vaultfs keyslot list`"
+                ))
+            })
+    }
+
+    /// Gives the slot that unlocked a new password (new salt, current default scrypt cost).
+    /// The slot keeps its key pair, so its seals stay valid.
+    pub fn change_password(&mut self, password: &[u8]) -> Result<String> {
+        let slot_id = self.slot_id;
+        let secrets = SlotSecrets {
+            private_key: self.private_key.clone(),
+            k_auth: self.k_auth.clone(),
+        };
+        let state = &self.keystore.state;
+        let old = state
+            .slot(slot_id)
+            .cloned()
+            .ok_or_else(|| VaultError::InvalidArgument(format!("no keyslot {slot_id}")))?;
+        if old.kind != SlotKind::Password {
+            return Err(VaultError::InvalidArgument(format!(
+                "keyslot '{}' is not a password slot",
+                old.label
+            )));
+        }
+        let mut slot = password_slot(
+            &state.config.vault_id,
+            slot_id,
+            &old.label,
+            state.config.default_kdf,
+            &secrets,
+            password,
+        )?;
+        slot.created = old.created;
+        let label = slot.label.clone();
+        for s in &mut self.keystore.state.slots {
+            if s.slot_id == slot_id {
+                *s = slot.clone();
+            }
+        }
+        self.commit(&[("passwd", format!("slot {label}"))])?;
+        Ok(label)
+    }
+
+    /// Adds a password slot labelled `label`.
+    pub fn add_password_slot(&mut self, label: &str, password: &[u8]) -> Result<()> {
+        if self.keystore.state.slots.iter().any(|s| s.label == label) {
+            return Err(VaultError::AlreadyExists(format!(
+                "a keyslot labelled '{label}' exists"
+            )));
+        }
+        let seed = Key256::random()?;
+        let (private_key, _) = seal::keypair_from_seed(&seed);
+        let secrets = SlotSecrets {
+            private_key,
+            k_auth: self.k_auth.clone(),
+        };
+        let state = &self.keystore.state;
+        let slot = password_slot(
+            &state.config.vault_id,
+            state.next_slot_id(),
+            label,
+            state.config.default_kdf,
+            &secrets,
+            password,
+        )?;
+        self.seal_live_generations_to(&slot)?;
+        self.keystore.state.slots.push(slot);
+        self.commit(&[("keyslot-add", format!("password slot {label}"))])
+    }
+
+    /// Issues a new recovery key (replacing the recovery slot if there is one) and rewrites
+    /// the recovery files of the live generations. Returns the key to show once.
+    pub fn new_recovery_key(&mut self, label: &str) -> Result<Zeroizing<String>> {
+        let seed = Key256::random()?;
+        let (_, public_key) = seal::keypair_from_seed(&seed);
+        let state = &self.keystore.state;
+        let vault_id = state.config.vault_id;
+        let old: Vec<u32> = state
+            .slots
+            .iter()
+            .filter(|s| s.kind == SlotKind::Recovery)
+            .map(|s| s.slot_id)
+            .collect();
+        let slot_id = state.next_slot_id();
+        let wrapped = RecoverySlotBinding {
+            vault_id: &vault_id,
+            slot_id,
+            public_key: &public_key,
+        }
+        .wrap(&seed, &self.k_auth);
+        let slot = Slot {
+            slot_id,
+            label: label.into(),
+            kind: SlotKind::Recovery,
+            created: now(),
+            public_key,
+            kdf: None,
+            salt: None,
+            wrapped,
+        };
+        self.keystore
+            .state
+            .slots
+            .retain(|s| !old.contains(&s.slot_id));
+        self.keystore
+            .state
+            .seals
+            .retain(|s| !old.contains(&s.slot_id));
+        self.seal_live_generations_to(&slot)?;
+        self.keystore.state.slots.push(slot.clone());
+        self.write_recovery_files(&slot)?;
+        self.commit(&[("keyslot-add", format!("recovery slot {label}"))])?;
+        Ok(recovery_key::encode(&seed))
+    }
+
+    fn write_recovery_files(&self, slot: &Slot) -> Result<()> {
+        let c = &self.keystore.state.config;
+        let backing = &self.keystore.paths.backing;
+        for keys in self.keyring.live() {
+            let info = RecoveryFileInfo {
+                format_version: FORMAT_VERSION as u16,
+                vault_id: c.vault_id,
+                chunk_size: c.chunk_size,
+                longname_max: c.longname_max as u16,
+                generation: keys.generation,
+                slot_id: slot.slot_id,
+                public_key: slot.public_key,
+                slot_blob: slot
+                    .wrapped
+                    .clone()
+                    .try_into()
+                    .map_err(|_| VaultError::InvalidArgument("recovery slot blob".into()))?,
+            };
+            let name = recovery_file::file_name(keys.generation);
+            let _ = std::fs::remove_file(backing.join(&name));
+            write_file_durably(
+                backing,
+                &name,
+                &info.seal(&self.k_auth, &keys.master_key)?,
+                0o400,
+            )?;
+        }
+        Ok(())
+    }
+
+    /// Removes the slot labelled `label`. Refuses the slot that unlocked and the last
+    /// password slot. Removing the recovery slot also removes the recovery files.
+    pub fn remove_slot(&mut self, label: &str) -> Result<()> {
+        let slot = self.slot_by_label(label)?;
+        if slot.slot_id == self.slot_id {
+            return Err(VaultError::InvalidArgument(format!(
+                "keyslot '{label}' is the one you unlocked with: unlock with another slot's password to remove it"
+            )));
+        }
+        let state = &mut self.keystore.state;
+        if slot.kind == SlotKind::Password
+            && state
+                .slots
+                .iter()
+                .filter(|s| s.kind == SlotKind::Password)
+                .count()
+                <= 1
+        {
+            return Err(VaultError::InvalidArgument(
+                "refusing to remove the last password keyslot".into(),
+            ));
+        }
+        state.slots.retain(|s| s.slot_id != slot.slot_id);
+        state.seals.retain(|s| s.slot_id != slot.slot_id);
+        if slot.kind == SlotKind::Recovery {
+            let backing = self.keystore.paths.backing.clone();
+            for g in &self.keystore.state.generations {
+                let _ = std::fs::remove_file(backing.join(recovery_file::file_name(g.generation)));
+            }
+        }
+        self.commit(&[(
+            "keyslot-remove",
+            format!("{} slot {label}", slot.kind.as_str()),
+        )])
+    }
+
+    /// The first password slot (the default target of `recover`).
+    pub fn first_password_slot(&self) -> Option<u32> {
+        self.keystore
+            .state
+            .slots
+            .iter()
+            .find(|s| s.kind == SlotKind::Password)
+            .map(|s| s.slot_id)
+    }
+
+    /// Recovery: a password slot's private key cannot be read back without its password, so
+    /// the slot gets a fresh key pair, its new password, and every live generation resealed.
+    pub fn reset_password_slot(&mut self, slot_id: u32, password: &[u8]) -> Result<String> {
+        let seed = Key256::random()?;
+        let (private_key, _) = seal::keypair_from_seed(&seed);
+        let secrets = SlotSecrets {
+            private_key,
+            k_auth: self.k_auth.clone(),
+        };
+        let state = &self.keystore.state;
+        let old = state
+            .slot(slot_id)
+            .cloned()
+            .ok_or_else(|| VaultError::InvalidArgument(format!("no keyslot {slot_id}")))?;
+        if old.kind != SlotKind::Password {
+            return Err(VaultError::InvalidArgument(format!(
+                "keyslot '{}' is not a password slot",
+                old.label
+            )));
+        }
+        let mut slot = password_slot(
+            &state.config.vault_id,
+            slot_id,
+            &old.label,
+            state.config.default_kdf,
+            &secrets,
+            password,
+        )?;
+        slot.created = old.created;
+        self.seal_live_generations_to(&slot)?;
+        for s in &mut self.keystore.state.slots {
+            if s.slot_id == slot_id {
+                *s = slot.clone();
+            }
+        }
+        let label = slot.label.clone();
+        self.commit(&[("recover", format!("new password for slot {label}"))])?;
+        Ok(label)
+    }
+
+    /// Live generation numbers, for messages.
+    pub fn live_generation_numbers(&self) -> Vec<u32> {
+        self.keystore
+            .state
+            .generations
+            .iter()
+            .filter(|g| g.state != GenState::Destroyed)
+            .map(|g| g.generation)
+            .collect()
+    }
+}

@@ -1,0 +1,206 @@
+//! `vaultfs recover --rebuild-keystore`: a new key database from the recovery key and the
+//! recovery-sealed generation files in the backing directory, for a lost or corrupt one.
+//! The old database, if any, is moved aside, never deleted.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use super::db::KeyDb;
+use super::error::{Result, VaultError};
+use super::layout::{DB_FILE, MARKER_FILE, Marker};
+use super::recovery_file;
+use super::state::{Config, GenState, Generation, Seal, Slot, SlotKind, VaultState};
+use super::{audit, local_state, now, probe};
+use crate::crypto::keys::{Key256, random_array};
+use crate::crypto::keyslot::{KdfParams, PasswordSlotBinding, SlotSecrets};
+use crate::crypto::seal;
+
+pub fn rebuild_keystore(
+    vault: &Path,
+    keystore: Option<&Path>,
+    seed: &Key256,
+    password: &[u8],
+    kdf: KdfParams,
+) -> Result<PathBuf> {
+    if password.is_empty() {
+        return Err(VaultError::PasswordSource(
+            "the new password is empty".into(),
+        ));
+    }
+    kdf.validate()?;
+    let marker_text = fs::read_to_string(vault.join(MARKER_FILE))
+        .map_err(|_| VaultError::NotAVault(vault.into()))?;
+    let marker = Marker::parse(&marker_text).ok_or_else(|| VaultError::NotAVault(vault.into()))?;
+    let mut opened = Vec::new();
+    for entry in fs::read_dir(vault)
+        .map_err(VaultError::io(format!("cannot read {}", vault.display())))?
+        .flatten()
+    {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if name
+            .strip_prefix("vaultfs.recovery.")
+            .is_some_and(|g| g.parse::<u32>().is_ok())
+        {
+            let bytes =
+                fs::read(entry.path()).map_err(VaultError::io(format!("cannot read {name}")))?;
+            let (info, secrets, master) = recovery_file::open(&bytes, seed).map_err(|e| {
+                VaultError::InvalidArgument(format!(
+                    "{name} does not open with this recovery key ({e})"
+                ))
+            })?;
+            if info.vault_id != marker.vault_id {
+                return Err(VaultError::InvalidArgument(format!(
+                    "{name} belongs to another vault"
+                )));
+            }
+            opened.push((info, secrets, master));
+        }
+    }
+    if opened.is_empty() {
+        return Err(VaultError::InvalidArgument(format!(
+            "no recovery files (vaultfs.recovery.N) in {}: was the vault made with --no-recovery-key?",
+            vault.display()
+        )));
+    }
+    opened.sort_by_key(|(info, _, _)| info.generation);
+    let (info0, secrets0, _) = &opened[0];
+    let vault_id = info0.vault_id;
+    let k_auth = secrets0.k_auth.clone();
+    let path = keystore
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| vault.join(DB_FILE));
+    if path.exists() {
+        let aside = path.with_file_name(format!(
+            "{}.broken-{}",
+            path.file_name()
+                .and_then(|n| n.to_str())
+                .unwrap_or("keystore"),
+            now()
+        ));
+        fs::rename(&path, &aside).map_err(VaultError::io(format!(
+            "cannot move {} aside",
+            path.display()
+        )))?;
+        eprintln!("moved the old key database aside to {}", aside.display());
+    }
+
+    let t = now();
+    let recovery_slot_id = info0.slot_id;
+    let password_slot_id = if recovery_slot_id == 1 { 2 } else { 1 };
+    let (private_key, public_key) = seal::keypair_from_seed(&Key256::random()?);
+    let salt: [u8; 32] = random_array()?;
+    let binding = PasswordSlotBinding {
+        vault_id: &vault_id,
+        slot_id: password_slot_id,
+        public_key: &public_key,
+        kdf,
+        salt: &salt,
+    };
+    let kek = binding.derive_kek(password)?;
+    let wrapped = binding.wrap(
+        &kek,
+        &SlotSecrets {
+            private_key,
+            k_auth: k_auth.clone(),
+        },
+    );
+    let slots = vec![
+        Slot {
+            slot_id: password_slot_id,
+            label: "default".into(),
+            kind: SlotKind::Password,
+            created: t,
+            public_key,
+            kdf: Some(kdf),
+            salt: Some(salt),
+            wrapped,
+        },
+        Slot {
+            slot_id: recovery_slot_id,
+            label: "recovery".into(),
+            kind: SlotKind::Recovery,
+            created: t,
+            public_key: info0.public_key,
+            kdf: None,
+            salt: None,
+            wrapped: info0.slot_blob.to_vec(),
+        },
+    ];
+    let psk = seal::psk_from_k_auth(&k_auth, &vault_id);
+    let newest = opened.last().map(|(i, _, _)| i.generation).unwrap_or(1);
+    let mut generations = Vec::new();
+    let mut seals = Vec::new();
+    for (info, _, master) in &opened {
+        let state = if info.generation == newest {
+            GenState::Active
+        } else {
+            GenState::Retiring
+        };
+        generations.push(Generation {
+            generation: info.generation,
+            state,
+            created: t,
+            destroyed: None,
+        });
+        for slot in &slots {
+            let (enc, sealed) = seal::seal_master_key(
+                &slot.public_key,
+                &psk,
+                &vault_id,
+                info.generation,
+                &slot.slot_id.to_be_bytes(),
+                master,
+            )?;
+            seals.push(Seal {
+                generation: info.generation,
+                slot_id: slot.slot_id,
+                enc: enc.to_vec(),
+                sealed: sealed.to_vec(),
+            });
+        }
+    }
+    let missing = probe::probe(vault)
+        .map(|f| f.missing.join(","))
+        .unwrap_or_default();
+    let state = VaultState {
+        config: Config {
+            vault_id,
+            format_version: info0.format_version.into(),
+            chunk_size: info0.chunk_size,
+            longname_max: info0.longname_max.into(),
+            default_kdf: kdf,
+            backing_missing: missing,
+            created: t,
+            // Above anything this machine has seen, so the rebuilt database is not taken for a
+            // rollback.
+            epoch: local_state::seen_epoch(&vault_id)? + 1,
+        },
+        slots,
+        generations,
+        seals,
+        rotation: None,
+    };
+    state
+        .check_structure()
+        .map_err(VaultError::InvalidArgument)?;
+    let mac = state.compute_mac(&VaultState::mac_key(&k_auth, &vault_id));
+    let mut db = KeyDb::create(&path)?;
+    let sql = |e: rusqlite::Error| VaultError::refused(&path, format!("cannot write: {e}"));
+    let tx = db.conn.transaction().map_err(sql)?;
+    KeyDb::save_state(&tx, &path, &state, &mac)?;
+    let detail = format!(
+        "rebuilt the key database from {} recovery file(s)",
+        opened.len()
+    );
+    audit::append(
+        &tx,
+        &audit::audit_key(&k_auth, &vault_id),
+        t,
+        "recover",
+        &detail,
+    )
+    .map_err(sql)?;
+    tx.commit().map_err(sql)?;
+    local_state::record_epoch(&vault_id, state.config.epoch)?;
+    Ok(path)
+}
