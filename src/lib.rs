@@ -9,4 +9,5 @@ pub mod daemon;
 pub mod exitcodes;
 pub mod fs;
 pub mod fsck;
+pub mod rotate;
 pub mod vault;

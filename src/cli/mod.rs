@@ -49,6 +49,9 @@ pub enum Command {
     Keyslot(KeyslotCommand),
     /// Set a new password with the recovery key, or rebuild a lost key database
     Recover(RecoverArgs),
+    /// Rotate the master key: a new key generation for every header, name, directory ID,
+    /// symlink and xattr; resumable after a crash (vault unmounted)
+    Rotate(RotateArgs),
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell)
     Completions(CompletionsArgs),
 }
@@ -150,6 +153,17 @@ pub struct RecoverArgs {
     /// With --rebuild-keystore: scrypt cost of the new password slot
     #[arg(long, value_name = "N", default_value_t = KdfParams::DEFAULT.log_n)]
     pub scrypt_logn: u8,
+    /// The vault's key database, if it is kept outside the vault
+    #[arg(long, value_name = "PATH")]
+    pub keystore: Option<PathBuf>,
+    /// The vault (backing) directory
+    pub vault: PathBuf,
+}
+
+#[derive(Debug, Args)]
+pub struct RotateArgs {
+    #[command(flatten)]
+    pub password: PasswordArgs,
     /// The vault's key database, if it is kept outside the vault
     #[arg(long, value_name = "PATH")]
     pub keystore: Option<PathBuf>,
@@ -285,6 +299,7 @@ pub fn run(cli: Cli) -> Result<()> {
                 Command::Passwd(a) => cmd_passwd(a),
                 Command::Keyslot(c) => cmd_keyslot(c),
                 Command::Recover(a) => cmd_recover(a),
+                Command::Rotate(a) => cmd_rotate(a),
                 Command::EncryptPath(a) => cmd_path(a, true),
                 Command::Completions(a) => {
                     use clap::CommandFactory;
@@ -469,6 +484,38 @@ fn cmd_recover(a: RecoverArgs) -> Result<()> {
     let new = a.new_password.get(&a.vault.display().to_string())?;
     let label = u.reset_password_slot(slot_id, &new)?;
     println!("Set a new password on keyslot '{label}'.");
+    Ok(())
+}
+
+fn cmd_rotate(a: RotateArgs) -> Result<()> {
+    let _lock = crate::rotate::lock_vault(&a.vault)?;
+    let password = a.password.get(&a.vault.display().to_string())?;
+    let mut u = crate::vault::init::unlock(&a.vault, a.keystore.as_deref(), true, &password)?;
+    let started = std::time::Instant::now();
+    let bar = indicatif::ProgressBar::new_spinner();
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{spinner} {msg}").expect("valid template"),
+    );
+    let progress = |phase: &str, s: &crate::rotate::WalkStats| {
+        bar.set_message(format!(
+            "{phase}: {} entries, {} objects rewritten",
+            s.entries,
+            s.changed()
+        ));
+        bar.tick();
+    };
+    let (old, new, stats) = crate::rotate::rotate(&mut u, &progress)?;
+    bar.finish_and_clear();
+    println!(
+        "Rotated generation {old} -> {new} in {:.1} s: {} entries; rewrote {} headers, {} names, {} directory IDs, {} symlinks, {} xattrs. Generation {old}'s key is destroyed.",
+        started.elapsed().as_secs_f64(),
+        stats.entries,
+        stats.headers,
+        stats.names,
+        stats.dir_ids,
+        stats.symlinks,
+        stats.xattrs
+    );
     Ok(())
 }
 

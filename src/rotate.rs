@@ -1,0 +1,592 @@
+//! `vaultfs rotate`: master-key rotation (docs/FORMAT.md section 10). A new generation is
+//! sealed to every keyslot (no other password, no recovery secret), then a walk moves every
+//! header, name, long name, directory ID, symlink target and xattr to it, each by a crash-safe
+//! step; a verification pass must find nothing left under the old generation before its key
+//! is destroyed. Killed anywhere, the vault mounts (both generations are live) and the next
+//! `rotate` finishes the job: every step is idempotent, so the walk simply runs again.
+
+use std::ffi::CString;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::path::Path;
+
+use crate::crypto::blob;
+use crate::crypto::dirid::{ROOT_PARENT, open_dir_id, seal_dir_id};
+use crate::crypto::header::{FileHeader, HEADER_LEN};
+use crate::crypto::keys::Key256;
+use crate::crypto::names::{
+    self, BackingName, DIRID_FILE, DIRID_NEXT_FILE, EntryKind, decrypt_name, encrypt_name,
+    read_side_file,
+};
+use crate::crypto::{DirId, GenerationKeys, Keyring, seal};
+use crate::fs::backing;
+use crate::vault::keystore::Unlocked;
+use crate::vault::recovery_file::{self, RecoveryFileInfo};
+use crate::vault::state::{FORMAT_VERSION, GenState, Generation, Rotation, Seal, SlotKind};
+use crate::vault::{Result, VaultError, now};
+
+/// What one walk changed or found.
+#[derive(Debug, Default, Clone)]
+pub struct WalkStats {
+    pub entries: u64,
+    pub headers: u64,
+    pub names: u64,
+    pub dir_ids: u64,
+    pub symlinks: u64,
+    pub xattrs: u64,
+}
+
+impl WalkStats {
+    pub fn changed(&self) -> u64 {
+        self.headers + self.names + self.dir_ids + self.symlinks + self.xattrs
+    }
+}
+
+fn io_err(what: String) -> impl FnOnce(std::io::Error) -> VaultError {
+    VaultError::io(what)
+}
+
+struct Walker<'a> {
+    keyring: &'a Keyring,
+    old: u32,
+    new: &'a GenerationKeys,
+    longname_max: usize,
+    /// Only look (the verification pass).
+    dry_run: bool,
+    stats: WalkStats,
+    progress: &'a dyn Fn(&WalkStats),
+}
+
+impl Walker<'_> {
+    fn readable(&self, dir: BorrowedFd<'_>) -> Result<OwnedFd> {
+        backing::reopen(
+            dir,
+            rustix::fs::OFlags::RDONLY | rustix::fs::OFlags::DIRECTORY,
+        )
+        .map_err(io_err("cannot open a directory".into()))
+    }
+
+    /// Makes sure directory `dir` (found at (`parent`, `entry`)) has its ID sealed under the
+    /// new generation; returns its ID.
+    fn dir_id(&mut self, dir: BorrowedFd<'_>, parent: &DirId, entry: &str) -> Result<DirId> {
+        let mut found = None;
+        for file in [DIRID_FILE, DIRID_NEXT_FILE] {
+            if let Ok(bytes) = backing::read_small(dir, file, 64)
+                && let Ok((id, generation)) = open_dir_id(self.keyring, parent, entry, &bytes)
+            {
+                found = Some((id, generation, file));
+                break;
+            }
+        }
+        let (id, generation, file) = found.ok_or_else(|| {
+            VaultError::InvalidArgument(format!(
+                "directory ID of backing entry '{entry}' does not check out; run fsck"
+            ))
+        })?;
+        if generation != self.new.generation || file == DIRID_NEXT_FILE {
+            self.stats.dir_ids += 1;
+            if !self.dry_run {
+                self.stage_and_commit_dir_id(dir, parent, entry, &id)?;
+            }
+        } else if !self.dry_run {
+            // A staged ID that did not match here is stale (an interrupted move elsewhere).
+            let _ = backing::unlink(dir, DIRID_NEXT_FILE);
+        }
+        Ok(id)
+    }
+
+    fn stage_and_commit_dir_id(
+        &self,
+        dir: BorrowedFd<'_>,
+        parent: &DirId,
+        entry: &str,
+        id: &DirId,
+    ) -> Result<()> {
+        let sealed = seal_dir_id(self.new, &self.keyring.vault_id, parent, entry, id);
+        backing::write_durable(dir, DIRID_NEXT_FILE, &temp_name(), &sealed, 0o600)
+            .map_err(io_err("cannot stage a directory ID".into()))?;
+        backing::rename(
+            dir,
+            DIRID_NEXT_FILE,
+            dir,
+            DIRID_FILE,
+            rustix::fs::RenameFlags::empty(),
+        )
+        .map_err(io_err("cannot commit a directory ID".into()))?;
+        backing::fsync(self.readable(dir)?.as_fd()).map_err(io_err("fsync".into()))
+    }
+
+    fn walk_dir(&mut self, dir: BorrowedFd<'_>, id: &DirId) -> Result<()> {
+        let entries = backing::list(self.readable(dir)?.as_fd())
+            .map_err(io_err("cannot list a directory".into()))?;
+        let names_here: std::collections::HashSet<String> =
+            entries.iter().map(|e| e.name.clone()).collect();
+        for e in entries {
+            let encoded = match names::classify(&e.name) {
+                EntryKind::Encrypted => e.name.clone(),
+                EntryKind::LongName { side_file } => {
+                    match backing::read_small(dir, &side_file, 4096)
+                        .ok()
+                        .and_then(|b| read_side_file(&e.name, &b).ok())
+                    {
+                        Some(enc) => enc,
+                        None => continue, // damaged: fsck's business, not rotation's
+                    }
+                }
+                EntryKind::Reserved => {
+                    self.clean_leftover(dir, &e.name, &names_here);
+                    continue;
+                }
+                EntryKind::Foreign => continue,
+            };
+            let Ok((plain, generation)) = decrypt_name(self.keyring, id, &encoded) else {
+                continue;
+            };
+            self.stats.entries += 1;
+            let st = backing::lstat(dir, &e.name)
+                .map_err(io_err(format!("cannot stat '{}'", e.name)))?;
+            let is_dir = st.st_mode & libc::S_IFMT == libc::S_IFDIR;
+            // 1. The name, under the new generation (a directory carries its ID along).
+            let mut entry = e.name.clone();
+            if generation != self.new.generation {
+                self.stats.names += 1;
+                if !self.dry_run {
+                    entry = self.rename_entry(dir, id, &e.name, &encoded, &plain, is_dir)?;
+                }
+            }
+            match st.st_mode & libc::S_IFMT {
+                libc::S_IFDIR => {
+                    let child = backing::open_dir_path(dir, &entry)
+                        .map_err(io_err(format!("cannot open directory '{entry}'")))?;
+                    let child_id = self.dir_id(child.as_fd(), id, &entry)?;
+                    self.xattrs(dir, &entry)?;
+                    self.walk_dir(child.as_fd(), &child_id)?;
+                }
+                libc::S_IFREG => {
+                    self.header(dir, &entry)?;
+                    self.xattrs(dir, &entry)?;
+                }
+                libc::S_IFLNK => self.symlink(dir, &entry)?,
+                _ => {}
+            }
+            (self.progress)(&self.stats);
+        }
+        Ok(())
+    }
+
+    /// Removes what an interrupted step of a rotation (or of the mount) leaves behind: staging
+    /// files under temp names, and side files whose entry is gone. Never a directory, never
+    /// anything that holds user data.
+    fn clean_leftover(
+        &self,
+        dir: BorrowedFd<'_>,
+        name: &str,
+        names_here: &std::collections::HashSet<String>,
+    ) {
+        if self.dry_run {
+            return;
+        }
+        let is_file_or_link = backing::lstat(dir, name)
+            .map(|st| matches!(st.st_mode & libc::S_IFMT, libc::S_IFREG | libc::S_IFLNK))
+            .unwrap_or(false);
+        let orphan_side = name
+            .strip_suffix(names::LONGNAME_SIDE_SUFFIX)
+            .is_some_and(|entry| {
+                entry.starts_with(names::LONGNAME_PREFIX) && !names_here.contains(entry)
+            });
+        if is_file_or_link && (name.starts_with(names::TEMP_PREFIX) || orphan_side) {
+            let _ = backing::unlink(dir, name);
+        }
+    }
+
+    /// Renames an entry to its new-generation name: new side file first, the rename (for a
+    /// directory: stage its ID for the new place, rename, commit), then the old side file.
+    fn rename_entry(
+        &self,
+        dir: BorrowedFd<'_>,
+        id: &DirId,
+        old_entry: &str,
+        old_encoded: &str,
+        plain: &[u8],
+        is_dir: bool,
+    ) -> Result<String> {
+        let new_encoded = encrypt_name(self.new, id, plain)
+            .map_err(|e| VaultError::InvalidArgument(format!("{e}")))?;
+        let new = BackingName::new(new_encoded, self.longname_max);
+        if let BackingName::Long {
+            side_file, encoded, ..
+        } = &new
+        {
+            backing::write_durable(dir, side_file, &temp_name(), encoded.as_bytes(), 0o600)
+                .map_err(io_err("cannot write a side file".into()))?;
+        }
+        let child = if is_dir {
+            let child = backing::open_dir_path(dir, old_entry)
+                .map_err(io_err("cannot open a directory".into()))?;
+            let (child_id, _) = [DIRID_FILE, DIRID_NEXT_FILE]
+                .iter()
+                .find_map(|f| {
+                    backing::read_small(child.as_fd(), f, 64)
+                        .ok()
+                        .and_then(|b| open_dir_id(self.keyring, id, old_entry, &b).ok())
+                })
+                .ok_or_else(|| {
+                    VaultError::InvalidArgument(format!(
+                        "directory ID of '{old_entry}' does not check out; run fsck"
+                    ))
+                })?;
+            let sealed = seal_dir_id(self.new, &self.keyring.vault_id, id, new.entry(), &child_id);
+            backing::write_durable(child.as_fd(), DIRID_NEXT_FILE, &temp_name(), &sealed, 0o600)
+                .map_err(io_err("cannot stage a directory ID".into()))?;
+            Some(child)
+        } else {
+            None
+        };
+        backing::rename(
+            dir,
+            old_entry,
+            dir,
+            new.entry(),
+            rustix::fs::RenameFlags::NOREPLACE,
+        )
+        .map_err(io_err(format!("cannot rename '{old_entry}'")))?;
+        backing::fsync(self.readable(dir)?.as_fd()).map_err(io_err("fsync".into()))?;
+        if let Some(child) = child {
+            backing::rename(
+                child.as_fd(),
+                DIRID_NEXT_FILE,
+                child.as_fd(),
+                DIRID_FILE,
+                rustix::fs::RenameFlags::empty(),
+            )
+            .map_err(io_err("cannot commit a directory ID".into()))?;
+        }
+        let old = BackingName::new(old_encoded.to_string(), self.longname_max);
+        if let Some(side) = old.side_file()
+            && old.entry() != new.entry()
+        {
+            let _ = backing::unlink(dir, side);
+        }
+        Ok(new.entry().to_string())
+    }
+
+    /// Rewraps a file key into the spare header slot under the new generation, syncs, then
+    /// clears the old slot; the file's times are put back.
+    fn header(&mut self, dir: BorrowedFd<'_>, entry: &str) -> Result<()> {
+        let fd = backing::open_regular(dir, entry, !self.dry_run)
+            .map_err(io_err(format!("cannot open '{entry}'")))?;
+        let mut head = [0u8; HEADER_LEN];
+        let n = backing::pread_full(fd.as_fd(), &mut head, 0)
+            .map_err(io_err("cannot read a header".into()))?;
+        let Ok(mut header) = FileHeader::decode(&head[..n]) else {
+            return Ok(());
+        };
+        if !header.generations().any(|g| g == self.old) {
+            return Ok(());
+        }
+        self.stats.headers += 1;
+        if self.dry_run {
+            return Ok(());
+        }
+        let times = backing::fstat(fd.as_fd()).map_err(io_err("fstat".into()))?;
+        let key: Key256 = header.unwrap_key(self.keyring).map_err(|e| {
+            VaultError::InvalidArgument(format!("header of '{entry}': {e}; run fsck"))
+        })?;
+        if !header.generations().any(|g| g == self.new.generation) {
+            header.fill_spare_slot(self.new, &key)?;
+            backing::pwrite_all(fd.as_fd(), &header.encode(), 0)
+                .map_err(io_err("cannot write a header".into()))?;
+            backing::fdatasync(fd.as_fd()).map_err(io_err("fdatasync".into()))?;
+        }
+        header.clear_generation(self.old);
+        backing::pwrite_all(fd.as_fd(), &header.encode(), 0)
+            .map_err(io_err("cannot write a header".into()))?;
+        backing::fdatasync(fd.as_fd()).map_err(io_err("fdatasync".into()))?;
+        restore_times(fd.as_fd(), &times);
+        Ok(())
+    }
+
+    /// A symlink's target, resealed: the new link is made under a temp name and renamed over.
+    fn symlink(&mut self, dir: BorrowedFd<'_>, entry: &str) -> Result<()> {
+        let target =
+            backing::readlink(dir, entry).map_err(io_err(format!("cannot read link '{entry}'")))?;
+        let Ok(raw) = data_encoding::BASE64URL_NOPAD.decode(&target) else {
+            return Ok(());
+        };
+        if blob::blob_generation(&raw).ok() != Some(self.old) {
+            return Ok(());
+        }
+        self.stats.symlinks += 1;
+        if self.dry_run {
+            return Ok(());
+        }
+        let plain = blob::open_symlink(self.keyring, &target).map_err(|e| {
+            VaultError::InvalidArgument(format!("symlink '{entry}': {e}; run fsck"))
+        })?;
+        let st = backing::lstat(dir, entry).map_err(io_err("lstat".into()))?;
+        let sealed = blob::seal_symlink(self.new, &plain)?;
+        let temp = temp_name();
+        backing::symlink(&sealed, dir, &temp).map_err(io_err("cannot create a symlink".into()))?;
+        let _ = backing::chown(dir, &temp, Some(st.st_uid), Some(st.st_gid));
+        let at = |sec: i64, nsec: i64| backing::SetTime::At(sec, nsec as u32);
+        let _ = backing::utimens(
+            dir,
+            &temp,
+            at(st.st_atime, st.st_atime_nsec as i64),
+            at(st.st_mtime, st.st_mtime_nsec as i64),
+        );
+        backing::rename(dir, &temp, dir, entry, rustix::fs::RenameFlags::empty())
+            .map_err(io_err("cannot replace a symlink".into()))
+    }
+
+    /// xattrs under the old generation: the new-name value is set, then the old one removed.
+    fn xattrs(&mut self, dir: BorrowedFd<'_>, entry: &str) -> Result<()> {
+        let Ok(fd) = rustix::fs::openat(
+            dir,
+            entry,
+            rustix::fs::OFlags::PATH | rustix::fs::OFlags::NOFOLLOW | rustix::fs::OFlags::CLOEXEC,
+            rustix::fs::Mode::empty(),
+        ) else {
+            return Ok(());
+        };
+        let path = format!("/proc/self/fd/{}", fd.as_raw_fd());
+        let mut buf = vec![0u8; 65536];
+        let Ok(n) = rustix::fs::listxattr(path.as_str(), &mut buf[..]) else {
+            return Ok(());
+        };
+        let names: Vec<Vec<u8>> = buf[..n]
+            .split(|&b| b == 0)
+            .filter(|s| s.starts_with(b"user."))
+            .map(<[u8]>::to_vec)
+            .collect();
+        for raw in names {
+            let Ok((plain_name, generation)) = blob::decrypt_xattr_name(self.keyring, &raw) else {
+                continue;
+            };
+            if generation != self.old {
+                continue;
+            }
+            self.stats.xattrs += 1;
+            if self.dry_run {
+                continue;
+            }
+            let old_name = String::from_utf8_lossy(&raw).into_owned();
+            let mut value = vec![0u8; 65536];
+            let len = rustix::fs::getxattr(path.as_str(), old_name.as_str(), &mut value[..])
+                .map_err(|e| VaultError::InvalidArgument(format!("xattr: {e}")))?;
+            let plain = blob::open_xattr_value(self.keyring, &old_name, &value[..len])?;
+            let new_name = blob::encrypt_xattr_name(self.new, &plain_name)?;
+            let sealed = blob::seal_xattr_value(self.new, &new_name, &plain)?;
+            rustix::fs::setxattr(
+                path.as_str(),
+                new_name.as_str(),
+                &sealed,
+                rustix::fs::XattrFlags::empty(),
+            )
+            .map_err(|e| VaultError::InvalidArgument(format!("xattr: {e}")))?;
+            let c = CString::new(old_name)
+                .map_err(|_| VaultError::InvalidArgument("xattr name".into()))?;
+            // SAFETY: valid NUL-terminated strings.
+            unsafe {
+                libc::removexattr(
+                    CString::new(path.clone()).expect("no NUL").as_ptr(),
+                    c.as_ptr(),
+                )
+            };
+        }
+        Ok(())
+    }
+}
+
+fn restore_times(fd: BorrowedFd<'_>, st: &rustix::fs::Stat) {
+    let at = |sec: i64, nsec: i64| backing::SetTime::At(sec, nsec as u32);
+    let _ = backing::utimens_fd(
+        fd,
+        at(st.st_atime, st.st_atime_nsec as i64),
+        at(st.st_mtime, st.st_mtime_nsec as i64),
+    );
+}
+
+fn temp_name() -> String {
+    let r: [u8; 12] = crate::crypto::keys::random_array().unwrap_or([0; 12]);
+    format!(
+        "{}{}",
+        names::TEMP_PREFIX,
+        data_encoding::HEXLOWER.encode(&r)
+    )
+}
+
+/// Starts a rotation (or finds the one in progress); returns (old, new) generation numbers.
+fn start(u: &mut Unlocked) -> Result<(u32, u32, bool)> {
+    if let Some(r) = &u.keystore.state.rotation {
+        let (from, to) = (r.from_generation, r.to_generation);
+        u.commit(&[("rotate-resume", format!("generation {from} -> {to}"))])?;
+        return Ok((from, to, true));
+    }
+    let state = &u.keystore.state;
+    let vault_id = state.config.vault_id;
+    let old = state
+        .active_generation()
+        .expect("checked structure")
+        .generation;
+    let new = state
+        .generations
+        .iter()
+        .map(|g| g.generation)
+        .max()
+        .unwrap_or(old)
+        + 1;
+    let master = Key256::random()?;
+    let psk = seal::psk_from_k_auth(&u.k_auth, &vault_id);
+    let mut seals = Vec::new();
+    for slot in &state.slots {
+        let (enc, sealed) = seal::seal_master_key(
+            &slot.public_key,
+            &psk,
+            &vault_id,
+            new,
+            &slot.slot_id.to_be_bytes(),
+            &master,
+        )?;
+        seals.push(Seal {
+            generation: new,
+            slot_id: slot.slot_id,
+            enc: enc.to_vec(),
+            sealed: sealed.to_vec(),
+        });
+    }
+    // The recovery file of the new generation first: it must exist before anything is
+    // written under the generation it holds.
+    if let Some(slot) = state.slots.iter().find(|s| s.kind == SlotKind::Recovery) {
+        let info = RecoveryFileInfo {
+            format_version: FORMAT_VERSION as u16,
+            vault_id,
+            chunk_size: state.config.chunk_size,
+            longname_max: state.config.longname_max as u16,
+            generation: new,
+            slot_id: slot.slot_id,
+            public_key: slot.public_key,
+            slot_blob: slot
+                .wrapped
+                .clone()
+                .try_into()
+                .map_err(|_| VaultError::InvalidArgument("recovery slot blob".into()))?,
+        };
+        let name = recovery_file::file_name(new);
+        let backing = u.keystore.paths.backing.clone();
+        let _ = std::fs::remove_file(backing.join(&name));
+        crate::vault::layout::write_file_durably(
+            &backing,
+            &name,
+            &info.seal(&u.k_auth, &master)?,
+            0o400,
+        )?;
+    }
+    let t = now();
+    let s = &mut u.keystore.state;
+    for g in &mut s.generations {
+        if g.generation == old {
+            g.state = GenState::Retiring;
+        }
+    }
+    s.generations.push(Generation {
+        generation: new,
+        state: GenState::Active,
+        created: t,
+        destroyed: None,
+    });
+    s.seals.extend(seals);
+    s.rotation = Some(Rotation {
+        from_generation: old,
+        to_generation: new,
+        reencrypt: false,
+        phase: "walk".into(),
+        cursor: None,
+        started: t,
+        updated: t,
+    });
+    u.commit(&[("rotate-start", format!("generation {old} -> {new}"))])?;
+    let retiring = u.keyring.active().clone();
+    u.keyring = Keyring::new(
+        vault_id,
+        GenerationKeys::derive(&vault_id, new, master),
+        Some(retiring),
+    );
+    Ok((old, new, false))
+}
+
+/// Runs (or resumes) a rotation to the end. `progress` sees each walk's counters.
+pub fn rotate(
+    u: &mut Unlocked,
+    progress: &dyn Fn(&str, &WalkStats),
+) -> Result<(u32, u32, WalkStats)> {
+    let (old, new, _resumed) = start(u)?;
+    let root_path = u.keystore.paths.backing.clone();
+    let walk = |u: &Unlocked, dry_run: bool, phase: &str| -> Result<WalkStats> {
+        let root = backing::open_root(&root_path)
+            .map_err(io_err(format!("cannot open {}", root_path.display())))?;
+        let report = |s: &WalkStats| progress(phase, s);
+        let mut w = Walker {
+            keyring: &u.keyring,
+            old,
+            new: u.keyring.active(),
+            longname_max: u.keystore.state.config.longname_max as usize,
+            dry_run,
+            stats: WalkStats::default(),
+            progress: &report,
+        };
+        let root_id = w.dir_id(root.as_fd(), &ROOT_PARENT, "")?;
+        w.xattrs(root.as_fd(), ".")?;
+        w.walk_dir(root.as_fd(), &root_id)?;
+        Ok(w.stats)
+    };
+    let done = walk(u, false, "rewrapping")?;
+    set_phase(u, "verify")?;
+    let left = walk(u, true, "verifying")?;
+    if left.changed() > 0 {
+        return Err(VaultError::InvalidArgument(format!(
+            "{} objects are still under generation {old} after the walk (changed during it?): run rotate again",
+            left.changed()
+        )));
+    }
+    // Destroy the old generation: its seals go (secure_delete wipes them), its recovery
+    // file goes, the rotation is over.
+    let t = now();
+    let s = &mut u.keystore.state;
+    for g in &mut s.generations {
+        if g.generation == old {
+            g.state = GenState::Destroyed;
+            g.destroyed = Some(t);
+        }
+    }
+    s.seals.retain(|x| x.generation != old);
+    s.rotation = None;
+    let _ = std::fs::remove_file(root_path.join(recovery_file::file_name(old)));
+    let summary = format!(
+        "generation {old} -> {new} done: {} entries; {} headers, {} names, {} directory IDs, {} symlinks, {} xattrs rewritten",
+        done.entries, done.headers, done.names, done.dir_ids, done.symlinks, done.xattrs
+    );
+    u.commit(&[("rotate-done", summary)])?;
+    Ok((old, new, done))
+}
+
+fn set_phase(u: &mut Unlocked, phase: &str) -> Result<()> {
+    if let Some(r) = &mut u.keystore.state.rotation {
+        r.phase = phase.into();
+        r.updated = now();
+    }
+    u.commit(&[])
+}
+
+/// Refuses while mounted and keeps the vault locked for the whole rotation.
+pub fn lock_vault(vault: &Path) -> Result<std::fs::File> {
+    let marker = std::fs::File::open(vault.join(crate::vault::layout::MARKER_FILE))
+        .map_err(VaultError::io(format!("cannot open {}", vault.display())))?;
+    // SAFETY: flock on an fd we own; held until the File is dropped.
+    if unsafe { libc::flock(marker.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        return Err(VaultError::MountFailed(format!(
+            "{} is mounted: unmount it, then rotate",
+            vault.display()
+        )));
+    }
+    Ok(marker)
+}

@@ -1,0 +1,291 @@
+//! Master-key rotation: end to end on a varied tree, and killed with SIGKILL at random
+//! moments then resumed. After every kill the vault mounts with every file intact.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::path::Path;
+use std::time::Duration;
+
+use common::{TestVault, fuse_available, run_ok, vaultfs};
+use vaultfs::crypto::header::FileHeader;
+
+/// path -> sha256-ish fingerprint (contents, or "link:target"), symlinks not followed.
+fn snapshot(root: &Path) -> BTreeMap<String, Vec<u8>> {
+    fn walk(root: &Path, dir: &Path, out: &mut BTreeMap<String, Vec<u8>>) {
+        for e in fs::read_dir(dir).unwrap() {
+            let e = e.unwrap();
+            let rel = e
+                .path()
+                .strip_prefix(root)
+                .unwrap()
+                .to_string_lossy()
+                .into_owned();
+            let ft = e.file_type().unwrap();
+            if ft.is_dir() {
+                out.insert(rel.clone(), b"dir".to_vec());
+                walk(root, &e.path(), out);
+            } else if ft.is_symlink() {
+                out.insert(
+                    rel,
+                    fs::read_link(e.path())
+                        .unwrap()
+                        .into_os_string()
+                        .into_encoded_bytes(),
+                );
+            } else {
+                let data = fs::read(e.path()).unwrap_or_else(|err| panic!("{rel}: {err}"));
+                out.insert(rel, data);
+            }
+        }
+    }
+    let mut out = BTreeMap::new();
+    walk(root, root, &mut out);
+    out
+}
+
+fn build_tree(v: &TestVault, files: usize) {
+    fs::create_dir_all(v.p("a/b/c")).unwrap();
+    fs::create_dir(v.p(&"D".repeat(240))).unwrap();
+    fs::write(v.p("empty"), b"").unwrap();
+    fs::write(v.p("a/multi"), vec![7u8; 3 * 4096 + 5]).unwrap();
+    let sparse = fs::File::create(v.p("sparse")).unwrap();
+    sparse.set_len(5 << 20).unwrap();
+    drop(sparse);
+    fs::write(
+        v.p(&format!(
+            "{}/long-in-long-{}",
+            "D".repeat(240),
+            "L".repeat(200)
+        )),
+        b"long",
+    )
+    .unwrap();
+    std::os::unix::fs::symlink("a/multi", v.p("link")).unwrap();
+    fs::hard_link(v.p("a/multi"), v.p("a/b/hardlink")).unwrap();
+    xattr(&v.p("a/multi"), "user.color", b"blue");
+    xattr(&v.p("a/b"), "user.on-dir", b"yes");
+    for i in 0..files {
+        let dir = ["", "a/", "a/b/", "a/b/c/"][i % 4];
+        fs::write(
+            v.p(&format!("{dir}f{i}")),
+            format!("file {i} ").repeat(i % 50 + 1),
+        )
+        .unwrap();
+    }
+}
+
+fn xattr(p: &Path, name: &str, value: &[u8]) {
+    let c = std::ffi::CString::new(p.as_os_str().as_encoded_bytes()).unwrap();
+    let n = std::ffi::CString::new(name).unwrap();
+    // SAFETY: valid strings and buffer.
+    assert_eq!(
+        unsafe {
+            libc::setxattr(
+                c.as_ptr(),
+                n.as_ptr(),
+                value.as_ptr().cast(),
+                value.len(),
+                0,
+            )
+        },
+        0
+    );
+}
+
+fn header_generations(vault: &Path) -> Vec<u32> {
+    let mut gens = Vec::new();
+    fn walk(dir: &Path, gens: &mut Vec<u32>) {
+        for e in fs::read_dir(dir).unwrap() {
+            let e = e.unwrap();
+            let name = e.file_name().to_string_lossy().into_owned();
+            let ft = e.file_type().unwrap();
+            if ft.is_dir() {
+                walk(&e.path(), gens);
+            } else if ft.is_file() && !name.starts_with("vaultfs.") {
+                let h = FileHeader::decode(&fs::read(e.path()).unwrap()).unwrap();
+                gens.extend(h.generations());
+            }
+        }
+    }
+    walk(vault, &mut gens);
+    gens.sort();
+    gens.dedup();
+    gens
+}
+
+#[test]
+fn rotation_end_to_end() {
+    if !fuse_available() {
+        return;
+    }
+    let v = TestVault::new(4096);
+    let rk = v.tmp.path().join("rk");
+    run_ok(
+        vaultfs(&v.state)
+            .args(["keyslot", "add", "--recovery", "--passfile"])
+            .arg(&v.passfile)
+            .arg("--recovery-key-file")
+            .arg(&rk)
+            .arg(&v.vault),
+    );
+    v.mount();
+    build_tree(&v, 40);
+    let before = snapshot(&v.mnt);
+    v.unmount();
+    assert_eq!(header_generations(&v.vault), [1]);
+    for round in 0..2 {
+        let o = vaultfs(&v.state)
+            .args(["rotate", "--passfile"])
+            .arg(&v.passfile)
+            .arg(&v.vault)
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        let (old, new) = (round + 1, round + 2);
+        assert_eq!(
+            header_generations(&v.vault),
+            [new],
+            "no header names the old generation"
+        );
+        let status: serde_json::Value = serde_json::from_slice(
+            &run_ok(vaultfs(&v.state).args(["status", "--json"]).arg(&v.vault)).stdout,
+        )
+        .unwrap();
+        let gens = status["generations"].as_array().unwrap();
+        assert_eq!(gens[old as usize - 1]["state"], "destroyed");
+        assert_eq!(gens[new as usize - 1]["state"], "active");
+        assert!(!v.vault.join(format!("vaultfs.recovery.{old}")).exists());
+        assert!(v.vault.join(format!("vaultfs.recovery.{new}")).exists());
+        // fsck, which knows only the new generation now, finds every object intact.
+        let o = vaultfs(&v.state)
+            .args(["fsck", "--passfile"])
+            .arg(&v.passfile)
+            .arg(&v.vault)
+            .output()
+            .unwrap();
+        assert!(
+            o.status.success(),
+            "fsck after rotation: {}",
+            String::from_utf8_lossy(&o.stdout)
+        );
+        v.mount();
+        assert_eq!(
+            snapshot(&v.mnt),
+            before,
+            "round {round}: contents unchanged"
+        );
+        use std::os::unix::fs::MetadataExt;
+        assert_eq!(
+            fs::metadata(v.p("a/multi")).unwrap().ino(),
+            fs::metadata(v.p("a/b/hardlink")).unwrap().ino(),
+            "still hard-linked"
+        );
+        v.unmount();
+    }
+    // The recovery key still works after rotations (it opens the newest recovery file).
+    let newpw = v.tmp.path().join("newpw");
+    fs::write(&newpw, "after rotation\n").unwrap();
+    run_ok(
+        vaultfs(&v.state)
+            .args(["recover", "--recovery-key-file"])
+            .arg(&rk)
+            .arg("--new-passfile")
+            .arg(&newpw)
+            .arg(&v.vault),
+    );
+    fs::write(&v.passfile, "after rotation\n").unwrap();
+    // Rotation refuses a mounted vault.
+    v.mount();
+    let o = vaultfs(&v.state)
+        .args(["rotate", "--passfile"])
+        .arg(&newpw)
+        .arg(&v.vault)
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(vaultfs::exitcodes::MOUNT_FAILED));
+    v.unmount();
+}
+
+#[test]
+fn rotation_killed_at_random_moments_resumes_and_loses_nothing() {
+    if !fuse_available() {
+        return;
+    }
+    let v = TestVault::new(4096);
+    v.mount();
+    build_tree(&v, 1200);
+    let before = snapshot(&v.mnt);
+    v.unmount();
+    let mut kills = 0;
+    let mut completed = 0;
+    for round in 0..26u64 {
+        let mut child = vaultfs(&v.state)
+            .args(["rotate", "--passfile"])
+            .arg(&v.passfile)
+            .arg(&v.vault)
+            .spawn()
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(3 + (round * 37) % 200));
+        match child.try_wait().unwrap() {
+            Some(status) => {
+                assert!(status.success(), "round {round}: rotate failed");
+                completed += 1;
+            }
+            None => {
+                child.kill().unwrap(); // SIGKILL
+                child.wait().unwrap();
+                kills += 1;
+            }
+        }
+        // Whatever the moment, the vault mounts and every file is intact.
+        v.mount();
+        assert_eq!(
+            snapshot(&v.mnt),
+            before,
+            "round {round}: contents after a kill"
+        );
+        if round % 6 == 5 {
+            // Changed between a kill and the resume: must stay correct.
+            fs::write(v.p(&format!("a/written-mid-rotation-{round}")), b"mid").unwrap();
+            fs::remove_file(v.p(&format!("a/written-mid-rotation-{round}"))).unwrap();
+        }
+        v.unmount();
+    }
+    // Finish the job.
+    run_ok(
+        vaultfs(&v.state)
+            .args(["rotate", "--passfile"])
+            .arg(&v.passfile)
+            .arg(&v.vault),
+    );
+    let o = vaultfs(&v.state)
+        .args(["fsck", "--passfile"])
+        .arg(&v.passfile)
+        .arg(&v.vault)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stdout));
+    let status: serde_json::Value = serde_json::from_slice(
+        &run_ok(vaultfs(&v.state).args(["status", "--json"]).arg(&v.vault)).stdout,
+    )
+    .unwrap();
+    assert!(status["rotation"].is_null());
+    let live: Vec<_> = status["generations"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|g| g["state"] != "destroyed")
+        .collect();
+    assert_eq!(live.len(), 1);
+    assert_eq!(
+        header_generations(&v.vault),
+        [live[0]["generation"].as_u64().unwrap() as u32]
+    );
+    v.mount();
+    assert_eq!(snapshot(&v.mnt), before);
+    v.unmount();
+    eprintln!("rotation: {kills} kills, {completed} rotations completed within a round");
+    assert!(kills >= 20, "at least 20 kills mid-rotation ({kills})");
+}
