@@ -21,7 +21,7 @@ use crate::crypto::{DirId, GenerationKeys, Keyring, seal};
 use crate::fs::backing;
 use crate::vault::keystore::Unlocked;
 use crate::vault::recovery_file::{self, RecoveryFileInfo};
-use crate::vault::state::{FORMAT_VERSION, GenState, Generation, Rotation, Seal, SlotKind};
+use crate::vault::state::{GenState, Generation, Rotation, Seal, SlotKind};
 use crate::vault::{Result, VaultError, now};
 
 /// What one walk changed or found.
@@ -457,20 +457,7 @@ fn start(u: &mut Unlocked) -> Result<(u32, u32, bool)> {
     // The recovery file of the new generation first: it must exist before anything is
     // written under the generation it holds.
     if let Some(slot) = state.slots.iter().find(|s| s.kind == SlotKind::Recovery) {
-        let info = RecoveryFileInfo {
-            format_version: FORMAT_VERSION as u16,
-            vault_id,
-            chunk_size: state.config.chunk_size,
-            longname_max: state.config.longname_max as u16,
-            generation: new,
-            slot_id: slot.slot_id,
-            public_key: slot.public_key,
-            slot_blob: slot
-                .wrapped
-                .clone()
-                .try_into()
-                .map_err(|_| VaultError::InvalidArgument("recovery slot blob".into()))?,
-        };
+        let info = RecoveryFileInfo::for_slot(&state.config, slot, new)?;
         let name = recovery_file::file_name(new);
         let backing = u.keystore.paths.backing.clone();
         let _ = std::fs::remove_file(backing.join(&name));

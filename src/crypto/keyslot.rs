@@ -78,32 +78,26 @@ pub struct PasswordSlotBinding<'a> {
 }
 
 impl PasswordSlotBinding<'_> {
-    fn seal_with(&self, kek: &SivKey, plaintext: &[u8]) -> Vec<u8> {
+    /// Calls `f` with the slot blob's associated data.
+    fn with_ad<T>(&self, f: impl FnOnce(&[&[u8]]) -> T) -> T {
         let slot = self.slot_id.to_be_bytes();
         let kdf = self.kdf.encode();
-        let ad: [&[u8]; 6] = [
+        f(&[
             b"vaultfs v1 password slot",
             self.vault_id,
             &slot,
             self.public_key,
             &kdf,
             self.salt,
-        ];
-        siv::seal(kek, &ad, plaintext)
+        ])
+    }
+
+    fn seal_with(&self, kek: &SivKey, plaintext: &[u8]) -> Vec<u8> {
+        self.with_ad(|ad| siv::seal(kek, ad, plaintext))
     }
 
     fn open_with(&self, kek: &SivKey, blob: &[u8]) -> Result<Zeroizing<Vec<u8>>, CryptoError> {
-        let slot = self.slot_id.to_be_bytes();
-        let kdf = self.kdf.encode();
-        let ad: [&[u8]; 6] = [
-            b"vaultfs v1 password slot",
-            self.vault_id,
-            &slot,
-            self.public_key,
-            &kdf,
-            self.salt,
-        ];
-        siv::open(kek, &ad, blob).map(Zeroizing::new)
+        self.with_ad(|ad| siv::open(kek, ad, blob).map(Zeroizing::new))
     }
 
     /// The expensive step: scrypt over the password.

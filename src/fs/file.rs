@@ -103,6 +103,20 @@ struct State {
     next_block: u64,
 }
 
+impl State {
+    /// A file just written as header plus empty last chunk: one reserved write used.
+    fn new_empty(header: FileHeader, key: Key256, cipher: ContentCipher) -> State {
+        State {
+            header,
+            key,
+            cipher,
+            size: 0,
+            budget: RESERVE_BLOCK_MIN - 1,
+            next_block: RESERVE_BLOCK_MIN * 2,
+        }
+    }
+}
+
 pub struct OpenFile<S: FileStore = OwnedFd> {
     fd: S,
     layout: ChunkLayout,
@@ -162,14 +176,7 @@ impl<S: FileStore> OpenFile<S> {
     pub fn create(fd: S, keyring: &Keyring, layout: ChunkLayout) -> FsResult<OpenFile<S>> {
         let (header, key, cipher) = fresh_identity(keyring, layout)?;
         write_empty_file(&fd, &header, &cipher)?;
-        let state = State {
-            header,
-            key,
-            cipher,
-            size: 0,
-            budget: RESERVE_BLOCK_MIN - 1,
-            next_block: RESERVE_BLOCK_MIN * 2,
-        };
+        let state = State::new_empty(header, key, cipher);
         Ok(OpenFile {
             fd,
             layout,
@@ -422,14 +429,7 @@ impl<S: FileStore> OpenFile<S> {
             let (header, key, cipher) = fresh_identity(keyring, l)?;
             self.fd.set_len(0).map_err(io)?;
             write_empty_file(&self.fd, &header, &cipher)?;
-            *st = State {
-                header,
-                key,
-                cipher,
-                size: 0,
-                budget: RESERVE_BLOCK_MIN - 1,
-                next_block: RESERVE_BLOCK_MIN * 2,
-            };
+            *st = State::new_empty(header, key, cipher);
             return Ok(());
         }
         let old_last = l.last_chunk_index(old_size);

@@ -237,20 +237,7 @@ fn create(o: &InitOptions, keystore: &Path, password: &[u8]) -> Result<InitRepor
         &recovery,
         state.slots.iter().find(|s| s.kind == SlotKind::Recovery),
     ) {
-        let info = RecoveryFileInfo {
-            format_version: FORMAT_VERSION as u16,
-            vault_id,
-            chunk_size: o.chunk_size,
-            longname_max: longname_max as u16,
-            generation: 1,
-            slot_id: slot.slot_id,
-            public_key: slot.public_key,
-            slot_blob: slot
-                .wrapped
-                .clone()
-                .try_into()
-                .expect("recovery blob length"),
-        };
+        let info = RecoveryFileInfo::for_slot(&state.config, slot, 1)?;
         write_file_durably(
             &o.vault,
             &recovery_file::file_name(1),

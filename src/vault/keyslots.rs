@@ -12,7 +12,7 @@ use super::keystore::Unlocked;
 use super::layout::write_file_durably;
 use super::now;
 use super::recovery_file::{self, RecoveryFileInfo};
-use super::state::{FORMAT_VERSION, GenState, Seal, Slot, SlotKind};
+use super::state::{Seal, Slot, SlotKind};
 use crate::crypto::keys::{Key256, random_array};
 use crate::crypto::keyslot::{KdfParams, PasswordSlotBinding, RecoverySlotBinding, SlotSecrets};
 use crate::crypto::{recovery_key, seal};
@@ -112,11 +112,24 @@ impl Unlocked {
     /// Gives the slot that unlocked a new password (new salt, current default scrypt cost).
     /// The slot keeps its key pair, so its seals stay valid.
     pub fn change_password(&mut self, password: &[u8]) -> Result<String> {
-        let slot_id = self.slot_id;
         let secrets = SlotSecrets {
             private_key: self.private_key.clone(),
             k_auth: self.k_auth.clone(),
         };
+        let label = self.replace_password_slot(self.slot_id, &secrets, password, false)?;
+        self.commit(&[("passwd", format!("slot {label}"))])?;
+        Ok(label)
+    }
+
+    /// Rebuilds password slot `slot_id` around `secrets` and `password` (new salt, current
+    /// default scrypt cost), resealing the live generations when its key pair is new.
+    fn replace_password_slot(
+        &mut self,
+        slot_id: u32,
+        secrets: &SlotSecrets,
+        password: &[u8],
+        reseal: bool,
+    ) -> Result<String> {
         let state = &self.keystore.state;
         let old = state
             .slot(slot_id)
@@ -133,18 +146,19 @@ impl Unlocked {
             slot_id,
             &old.label,
             state.config.default_kdf,
-            &secrets,
+            secrets,
             password,
         )?;
         slot.created = old.created;
-        let label = slot.label.clone();
+        if reseal {
+            self.seal_live_generations_to(&slot)?;
+        }
         for s in &mut self.keystore.state.slots {
             if s.slot_id == slot_id {
                 *s = slot.clone();
             }
         }
-        self.commit(&[("passwd", format!("slot {label}"))])?;
-        Ok(label)
+        Ok(slot.label)
     }
 
     /// Adds a password slot labelled `label`.
@@ -223,20 +237,7 @@ impl Unlocked {
         let c = &self.keystore.state.config;
         let backing = &self.keystore.paths.backing;
         for keys in self.keyring.live() {
-            let info = RecoveryFileInfo {
-                format_version: FORMAT_VERSION as u16,
-                vault_id: c.vault_id,
-                chunk_size: c.chunk_size,
-                longname_max: c.longname_max as u16,
-                generation: keys.generation,
-                slot_id: slot.slot_id,
-                public_key: slot.public_key,
-                slot_blob: slot
-                    .wrapped
-                    .clone()
-                    .try_into()
-                    .map_err(|_| VaultError::InvalidArgument("recovery slot blob".into()))?,
-            };
+            let info = RecoveryFileInfo::for_slot(c, slot, keys.generation)?;
             let name = recovery_file::file_name(keys.generation);
             let _ = std::fs::remove_file(backing.join(&name));
             write_file_durably(
@@ -298,51 +299,13 @@ impl Unlocked {
     /// Recovery: a password slot's private key cannot be read back without its password, so
     /// the slot gets a fresh key pair, its new password, and every live generation resealed.
     pub fn reset_password_slot(&mut self, slot_id: u32, password: &[u8]) -> Result<String> {
-        let seed = Key256::random()?;
-        let (private_key, _) = seal::keypair_from_seed(&seed);
+        let (private_key, _) = seal::keypair_from_seed(&Key256::random()?);
         let secrets = SlotSecrets {
             private_key,
             k_auth: self.k_auth.clone(),
         };
-        let state = &self.keystore.state;
-        let old = state
-            .slot(slot_id)
-            .cloned()
-            .ok_or_else(|| VaultError::InvalidArgument(format!("no keyslot {slot_id}")))?;
-        if old.kind != SlotKind::Password {
-            return Err(VaultError::InvalidArgument(format!(
-                "keyslot '{}' is not a password slot",
-                old.label
-            )));
-        }
-        let mut slot = password_slot(
-            &state.config.vault_id,
-            slot_id,
-            &old.label,
-            state.config.default_kdf,
-            &secrets,
-            password,
-        )?;
-        slot.created = old.created;
-        self.seal_live_generations_to(&slot)?;
-        for s in &mut self.keystore.state.slots {
-            if s.slot_id == slot_id {
-                *s = slot.clone();
-            }
-        }
-        let label = slot.label.clone();
+        let label = self.replace_password_slot(slot_id, &secrets, password, true)?;
         self.commit(&[("recover", format!("new password for slot {label}"))])?;
         Ok(label)
-    }
-
-    /// Live generation numbers, for messages.
-    pub fn live_generation_numbers(&self) -> Vec<u32> {
-        self.keystore
-            .state
-            .generations
-            .iter()
-            .filter(|g| g.state != GenState::Destroyed)
-            .map(|g| g.generation)
-            .collect()
     }
 }

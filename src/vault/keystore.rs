@@ -7,7 +7,7 @@ use super::db::KeyDb;
 use super::error::{Result, VaultError};
 use super::layout::{Marker, VaultPaths};
 use super::local_state;
-use super::state::{GenState, SlotKind, VaultState};
+use super::state::{SlotKind, VaultState};
 use crate::crypto::chunk::ChunkLayout;
 use crate::crypto::keys::Key256;
 use crate::crypto::keyslot::{PasswordSlotBinding, RecoverySlotBinding, SlotSecrets};
@@ -229,16 +229,5 @@ impl Unlocked {
 
     pub fn layout(&self) -> ChunkLayout {
         self.keystore.layout()
-    }
-
-    /// Live generations in the database agree with the keyring (a sanity check for callers).
-    pub fn live_generations(&self) -> Vec<u32> {
-        self.keystore
-            .state
-            .generations
-            .iter()
-            .filter(|g| g.state != GenState::Destroyed)
-            .map(|g| g.generation)
-            .collect()
     }
 }

@@ -32,6 +32,14 @@ fn dir_id_at(keyring: &Keyring, dir: &Path, parent: &DirId, entry: &str) -> Resu
     )))
 }
 
+fn root_id(vault: &Path, keyring: &Keyring) -> Result<DirId> {
+    let bytes = fs::read(vault.join(DIRID_FILE))
+        .map_err(VaultError::io("cannot read the root directory ID"))?;
+    open_dir_id(keyring, &ROOT_PARENT, "", &bytes)
+        .map(|(id, _)| id)
+        .map_err(|e| invalid(format!("root directory ID: {e}")))
+}
+
 fn components(p: &Path) -> Result<Vec<String>> {
     p.components()
         .filter(|c| !matches!(c, Component::RootDir | Component::CurDir))
@@ -66,14 +74,7 @@ pub fn decrypt_path(vault: &Path, keyring: &Keyring, backing: &Path) -> Result<P
         backing.to_path_buf()
     };
     let parts = components(&rel)?;
-    let (mut id, _) = open_dir_id(
-        keyring,
-        &ROOT_PARENT,
-        "",
-        &fs::read(vault.join(DIRID_FILE))
-            .map_err(VaultError::io("cannot read the root directory ID"))?,
-    )
-    .map_err(|e| invalid(format!("root directory ID: {e}")))?;
+    let mut id = root_id(vault, keyring)?;
     let mut dir = vault.to_path_buf();
     let mut out = PathBuf::new();
     for (i, entry) in parts.iter().enumerate() {
@@ -115,14 +116,7 @@ pub fn encrypt_path(
     plain: &Path,
 ) -> Result<PathBuf> {
     let parts = components(plain)?;
-    let (mut id, _) = open_dir_id(
-        keyring,
-        &ROOT_PARENT,
-        "",
-        &fs::read(vault.join(DIRID_FILE))
-            .map_err(VaultError::io("cannot read the root directory ID"))?,
-    )
-    .map_err(|e| invalid(format!("root directory ID: {e}")))?;
+    let mut id = root_id(vault, keyring)?;
     let mut dir = vault.to_path_buf();
     let mut out = PathBuf::new();
     for (i, part) in parts.iter().enumerate() {

@@ -46,6 +46,28 @@ pub struct RecoveryFileInfo {
 }
 
 impl RecoveryFileInfo {
+    /// The file for `generation` of a vault with `config`, for its recovery slot `slot`.
+    pub fn for_slot(
+        config: &super::state::Config,
+        slot: &super::state::Slot,
+        generation: u32,
+    ) -> Result<Self, CryptoError> {
+        Ok(RecoveryFileInfo {
+            format_version: config.format_version as u16,
+            vault_id: config.vault_id,
+            chunk_size: config.chunk_size,
+            longname_max: config.longname_max as u16,
+            generation,
+            slot_id: slot.slot_id,
+            public_key: slot.public_key,
+            slot_blob: slot
+                .wrapped
+                .clone()
+                .try_into()
+                .map_err(|_| CryptoError::Malformed("recovery slot blob"))?,
+        })
+    }
+
     fn encode_head(&self) -> [u8; AAD_END] {
         let mut b = [0u8; AAD_END];
         b[..8].copy_from_slice(MAGIC);
