@@ -31,6 +31,9 @@ pub const NOT_MOUNTED: i32 = 19;
 /// `fsck` found problems (they are listed).
 pub const DAMAGED: i32 = 20;
 
+/// `fsck --repair` repaired every problem it found (they are listed).
+pub const REPAIRED: i32 = 21;
+
 /// Every status with its meaning, for the man page and `--help`.
 pub const ALL: &[(i32, &str)] = &[
     (OK, "success"),
@@ -67,5 +70,9 @@ pub const ALL: &[(i32, &str)] = &[
         "unmount: files are open on the mount (they are listed); use --lazy",
     ),
     (NOT_MOUNTED, "unmount: the path is not a vaultfs mount"),
-    (DAMAGED, "fsck: problems were found (listed one per line)"),
+    (
+        DAMAGED,
+        "fsck: problems were found (listed one per line); with --repair: some remain",
+    ),
+    (REPAIRED, "fsck --repair: every problem found was repaired"),
 ];

@@ -345,3 +345,139 @@ pub fn check(
     }
     Ok(c.report)
 }
+
+/// What `fsck --repair` did, and what it left for a person to decide.
+#[derive(Debug, Default, Serialize)]
+pub struct Repairs {
+    pub fixed: Vec<String>,
+    pub kept: Vec<String>,
+}
+
+/// The root-level directory where `--repair` moves entries whose name is lost: a plain
+/// backing directory (its name is not an encrypted name, so the mount never shows it).
+pub const LOST_AND_FOUND: &str = "lost+found";
+
+/// Repairs what is safe to repair from a check's report: leftovers of interrupted operations
+/// and orphaned side files are removed; zero-length files (a crash between create and header)
+/// are removed; entries whose name is lost move to `lost+found`. Damaged contents, foreign
+/// entries and directories whose ID does not check out are kept and listed: they may be data.
+pub fn repair(root: &Path, report: &Report) -> std::io::Result<Repairs> {
+    let mut r = Repairs::default();
+    let rootfd = backing::open_root(root)?;
+    for p in &report.problems {
+        let rel = Path::new(&p.backing_path);
+        let (parent, name) = match (rel.parent(), rel.file_name().and_then(|n| n.to_str())) {
+            (Some(parent), Some(name)) => (parent, name),
+            _ => {
+                r.kept.push(format!("{}: {}", p.backing_path, p.detail));
+                continue;
+            }
+        };
+        let dir = match open_path(rootfd.as_fd(), parent) {
+            Ok(d) => d,
+            Err(_) => {
+                r.kept
+                    .push(format!("{}: cannot reach its directory", p.backing_path));
+                continue;
+            }
+        };
+        let st = backing::lstat(dir.as_fd(), name);
+        let kind = st.as_ref().map(|s| s.st_mode & libc::S_IFMT).unwrap_or(0);
+        let outcome = match p.kind {
+            ProblemKind::Leftover if kind == libc::S_IFDIR => {
+                remove_staging_dir(dir.as_fd(), name).map(|_| "removed an empty staging directory")
+            }
+            ProblemKind::Leftover => {
+                backing::unlink(dir.as_fd(), name).map(|_| "removed a leftover")
+            }
+            ProblemKind::BadLongName if p.detail.contains("without its entry") => {
+                backing::unlink(dir.as_fd(), name).map(|_| "removed an orphaned side file")
+            }
+            ProblemKind::DamagedFile
+                if kind == libc::S_IFREG && st.as_ref().is_ok_and(|s| s.st_size == 0) =>
+            {
+                backing::unlink(dir.as_fd(), name)
+                    .map(|_| "removed an empty file left by a crash (it held no data)")
+            }
+            ProblemKind::LostName | ProblemKind::BadLongName => {
+                move_to_lost_and_found(rootfd.as_fd(), dir.as_fd(), name)
+                    .map(|_| "moved to lost+found")
+            }
+            _ => {
+                r.kept.push(format!(
+                    "{}{}: {} (kept)",
+                    p.backing_path,
+                    p.plain_path
+                        .as_deref()
+                        .map(|x| format!(" ({x})"))
+                        .unwrap_or_default(),
+                    p.detail
+                ));
+                continue;
+            }
+        };
+        match outcome {
+            Ok(what) => r.fixed.push(format!("{}: {what}", p.backing_path)),
+            Err(e) => r.kept.push(format!("{}: {e} (kept)", p.backing_path)),
+        }
+    }
+    Ok(r)
+}
+
+fn open_path(root: BorrowedFd<'_>, rel: &Path) -> std::io::Result<OwnedFd> {
+    let mut fd = backing::reopen(
+        root,
+        rustix::fs::OFlags::PATH | rustix::fs::OFlags::DIRECTORY,
+    )?;
+    for c in rel.components() {
+        let name = c
+            .as_os_str()
+            .to_str()
+            .ok_or_else(|| std::io::Error::from_raw_os_error(libc::EINVAL))?;
+        fd = backing::open_dir_path(fd.as_fd(), name)?;
+    }
+    Ok(fd)
+}
+
+/// A staging directory of an interrupted mkdir holds only its ID file; anything else means
+/// it is not ours to remove.
+fn remove_staging_dir(parent: BorrowedFd<'_>, name: &str) -> std::io::Result<()> {
+    let d = backing::open_dir(parent, name)?;
+    let entries = backing::list(d.as_fd())?;
+    if entries
+        .iter()
+        .any(|e| e.name != DIRID_FILE && e.name != DIRID_NEXT_FILE)
+    {
+        return Err(std::io::Error::other("it holds more than a directory ID"));
+    }
+    for e in entries {
+        backing::unlink(d.as_fd(), &e.name)?;
+    }
+    backing::rmdir(parent, name)
+}
+
+fn move_to_lost_and_found(
+    root: BorrowedFd<'_>,
+    dir: BorrowedFd<'_>,
+    name: &str,
+) -> std::io::Result<()> {
+    match backing::mkdir(root, LOST_AND_FOUND, 0o700) {
+        Err(e) if e.raw_os_error() != Some(libc::EEXIST) => return Err(e),
+        _ => {}
+    }
+    let lf = backing::open_dir_path(root, LOST_AND_FOUND)?;
+    let mut target = name.to_string();
+    for i in 1.. {
+        match backing::rename(
+            dir,
+            name,
+            lf.as_fd(),
+            &target,
+            rustix::fs::RenameFlags::NOREPLACE,
+        ) {
+            Err(e) if e.raw_os_error() == Some(libc::EEXIST) => target = format!("{name}.{i}"),
+            other => return other,
+        }
+    }
+    Ok(())
+}

@@ -181,6 +181,11 @@ pub struct FsckArgs {
     /// Print the report as JSON
     #[arg(long)]
     pub json: bool,
+    /// Repair what is safe to repair: remove leftovers of interrupted operations, orphaned
+    /// side files and empty files left by a crash; move entries whose name is lost to
+    /// lost+found. Damaged data is kept and listed. Refuses while mounted
+    #[arg(long)]
+    pub repair: bool,
     /// The vault (backing) directory
     pub vault: PathBuf,
 }
@@ -520,6 +525,11 @@ fn cmd_rotate(a: RotateArgs) -> Result<()> {
 }
 
 fn cmd_fsck(a: FsckArgs) -> Result<()> {
+    let _lock = if a.repair {
+        Some(crate::rotate::lock_vault(&a.vault)?)
+    } else {
+        None
+    };
     let password = a.password.get(&a.vault.display().to_string())?;
     let u = crate::vault::init::unlock(&a.vault, a.keystore.as_deref(), false, &password)?;
     let bar = indicatif::ProgressBar::new_spinner();
@@ -566,10 +576,39 @@ fn cmd_fsck(a: FsckArgs) -> Result<()> {
         println!("{summary}");
     }
     if report.problems.is_empty() {
-        Ok(())
-    } else {
-        std::process::exit(crate::exitcodes::DAMAGED)
+        return Ok(());
     }
+    if a.repair {
+        if let Some(r) = &u.state().rotation {
+            println!(
+                "a rotation ({} -> {}) is unfinished: run `vaultfs rotate` to finish it",
+                r.from_generation, r.to_generation
+            );
+        }
+        let repairs = crate::fsck::repair(&a.vault, &report).map_err(VaultError::io(format!(
+            "cannot repair {}",
+            a.vault.display()
+        )))?;
+        for f in &repairs.fixed {
+            println!("repaired: {f}");
+        }
+        for k in &repairs.kept {
+            println!("left as is: {k}");
+        }
+        let _ = crate::vault::local_state::record_local_audit(
+            &u.state().config.vault_id,
+            "fsck-repair",
+            &format!(
+                "{} repaired, {} left",
+                repairs.fixed.len(),
+                repairs.kept.len()
+            ),
+        );
+        if repairs.kept.is_empty() {
+            std::process::exit(crate::exitcodes::REPAIRED)
+        }
+    }
+    std::process::exit(crate::exitcodes::DAMAGED)
 }
 
 fn cmd_path(a: PathArgs, encrypt: bool) -> Result<()> {
