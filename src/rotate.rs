@@ -5,11 +5,13 @@
 //! is destroyed. Killed anywhere, the vault mounts (both generations are live) and the next
 //! `rotate` finishes the job: every step is idempotent, so the walk simply runs again.
 
+use std::collections::BTreeMap;
 use std::ffi::CString;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::path::Path;
 
 use crate::crypto::blob;
+use crate::crypto::chunk::ChunkLayout;
 use crate::crypto::dirid::{ROOT_PARENT, open_dir_id, seal_dir_id};
 use crate::crypto::header::{FileHeader, HEADER_LEN};
 use crate::crypto::keys::Key256;
@@ -19,6 +21,7 @@ use crate::crypto::names::{
 };
 use crate::crypto::{DirId, GenerationKeys, Keyring, seal};
 use crate::fs::backing;
+use crate::fs::file::OpenFile;
 use crate::vault::keystore::Unlocked;
 use crate::vault::recovery_file::{self, RecoveryFileInfo};
 use crate::vault::state::{GenState, Generation, Rotation, Seal, SlotKind};
@@ -28,6 +31,8 @@ use crate::vault::{Result, VaultError, now};
 #[derive(Debug, Default, Clone)]
 pub struct WalkStats {
     pub entries: u64,
+    /// Files rewritten under a fresh key (--reencrypt).
+    pub reencrypted: u64,
     pub headers: u64,
     pub names: u64,
     pub dir_ids: u64,
@@ -37,9 +42,12 @@ pub struct WalkStats {
 
 impl WalkStats {
     pub fn changed(&self) -> u64 {
-        self.headers + self.names + self.dir_ids + self.symlinks + self.xattrs
+        self.headers + self.names + self.dir_ids + self.symlinks + self.xattrs + self.reencrypted
     }
 }
+
+/// Hard-linked files by backing (device, inode): every name, as backing path components.
+type LinkGroups = BTreeMap<(u64, u64), Vec<Vec<String>>>;
 
 fn io_err(what: String) -> impl FnOnce(std::io::Error) -> VaultError {
     VaultError::io(what)
@@ -52,6 +60,13 @@ struct Walker<'a> {
     longname_max: usize,
     /// Only look (the verification pass).
     dry_run: bool,
+    /// --reencrypt: files get a fresh key and are rewritten instead of rewrapped.
+    reencrypt: bool,
+    layout: ChunkLayout,
+    /// Backing names from the root to the directory being walked.
+    path: Vec<String>,
+    /// Hard-linked files (by backing inode): every name, for relinking after the walk.
+    groups: LinkGroups,
     stats: WalkStats,
     progress: &'a dyn Fn(&WalkStats),
 }
@@ -159,17 +174,56 @@ impl Walker<'_> {
                         .map_err(io_err(format!("cannot open directory '{entry}'")))?;
                     let child_id = self.dir_id(child.as_fd(), id, &entry)?;
                     self.xattrs(dir, &entry)?;
-                    self.walk_dir(child.as_fd(), &child_id)?;
+                    self.path.push(entry.clone());
+                    let walked = self.walk_dir(child.as_fd(), &child_id);
+                    self.path.pop();
+                    walked?;
                 }
                 libc::S_IFREG => {
-                    self.header(dir, &entry)?;
                     self.xattrs(dir, &entry)?;
+                    if self.reencrypt && !self.dry_run {
+                        if st.st_nlink > 1 {
+                            let mut name = self.path.clone();
+                            name.push(entry.clone());
+                            self.groups
+                                .entry((st.st_dev, st.st_ino))
+                                .or_default()
+                                .push(name);
+                        } else {
+                            self.reencrypt_file(dir, &entry)?;
+                        }
+                    } else {
+                        self.header(dir, &entry)?;
+                    }
                 }
                 libc::S_IFLNK => self.symlink(dir, &entry)?,
                 _ => {}
             }
             (self.progress)(&self.stats);
         }
+        Ok(())
+    }
+
+    /// Does this file's header still name the old generation?
+    fn under_old(&self, fd: BorrowedFd<'_>) -> bool {
+        let mut head = [0u8; HEADER_LEN];
+        let n = backing::pread_full(fd, &mut head, 0).unwrap_or(0);
+        FileHeader::decode(&head[..n]).is_ok_and(|h| h.generations().any(|g| g == self.old))
+    }
+
+    /// Rewrites a single-link file under a fresh key beside itself, then renames it over.
+    fn reencrypt_file(&mut self, dir: BorrowedFd<'_>, entry: &str) -> Result<()> {
+        let src = backing::open_regular(dir, entry, false)
+            .map_err(io_err(format!("cannot open '{entry}'")))?;
+        if !self.under_old(src.as_fd()) {
+            return Ok(());
+        }
+        let temp = temp_name();
+        write_reencrypted(self.keyring, self.layout, src.as_fd(), dir, &temp)?;
+        backing::rename(dir, &temp, dir, entry, rustix::fs::RenameFlags::empty())
+            .map_err(io_err(format!("cannot replace '{entry}'")))?;
+        backing::fsync(self.readable(dir)?.as_fd()).map_err(io_err("fsync".into()))?;
+        self.stats.reencrypted += 1;
         Ok(())
     }
 
@@ -397,6 +451,146 @@ impl Walker<'_> {
     }
 }
 
+/// Writes a copy of the file `src` under a fresh key and file ID as `temp` in `dir`: same
+/// contents (holes stay holes), mode, owner, user xattrs and times; synced.
+fn write_reencrypted(
+    keyring: &Keyring,
+    layout: ChunkLayout,
+    src: BorrowedFd<'_>,
+    dir: BorrowedFd<'_>,
+    temp: &str,
+) -> Result<()> {
+    let read_fd = backing::reopen(src, rustix::fs::OFlags::RDONLY)
+        .map_err(io_err("cannot reopen a file".into()))?;
+    let old = OpenFile::open(read_fd, keyring, layout).map_err(|why| {
+        VaultError::InvalidArgument(format!("a file does not decrypt ({why}); run fsck"))
+    })?;
+    let st = backing::fstat(src).map_err(io_err("fstat".into()))?;
+    let created = backing::create_regular(dir, temp, 0o600)
+        .map_err(io_err("cannot create a temp file".into()))?;
+    let keep = backing::reopen(created.as_fd(), rustix::fs::OFlags::RDWR)
+        .map_err(io_err("cannot reopen a temp file".into()))?;
+    let new = OpenFile::create(created, keyring, layout)
+        .map_err(|e| VaultError::InvalidArgument(format!("cannot write a new file (errno {e})")))?;
+    let size = old.size();
+    let cs = layout.chunk_size() as u64;
+    let last = layout.last_chunk_index(size);
+    let ct_len = layout.ciphertext_chunk_len() as usize;
+    let mut ct = vec![0u8; ct_len];
+    for i in 0..layout.chunk_count(size) {
+        if i < last {
+            let n = backing::pread_full(src, &mut ct, layout.chunk_offset(i))
+                .map_err(io_err("read".into()))?;
+            if n == ct_len && crate::crypto::chunk::is_hole(&ct) {
+                continue; // a hole stays a hole
+            }
+        }
+        let data = old.read(i * cs, cs as usize).map_err(|e| {
+            VaultError::InvalidArgument(format!("a file does not decrypt (errno {e}); run fsck"))
+        })?;
+        new.write(keyring, i * cs, &data).map_err(|e| {
+            VaultError::InvalidArgument(format!("cannot write a new file (errno {e})"))
+        })?;
+    }
+    if new.size() < size {
+        new.truncate(keyring, size).map_err(|e| {
+            VaultError::InvalidArgument(format!("cannot size a new file (errno {e})"))
+        })?;
+    }
+    drop(new);
+    if rustix::process::geteuid().is_root() {
+        let _ = backing::chown_fd(keep.as_fd(), Some(st.st_uid), Some(st.st_gid));
+    }
+    backing::chmod_fd(keep.as_fd(), st.st_mode & 0o7777).map_err(io_err("chmod".into()))?;
+    copy_xattrs(src, keep.as_fd());
+    restore_times(keep.as_fd(), &st);
+    backing::fsync(keep.as_fd()).map_err(io_err("fsync".into()))
+}
+
+/// Copies the (already sealed) user xattrs: their values are bound to their names, not to
+/// the file, so they move as they are.
+fn copy_xattrs(from: BorrowedFd<'_>, to: BorrowedFd<'_>) {
+    let (pf, pt) = (
+        format!("/proc/self/fd/{}", from.as_raw_fd()),
+        format!("/proc/self/fd/{}", to.as_raw_fd()),
+    );
+    let mut buf = vec![0u8; 65536];
+    let Ok(n) = rustix::fs::listxattr(pf.as_str(), &mut buf[..]) else {
+        return;
+    };
+    for name in buf[..n]
+        .split(|&b| b == 0)
+        .filter(|s| s.starts_with(b"user."))
+    {
+        let Ok(name) = std::str::from_utf8(name) else {
+            continue;
+        };
+        let mut value = vec![0u8; 65536];
+        if let Ok(len) = rustix::fs::getxattr(pf.as_str(), name, &mut value[..]) {
+            let _ = rustix::fs::setxattr(
+                pt.as_str(),
+                name,
+                &value[..len],
+                rustix::fs::XattrFlags::empty(),
+            );
+        }
+    }
+}
+
+/// A hard-link group being relinked to its re-encrypted file (kept in the rotation row's
+/// cursor, so a crash in the middle is finished by the next run).
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+struct GroupInProgress {
+    /// The new file's temp name (backing path components from the root).
+    temp: Vec<String>,
+    /// Every name of the group.
+    names: Vec<Vec<String>>,
+}
+
+fn open_dir_at(root: BorrowedFd<'_>, comps: &[String]) -> Result<OwnedFd> {
+    let mut fd = backing::reopen(
+        root,
+        rustix::fs::OFlags::PATH | rustix::fs::OFlags::DIRECTORY,
+    )
+    .map_err(io_err("cannot open the vault".into()))?;
+    for c in comps {
+        fd = backing::open_dir_path(fd.as_fd(), c)
+            .map_err(io_err(format!("cannot open directory '{c}'")))?;
+    }
+    Ok(fd)
+}
+
+/// Points every name of a group at the new file (link beside, rename over), then removes
+/// the temp name. Idempotent.
+fn relink_group(root: BorrowedFd<'_>, g: &GroupInProgress) -> Result<()> {
+    let (temp_name_, temp_dir) = g
+        .temp
+        .split_last()
+        .ok_or_else(|| VaultError::InvalidArgument("empty group".into()))?;
+    let tdir = open_dir_at(root, temp_dir)?;
+    if backing::lstat(tdir.as_fd(), temp_name_).is_err() {
+        return Ok(()); // done before a crash
+    }
+    for name in &g.names {
+        let (entry, dir) = name
+            .split_last()
+            .ok_or_else(|| VaultError::InvalidArgument("empty name".into()))?;
+        let d = open_dir_at(root, dir)?;
+        let staging = temp_name();
+        backing::link(tdir.as_fd(), temp_name_, d.as_fd(), &staging)
+            .map_err(io_err("cannot link".into()))?;
+        backing::rename(
+            d.as_fd(),
+            &staging,
+            d.as_fd(),
+            entry,
+            rustix::fs::RenameFlags::empty(),
+        )
+        .map_err(io_err("cannot relink".into()))?;
+    }
+    backing::unlink(tdir.as_fd(), temp_name_).map_err(io_err("cannot remove a temp name".into()))
+}
+
 fn restore_times(fd: BorrowedFd<'_>, st: &rustix::fs::Stat) {
     let at = |sec: i64, nsec: i64| backing::SetTime::At(sec, nsec as u32);
     let _ = backing::utimens_fd(
@@ -416,9 +610,20 @@ fn temp_name() -> String {
 }
 
 /// Starts a rotation (or finds the one in progress); returns (old, new) generation numbers.
-fn start(u: &mut Unlocked) -> Result<(u32, u32, bool)> {
+fn start(u: &mut Unlocked, reencrypt: bool) -> Result<(u32, u32, bool)> {
     if let Some(r) = &u.keystore.state.rotation {
         let (from, to) = (r.from_generation, r.to_generation);
+        if r.reencrypt != reencrypt {
+            return Err(VaultError::InvalidArgument(format!(
+                "a rotation {}is in progress: run `vaultfs rotate{}` to finish it first",
+                if r.reencrypt {
+                    "with --reencrypt "
+                } else {
+                    "without --reencrypt "
+                },
+                if r.reencrypt { " --reencrypt" } else { "" }
+            )));
+        }
         u.commit(&[("rotate-resume", format!("generation {from} -> {to}"))])?;
         return Ok((from, to, true));
     }
@@ -485,7 +690,7 @@ fn start(u: &mut Unlocked) -> Result<(u32, u32, bool)> {
     s.rotation = Some(Rotation {
         from_generation: old,
         to_generation: new,
-        reencrypt: false,
+        reencrypt,
         phase: "walk".into(),
         cursor: None,
         started: t,
@@ -504,13 +709,29 @@ fn start(u: &mut Unlocked) -> Result<(u32, u32, bool)> {
 /// Runs (or resumes) a rotation to the end. `progress` sees each walk's counters.
 pub fn rotate(
     u: &mut Unlocked,
+    reencrypt: bool,
     progress: &dyn Fn(&str, &WalkStats),
 ) -> Result<(u32, u32, WalkStats)> {
-    let (old, new, _resumed) = start(u)?;
+    let (old, new, _resumed) = start(u, reencrypt)?;
     let root_path = u.keystore.paths.backing.clone();
-    let walk = |u: &Unlocked, dry_run: bool, phase: &str| -> Result<WalkStats> {
-        let root = backing::open_root(&root_path)
-            .map_err(io_err(format!("cannot open {}", root_path.display())))?;
+    let root = backing::open_root(&root_path)
+        .map_err(io_err(format!("cannot open {}", root_path.display())))?;
+    // A hard-link group interrupted mid-relink is finished first (before the walk would
+    // clean its temp name away).
+    if let Some(cursor) = u
+        .keystore
+        .state
+        .rotation
+        .as_ref()
+        .and_then(|r| r.cursor.clone())
+    {
+        let g: GroupInProgress = serde_json::from_str(&cursor)
+            .map_err(|e| VaultError::InvalidArgument(format!("rotation cursor: {e}")))?;
+        relink_group(root.as_fd(), &g)?;
+        set_cursor(u, None)?;
+    }
+    let layout = u.layout();
+    let walk = |u: &Unlocked, dry_run: bool, phase: &str| -> Result<(WalkStats, LinkGroups)> {
         let report = |s: &WalkStats| progress(phase, s);
         let mut w = Walker {
             keyring: &u.keyring,
@@ -518,17 +739,56 @@ pub fn rotate(
             new: u.keyring.active(),
             longname_max: u.keystore.state.config.longname_max as usize,
             dry_run,
+            reencrypt,
+            layout,
+            path: Vec::new(),
+            groups: BTreeMap::new(),
             stats: WalkStats::default(),
             progress: &report,
         };
         let root_id = w.dir_id(root.as_fd(), &ROOT_PARENT, "")?;
         w.xattrs(root.as_fd(), ".")?;
         w.walk_dir(root.as_fd(), &root_id)?;
-        Ok(w.stats)
+        Ok((w.stats, w.groups))
     };
-    let done = walk(u, false, "rewrapping")?;
+    let (mut done, groups) = walk(
+        u,
+        false,
+        if reencrypt {
+            "re-encrypting"
+        } else {
+            "rewrapping"
+        },
+    )?;
+    // Hard-link groups: one new file, recorded in the database, then every name relinked.
+    for names in groups.values() {
+        let (entry, dir) = names[0].split_last().expect("a group has names");
+        let d = open_dir_at(root.as_fd(), dir)?;
+        let src = backing::open_regular(d.as_fd(), entry, false)
+            .map_err(io_err(format!("cannot open '{entry}'")))?;
+        let old_header = {
+            let mut head = [0u8; HEADER_LEN];
+            let n = backing::pread_full(src.as_fd(), &mut head, 0).unwrap_or(0);
+            FileHeader::decode(&head[..n]).is_ok_and(|h| h.generations().any(|g| g == old))
+        };
+        if !old_header {
+            continue;
+        }
+        let temp = temp_name();
+        write_reencrypted(&u.keyring, layout, src.as_fd(), d.as_fd(), &temp)?;
+        let mut temp_path = dir.to_vec();
+        temp_path.push(temp);
+        let g = GroupInProgress {
+            temp: temp_path,
+            names: names.clone(),
+        };
+        set_cursor(u, Some(serde_json::to_string(&g).expect("serializes")))?;
+        relink_group(root.as_fd(), &g)?;
+        set_cursor(u, None)?;
+        done.reencrypted += 1;
+    }
     set_phase(u, "verify")?;
-    let left = walk(u, true, "verifying")?;
+    let (left, _) = walk(u, true, "verifying")?;
     if left.changed() > 0 {
         return Err(VaultError::InvalidArgument(format!(
             "{} objects are still under generation {old} after the walk (changed during it?): run rotate again",
@@ -549,11 +809,25 @@ pub fn rotate(
     s.rotation = None;
     let _ = std::fs::remove_file(root_path.join(recovery_file::file_name(old)));
     let summary = format!(
-        "generation {old} -> {new} done: {} entries; {} headers, {} names, {} directory IDs, {} symlinks, {} xattrs rewritten",
-        done.entries, done.headers, done.names, done.dir_ids, done.symlinks, done.xattrs
+        "generation {old} -> {new} done: {} entries; {} files re-encrypted, {} headers, {} names, {} directory IDs, {} symlinks, {} xattrs rewritten",
+        done.entries,
+        done.reencrypted,
+        done.headers,
+        done.names,
+        done.dir_ids,
+        done.symlinks,
+        done.xattrs
     );
     u.commit(&[("rotate-done", summary)])?;
     Ok((old, new, done))
+}
+
+fn set_cursor(u: &mut Unlocked, cursor: Option<String>) -> Result<()> {
+    if let Some(r) = &mut u.keystore.state.rotation {
+        r.cursor = cursor;
+        r.updated = now();
+    }
+    u.commit(&[])
 }
 
 fn set_phase(u: &mut Unlocked, phase: &str) -> Result<()> {

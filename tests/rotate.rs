@@ -289,3 +289,148 @@ fn rotation_killed_at_random_moments_resumes_and_loses_nothing() {
     eprintln!("rotation: {kills} kills, {completed} rotations completed within a round");
     assert!(kills >= 20, "at least 20 kills mid-rotation ({kills})");
 }
+
+/// File IDs (header bytes 16..32) of every backing file, by plaintext path.
+fn file_ids(v: &TestVault, paths: &[&str]) -> Vec<Vec<u8>> {
+    paths
+        .iter()
+        .map(|p| fs::read(common::backing_of(v, p)).unwrap()[16..32].to_vec())
+        .collect()
+}
+
+#[test]
+fn reencrypt_gives_every_file_a_new_key_and_keeps_everything_else() {
+    if !fuse_available() {
+        return;
+    }
+    let v = TestVault::new(4096);
+    v.mount();
+    build_tree(&v, 20);
+    let before = snapshot(&v.mnt);
+    use std::os::unix::fs::MetadataExt;
+    let meta = |p: &str| fs::metadata(v.p(p)).unwrap();
+    let (mode, mtime) = (meta("a/multi").mode(), meta("a/multi").mtime());
+    v.unmount();
+    let files = ["empty", "a/multi", "a/b/hardlink", "sparse", "f0", "a/f1"];
+    let ids_before = file_ids(&v, &files);
+    run_ok(
+        vaultfs(&v.state)
+            .args(["rotate", "--reencrypt", "--passfile"])
+            .arg(&v.passfile)
+            .arg(&v.vault),
+    );
+    let ids_after = file_ids(&v, &files);
+    for (i, f) in files.iter().enumerate() {
+        assert_ne!(
+            ids_before[i], ids_after[i],
+            "{f} has a new file ID (and key)"
+        );
+    }
+    assert_eq!(ids_after[1], ids_after[2], "hard links share the new file");
+    assert!(
+        fs::metadata(common::backing_of(&v, "sparse"))
+            .unwrap()
+            .blocks()
+            * 512
+            < 1 << 20,
+        "holes stay holes"
+    );
+    let o = vaultfs(&v.state)
+        .args(["fsck", "--passfile"])
+        .arg(&v.passfile)
+        .arg(&v.vault)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stdout));
+    v.mount();
+    assert_eq!(snapshot(&v.mnt), before);
+    assert_eq!(
+        meta("a/multi").ino(),
+        meta("a/b/hardlink").ino(),
+        "still hard-linked"
+    );
+    assert_eq!(
+        (meta("a/multi").mode(), meta("a/multi").mtime()),
+        (mode, mtime),
+        "mode and times kept"
+    );
+    v.unmount();
+    // A plain rotation cannot resume a --reencrypt one, and the other way round.
+    let o = vaultfs(&v.state)
+        .args(["rotate", "--passfile"])
+        .arg(&v.passfile)
+        .arg(&v.vault)
+        .output()
+        .unwrap();
+    assert!(
+        o.status.success(),
+        "a new plain rotation after a finished one"
+    );
+}
+
+#[test]
+fn reencrypt_killed_at_random_moments_resumes_and_loses_nothing() {
+    if !fuse_available() {
+        return;
+    }
+    let v = TestVault::new(4096);
+    v.mount();
+    build_tree(&v, 600);
+    for i in 0..20 {
+        fs::hard_link(v.p(&format!("f{}", i * 4)), v.p(&format!("a/b/c/link{i}"))).unwrap();
+    }
+    let before = snapshot(&v.mnt);
+    v.unmount();
+    let mut kills = 0;
+    for round in 0..24u64 {
+        let mut child = vaultfs(&v.state)
+            .args(["rotate", "--reencrypt", "--passfile"])
+            .arg(&v.passfile)
+            .arg(&v.vault)
+            .spawn()
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(3 + (round * 41) % 250));
+        if child.try_wait().unwrap().is_none() {
+            child.kill().unwrap();
+            kills += 1;
+        }
+        child.wait().unwrap();
+        v.mount();
+        assert_eq!(
+            snapshot(&v.mnt),
+            before,
+            "round {round}: contents after a kill"
+        );
+        use std::os::unix::fs::MetadataExt;
+        for i in 0..20 {
+            let (a, b) = (
+                fs::metadata(v.p(&format!("f{}", i * 4))).unwrap(),
+                fs::metadata(v.p(&format!("a/b/c/link{i}"))).unwrap(),
+            );
+            assert_eq!(
+                a.ino(),
+                b.ino(),
+                "round {round}: link group {i} stays one file"
+            );
+        }
+        v.unmount();
+    }
+    run_ok(
+        vaultfs(&v.state)
+            .args(["rotate", "--reencrypt", "--passfile"])
+            .arg(&v.passfile)
+            .arg(&v.vault),
+    );
+    let o = vaultfs(&v.state)
+        .args(["fsck", "--passfile"])
+        .arg(&v.passfile)
+        .arg(&v.vault)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stdout));
+    v.mount();
+    assert_eq!(snapshot(&v.mnt), before);
+    v.unmount();
+    eprintln!("rotate --reencrypt: {kills} kills");
+    assert!(kills >= 20, "at least 20 kills mid-rotation ({kills})");
+}

@@ -164,6 +164,10 @@ pub struct RecoverArgs {
 pub struct RotateArgs {
     #[command(flatten)]
     pub password: PasswordArgs,
+    /// Also give every file a fresh key and rewrite its contents (beside it, then renamed
+    /// over: never in place), so keys someone kept learn nothing from new ciphertext
+    #[arg(long)]
+    pub reencrypt: bool,
     /// The vault's key database, if it is kept outside the vault
     #[arg(long, value_name = "PATH")]
     pub keystore: Option<PathBuf>,
@@ -509,12 +513,13 @@ fn cmd_rotate(a: RotateArgs) -> Result<()> {
         ));
         bar.tick();
     };
-    let (old, new, stats) = crate::rotate::rotate(&mut u, &progress)?;
+    let (old, new, stats) = crate::rotate::rotate(&mut u, a.reencrypt, &progress)?;
     bar.finish_and_clear();
     println!(
-        "Rotated generation {old} -> {new} in {:.1} s: {} entries; rewrote {} headers, {} names, {} directory IDs, {} symlinks, {} xattrs. Generation {old}'s key is destroyed.",
+        "Rotated generation {old} -> {new} in {:.1} s: {} entries; re-encrypted {} files; rewrote {} headers, {} names, {} directory IDs, {} symlinks, {} xattrs. Generation {old}'s key is destroyed.",
         started.elapsed().as_secs_f64(),
         stats.entries,
+        stats.reencrypted,
         stats.headers,
         stats.names,
         stats.dir_ids,

@@ -180,6 +180,33 @@ impl KeyDb {
                 }
             }
         }
+        // A hot journal (a write interrupted by a crash) must be rolled back before a
+        // read-only open can read the database: do that with a short read-write open.
+        let journal = path.with_file_name(format!(
+            "{}-journal",
+            path.file_name().and_then(|n| n.to_str()).unwrap_or("")
+        ));
+        if !writable && std::fs::metadata(&journal).is_ok_and(|m| m.len() > 0) {
+            let rw = Connection::open_with_flags(
+                path,
+                OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+            )
+            .map_err(|e| {
+                VaultError::refused(
+                    path,
+                    format!(
+                        "an interrupted write needs rolling back, which needs write access ({e})"
+                    ),
+                )
+            })?;
+            rw.query_row("PRAGMA quick_check", [], |r| r.get::<_, String>(0))
+                .map_err(|e| {
+                    VaultError::refused(
+                        path,
+                        format!("cannot roll back an interrupted write ({e})"),
+                    )
+                })?;
+        }
         let flags = if writable {
             OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX
         } else {
