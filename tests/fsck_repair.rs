@@ -124,3 +124,85 @@ fn repair_fixes_what_is_safe_and_keeps_data() {
         .unwrap();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stdout));
 }
+
+/// fsck --repair killed at random moments: every repair step is one atomic operation, so
+/// the vault always mounts with its data, and a last run finishes.
+#[test]
+fn repair_killed_at_random_moments() {
+    if !fuse_available() {
+        return;
+    }
+    let v = TestVault::new(4096);
+    v.mount();
+    fs::create_dir(v.p("d")).unwrap();
+    for i in 0..300 {
+        fs::write(v.p(&format!("d/f{i}")), format!("data {i}")).unwrap();
+        fs::write(v.p(&format!("keep{i}")), format!("kept {i}")).unwrap();
+    }
+    v.unmount();
+    // 300 lost names and 300 leftovers to repair.
+    let d = backing_of(&v, "d");
+    for e in fs::read_dir(&d).unwrap() {
+        let e = e.unwrap();
+        let name = e.file_name().to_string_lossy().into_owned();
+        if !name.starts_with("vaultfs.") {
+            fs::rename(e.path(), v.vault.join(&name)).unwrap();
+        }
+    }
+    for i in 0..300 {
+        fs::write(v.vault.join(format!("vaultfs.tmp.{i:024}")), b"x").unwrap();
+    }
+    let mut kills = 0;
+    for round in 0..20u64 {
+        let mut child = vaultfs(&v.state)
+            .args(["fsck", "--repair", "--passfile"])
+            .arg(&v.passfile)
+            .arg(&v.vault)
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(2 + (round * 7) % 60));
+        if child.try_wait().unwrap().is_none() {
+            child.kill().unwrap();
+            kills += 1;
+        }
+        child.wait().unwrap();
+        v.mount();
+        for i in (0..300).step_by(37) {
+            assert_eq!(
+                fs::read(v.p(&format!("keep{i}"))).unwrap(),
+                format!("kept {i}").as_bytes(),
+                "round {round}"
+            );
+        }
+        v.unmount();
+    }
+    let o = vaultfs(&v.state)
+        .args(["fsck", "--repair", "--passfile"])
+        .arg(&v.passfile)
+        .arg(&v.vault)
+        .output()
+        .unwrap();
+    assert!(
+        matches!(o.status.code(), Some(0) | Some(exitcodes::REPAIRED)),
+        "{}",
+        String::from_utf8_lossy(&o.stdout)
+    );
+    let o = vaultfs(&v.state)
+        .args(["fsck", "--passfile"])
+        .arg(&v.passfile)
+        .arg(&v.vault)
+        .output()
+        .unwrap();
+    assert!(
+        o.status.success(),
+        "clean after the last run: {}",
+        String::from_utf8_lossy(&o.stdout)
+    );
+    assert_eq!(
+        fs::read_dir(v.vault.join("lost+found")).unwrap().count(),
+        300,
+        "every lost entry kept"
+    );
+    assert!(kills >= 5, "some runs were killed mid-repair ({kills})");
+}

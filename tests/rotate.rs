@@ -157,6 +157,18 @@ fn rotation_end_to_end() {
         assert_eq!(gens[old as usize - 1]["state"], "destroyed");
         assert_eq!(gens[new as usize - 1]["state"], "active");
         assert!(!v.vault.join(format!("vaultfs.recovery.{old}")).exists());
+        let db = rusqlite::Connection::open(v.vault.join("vaultfs.db")).unwrap();
+        let seals: i64 = db
+            .query_row(
+                "SELECT COUNT(*) FROM generation_seals WHERE generation = ?1",
+                [old],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(
+            seals, 0,
+            "the old generation's sealed keys are gone from the database"
+        );
         assert!(v.vault.join(format!("vaultfs.recovery.{new}")).exists());
         // fsck, which knows only the new generation now, finds every object intact.
         let o = vaultfs(&v.state)
@@ -215,7 +227,7 @@ fn rotation_killed_at_random_moments_resumes_and_loses_nothing() {
     }
     let v = TestVault::new(4096);
     v.mount();
-    build_tree(&v, 1200);
+    build_tree(&v, 2000);
     let before = snapshot(&v.mnt);
     v.unmount();
     let mut kills = 0;
@@ -375,7 +387,7 @@ fn reencrypt_killed_at_random_moments_resumes_and_loses_nothing() {
     }
     let v = TestVault::new(4096);
     v.mount();
-    build_tree(&v, 600);
+    build_tree(&v, 2000);
     for i in 0..20 {
         fs::hard_link(v.p(&format!("f{}", i * 4)), v.p(&format!("a/b/c/link{i}"))).unwrap();
     }

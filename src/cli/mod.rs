@@ -550,8 +550,20 @@ fn cmd_fsck(a: FsckArgs) -> Result<()> {
         ));
         bar.tick();
     };
-    let report = crate::fsck::check(&a.vault, &u.keyring, u.layout(), &progress)
+    let mut report = crate::fsck::check(&a.vault, &u.keyring, u.layout(), &progress)
         .map_err(VaultError::io(format!("cannot read {}", a.vault.display())))?;
+    // The key database itself: its state authenticated when it unlocked; the audit chain here.
+    let audit_key = crate::vault::audit::audit_key(&u.k_auth, &u.state().config.vault_id);
+    if let Err(seq) = crate::vault::audit::verify_chain(&u.keystore.db.conn, &audit_key)? {
+        report.problems.push(crate::fsck::Problem {
+            kind: crate::fsck::ProblemKind::DamagedMetadata,
+            backing_path: u.keystore.paths.keystore.display().to_string(),
+            plain_path: None,
+            detail: format!(
+                "the audit log's chain breaks at entry {seq} (edited or deleted entries)"
+            ),
+        });
+    }
     bar.finish_and_clear();
     let summary = format!(
         "{} problems; checked {} files ({} bytes), {} directories, {} symlinks, {} other",
