@@ -568,14 +568,21 @@ fn relink_group(root: BorrowedFd<'_>, g: &GroupInProgress) -> Result<()> {
         .split_last()
         .ok_or_else(|| VaultError::InvalidArgument("empty group".into()))?;
     let tdir = open_dir_at(root, temp_dir)?;
-    if backing::lstat(tdir.as_fd(), temp_name_).is_err() {
+    let Ok(new_file) = backing::lstat(tdir.as_fd(), temp_name_) else {
         return Ok(()); // done before a crash
-    }
+    };
     for name in &g.names {
         let (entry, dir) = name
             .split_last()
             .ok_or_else(|| VaultError::InvalidArgument("empty name".into()))?;
         let d = open_dir_at(root, dir)?;
+        // Already relinked before a crash: rename() between two links of one inode would
+        // do nothing and leave the staging name behind.
+        if backing::lstat(d.as_fd(), entry)
+            .is_ok_and(|st| st.st_ino == new_file.st_ino && st.st_dev == new_file.st_dev)
+        {
+            continue;
+        }
         let staging = temp_name();
         backing::link(tdir.as_fd(), temp_name_, d.as_fd(), &staging)
             .map_err(io_err("cannot link".into()))?;

@@ -40,7 +40,7 @@ pub enum Command {
     DecryptPath(PathArgs),
     /// Print the backing path (relative to the vault) of a plaintext path
     EncryptPath(PathArgs),
-    /// Check every file, name, directory ID, symlink and xattr against the key (read-only)
+    /// Check every file, name, directory ID, symlink and xattr against the key; --repair fixes what is safe to fix
     Fsck(FsckArgs),
     /// Change the password of the keyslot it unlocks
     Passwd(PasswdArgs),
