@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use common::{TestVault, fuse_available, run_ok, vaultfs};
 use vaultfs::crypto::header::FileHeader;
+use vaultfs::exitcodes;
 
 /// path -> sha256-ish fingerprint (contents, or "link:target"), symlinks not followed.
 fn snapshot(root: &Path) -> BTreeMap<String, Vec<u8>> {
@@ -216,7 +217,7 @@ fn rotation_end_to_end() {
         .arg(&v.vault)
         .output()
         .unwrap();
-    assert_eq!(o.status.code(), Some(vaultfs::exitcodes::MOUNT_FAILED));
+    assert_eq!(o.status.code(), Some(exitcodes::MOUNT_FAILED));
     v.unmount();
 }
 
@@ -445,4 +446,72 @@ fn reencrypt_killed_at_random_moments_resumes_and_loses_nothing() {
     v.unmount();
     eprintln!("rotate --reencrypt: {kills} kills");
     assert!(kills >= 20, "at least 20 kills mid-rotation ({kills})");
+}
+
+#[test]
+fn fsck_reports_and_repair_finishes_an_interrupted_rotation() {
+    if !fuse_available() {
+        return;
+    }
+    let v = TestVault::new(4096);
+    v.mount();
+    build_tree(&v, 500);
+    let before = snapshot(&v.mnt);
+    v.unmount();
+    let in_progress = || {
+        let status: serde_json::Value = serde_json::from_slice(
+            &run_ok(vaultfs(&v.state).args(["status", "--json"]).arg(&v.vault)).stdout,
+        )
+        .unwrap();
+        !status["rotation"].is_null()
+    };
+    // Kill a --reencrypt rotation somewhere in its walk (retrying until a kill lands mid-way).
+    let mut interrupted = false;
+    for attempt in 0..30u64 {
+        let mut child = vaultfs(&v.state)
+            .args(["rotate", "--reencrypt", "--passfile"])
+            .arg(&v.passfile)
+            .arg(&v.vault)
+            .spawn()
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(150 + attempt * 20));
+        if child.try_wait().unwrap().is_none() {
+            child.kill().unwrap();
+        }
+        child.wait().unwrap();
+        if in_progress() {
+            interrupted = true;
+            break;
+        }
+    }
+    assert!(interrupted, "no kill landed inside a rotation");
+    let fsck = |repair: bool| {
+        let mut c = vaultfs(&v.state);
+        c.arg("fsck");
+        if repair {
+            c.arg("--repair");
+        }
+        c.arg("--passfile").arg(&v.passfile).arg(&v.vault);
+        c.output().unwrap()
+    };
+    let o = fsck(false);
+    let out = String::from_utf8_lossy(&o.stdout);
+    // An unfinished rotation is not damage; only the killed run's staging file may show.
+    assert!(
+        out.lines()
+            .filter(|l| l.contains(": ") && !l.starts_with("note:"))
+            .all(|l| l.starts_with("Leftover:")),
+        "{out}"
+    );
+    assert!(out.contains("is unfinished"), "{out}");
+    assert!(in_progress(), "a plain fsck changes nothing");
+    let o = fsck(true);
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert_eq!(o.status.code(), Some(exitcodes::REPAIRED), "{out}");
+    assert!(out.contains("finished the interrupted rotation"), "{out}");
+    assert!(!in_progress());
+    assert!(fsck(false).status.success());
+    v.mount();
+    assert_eq!(snapshot(&v.mnt), before);
+    v.unmount();
 }

@@ -185,9 +185,10 @@ pub struct FsckArgs {
     /// Print the report as JSON
     #[arg(long)]
     pub json: bool,
-    /// Repair what is safe to repair: remove leftovers of interrupted operations, orphaned
-    /// side files and empty files left by a crash; move entries whose name is lost to
-    /// lost+found. Damaged data is kept and listed. Refuses while mounted
+    /// Repair what is safe to repair: finish an interrupted rotation; remove leftovers of
+    /// interrupted operations, orphaned side files and empty files left by a crash; move
+    /// entries whose name is lost to lost+found. Damaged data is kept and listed. Refuses
+    /// while mounted
     #[arg(long)]
     pub repair: bool,
     /// The vault (backing) directory
@@ -536,7 +537,26 @@ fn cmd_fsck(a: FsckArgs) -> Result<()> {
         None
     };
     let password = a.password.get(&a.vault.display().to_string())?;
-    let u = crate::vault::init::unlock(&a.vault, a.keystore.as_deref(), false, &password)?;
+    let mut u = crate::vault::init::unlock(&a.vault, a.keystore.as_deref(), a.repair, &password)?;
+    // An interrupted rotation is not damage (both generations are live), but --repair
+    // finishes it, in the mode it was started in, before checking what it left.
+    let mut finished_rotation = None;
+    if let Some(r) = u.state().rotation.clone() {
+        if a.repair {
+            crate::rotate::rotate(&mut u, r.reencrypt, &|_, _| {})?;
+            finished_rotation = Some(format!(
+                "finished the interrupted rotation {} -> {}",
+                r.from_generation, r.to_generation
+            ));
+        } else if !a.json {
+            println!(
+                "note: a rotation ({} -> {}) is unfinished: run `vaultfs rotate{}` or `vaultfs fsck --repair` to finish it",
+                r.from_generation,
+                r.to_generation,
+                if r.reencrypt { " --reencrypt" } else { "" }
+            );
+        }
+    }
     let bar = indicatif::ProgressBar::new_spinner();
     bar.set_style(
         indicatif::ProgressStyle::with_template("{spinner} {msg}").expect("valid template"),
@@ -592,16 +612,16 @@ fn cmd_fsck(a: FsckArgs) -> Result<()> {
         }
         println!("{summary}");
     }
+    if let Some(f) = &finished_rotation {
+        println!("repaired: {f}");
+    }
     if report.problems.is_empty() {
+        if finished_rotation.is_some() {
+            std::process::exit(crate::exitcodes::REPAIRED)
+        }
         return Ok(());
     }
     if a.repair {
-        if let Some(r) = &u.state().rotation {
-            println!(
-                "a rotation ({} -> {}) is unfinished: run `vaultfs rotate` to finish it",
-                r.from_generation, r.to_generation
-            );
-        }
         let repairs = crate::fsck::repair(&a.vault, &report).map_err(VaultError::io(format!(
             "cannot repair {}",
             a.vault.display()
