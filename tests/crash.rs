@@ -283,12 +283,7 @@ fn kill_9_at_random_moments_loses_nothing_completed() {
         }
         v.unmount();
         // fsck names at most the file that was in flight.
-        let o = vaultfs(&v.state)
-            .args(["fsck", "--json", "--passfile"])
-            .arg(&v.passfile)
-            .arg(&v.vault)
-            .output()
-            .unwrap();
+        let o = v.with_password(&["fsck", "--json"]).output().unwrap();
         let report: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
         for p in report["problems"].as_array().unwrap() {
             let plain = p["plain_path"].as_str().unwrap_or("");

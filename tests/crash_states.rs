@@ -451,12 +451,7 @@ fn directory_move_crash_states_read_correctly() {
         .collect();
     assert_eq!(names, ["e2"]);
     v.unmount();
-    let o = common::vaultfs(&v.state)
-        .args(["fsck", "--json", "--passfile"])
-        .arg(&v.passfile)
-        .arg(&v.vault)
-        .output()
-        .unwrap();
+    let o = v.with_password(&["fsck", "--json"]).output().unwrap();
     let report: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     let kinds: Vec<&str> = report["problems"]
         .as_array()

@@ -5,7 +5,7 @@ mod common;
 
 use std::fs;
 
-use common::{TestVault, backing_of, fuse_available, vaultfs};
+use common::{TestVault, backing_of, fuse_available};
 use vaultfs::crypto::names::{DIRID_FILE, DIRID_NEXT_FILE};
 use vaultfs::exitcodes;
 
@@ -46,12 +46,7 @@ fn repair_fixes_what_is_safe_and_keeps_data() {
     fs::write(&b, bytes).unwrap(); // damaged data: kept
 
     v.mount();
-    let o = vaultfs(&v.state)
-        .args(["fsck", "--repair", "--passfile"])
-        .arg(&v.passfile)
-        .arg(&v.vault)
-        .output()
-        .unwrap();
+    let o = v.with_password(&["fsck", "--repair"]).output().unwrap();
     assert_eq!(
         o.status.code(),
         Some(exitcodes::MOUNT_FAILED),
@@ -59,12 +54,7 @@ fn repair_fixes_what_is_safe_and_keeps_data() {
     );
     v.unmount();
 
-    let o = vaultfs(&v.state)
-        .args(["fsck", "--repair", "--passfile"])
-        .arg(&v.passfile)
-        .arg(&v.vault)
-        .output()
-        .unwrap();
+    let o = v.with_password(&["fsck", "--repair"]).output().unwrap();
     let out = String::from_utf8_lossy(&o.stdout);
     assert_eq!(
         o.status.code(),
@@ -92,12 +82,7 @@ fn repair_fixes_what_is_safe_and_keeps_data() {
     );
 
     // Only the damaged file remains to report; everything else mounts and reads.
-    let o = vaultfs(&v.state)
-        .args(["fsck", "--json", "--passfile"])
-        .arg(&v.passfile)
-        .arg(&v.vault)
-        .output()
-        .unwrap();
+    let o = v.with_password(&["fsck", "--json"]).output().unwrap();
     let report: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     let plain: Vec<&str> = report["problems"]
         .as_array()
@@ -116,12 +101,7 @@ fn repair_fixes_what_is_safe_and_keeps_data() {
 
     // With the damaged file gone, a repair run finds nothing left and exits clean.
     fs::remove_file(&b).unwrap();
-    let o = vaultfs(&v.state)
-        .args(["fsck", "--repair", "--passfile"])
-        .arg(&v.passfile)
-        .arg(&v.vault)
-        .output()
-        .unwrap();
+    let o = v.with_password(&["fsck", "--repair"]).output().unwrap();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stdout));
 }
 
@@ -134,39 +114,78 @@ fn repair_killed_at_random_moments() {
     }
     let v = TestVault::new(4096);
     v.mount();
-    fs::create_dir(v.p("d")).unwrap();
     for i in 0..300 {
-        fs::write(v.p(&format!("d/f{i}")), format!("data {i}")).unwrap();
         fs::write(v.p(&format!("keep{i}")), format!("kept {i}")).unwrap();
     }
+    fs::create_dir(v.p("d")).unwrap();
     v.unmount();
-    // 300 lost names and 300 leftovers to repair.
-    let d = backing_of(&v, "d");
-    for e in fs::read_dir(&d).unwrap() {
-        let e = e.unwrap();
-        let name = e.file_name().to_string_lossy().into_owned();
-        if !name.starts_with("vaultfs.") {
-            fs::rename(e.path(), v.vault.join(&name)).unwrap();
+    // Work for a repair run: 100 entries whose names are lost (moved out of their directory
+    // in the backing tree) and 1,000 leftovers. Planted again whenever a run finished, so
+    // every round has something to interrupt.
+    let mut planted = 0;
+    let plant = |batch: usize| {
+        v.mount();
+        for i in 0..100 {
+            fs::write(v.p(&format!("d/b{batch}-{i}")), format!("data {i}")).unwrap();
         }
-    }
-    for i in 0..300 {
-        fs::write(v.vault.join(format!("vaultfs.tmp.{i:024}")), b"x").unwrap();
-    }
+        v.unmount();
+        let d = backing_of(&v, "d");
+        for e in fs::read_dir(&d).unwrap() {
+            let e = e.unwrap();
+            let name = e.file_name().to_string_lossy().into_owned();
+            if !name.starts_with("vaultfs.") {
+                fs::rename(e.path(), v.vault.join(&name)).unwrap();
+            }
+        }
+        for i in 0..1000 {
+            fs::write(v.vault.join(format!("vaultfs.tmp.{batch:04}{i:020}")), b"x").unwrap();
+        }
+    };
+    plant(planted);
+    planted += 1;
+    // A repair run walks the vault as a check-only run does, then repairs: kill moments are
+    // spread from 0.6 to 2.5 times the check-only time, so they land mid-repair on fast and
+    // slow machines alike; rounds go on until enough did.
+    let t = std::time::Instant::now();
+    v.with_password(&["fsck"]).output().unwrap();
+    let walk = t.elapsed();
+    // What is left to repair: leftovers, plus lost entries not yet in lost+found.
+    let to_repair = |planted: usize| {
+        let leftovers = fs::read_dir(&v.vault)
+            .unwrap()
+            .filter(|e| {
+                let name = e.as_ref().unwrap().file_name();
+                name.to_string_lossy().starts_with("vaultfs.tmp.")
+            })
+            .count();
+        let found = fs::read_dir(v.vault.join("lost+found")).map_or(0, |d| d.count());
+        leftovers + 100 * planted - found
+    };
     let mut kills = 0;
-    for round in 0..20u64 {
-        let mut child = vaultfs(&v.state)
-            .args(["fsck", "--repair", "--passfile"])
-            .arg(&v.passfile)
-            .arg(&v.vault)
+    let mut killed_mid_repair = 0;
+    let mut round = 0u32;
+    while killed_mid_repair < 8 && round < 150 {
+        round += 1;
+        let before = to_repair(planted);
+        let mut child = v
+            .with_password(&["fsck", "--repair"])
             .stdout(std::process::Stdio::null())
             .spawn()
             .unwrap();
-        std::thread::sleep(std::time::Duration::from_millis(2 + (round * 7) % 60));
+        std::thread::sleep(walk * (60 + round * 37 % 190) / 100);
         if child.try_wait().unwrap().is_none() {
             child.kill().unwrap();
             kills += 1;
+            child.wait().unwrap();
+            let after = to_repair(planted);
+            if after > 0 && after < before {
+                killed_mid_repair += 1;
+            }
+        } else {
+            assert!(child.wait().unwrap().code().is_some());
+            plant(planted);
+            planted += 1;
         }
-        child.wait().unwrap();
         v.mount();
         for i in (0..300).step_by(37) {
             assert_eq!(
@@ -177,23 +196,13 @@ fn repair_killed_at_random_moments() {
         }
         v.unmount();
     }
-    let o = vaultfs(&v.state)
-        .args(["fsck", "--repair", "--passfile"])
-        .arg(&v.passfile)
-        .arg(&v.vault)
-        .output()
-        .unwrap();
+    let o = v.with_password(&["fsck", "--repair"]).output().unwrap();
     assert!(
         matches!(o.status.code(), Some(0) | Some(exitcodes::REPAIRED)),
         "{}",
         String::from_utf8_lossy(&o.stdout)
     );
-    let o = vaultfs(&v.state)
-        .args(["fsck", "--passfile"])
-        .arg(&v.passfile)
-        .arg(&v.vault)
-        .output()
-        .unwrap();
+    let o = v.with_password(&["fsck"]).output().unwrap();
     assert!(
         o.status.success(),
         "clean after the last run: {}",
@@ -201,8 +210,14 @@ fn repair_killed_at_random_moments() {
     );
     assert_eq!(
         fs::read_dir(v.vault.join("lost+found")).unwrap().count(),
-        300,
+        100 * planted,
         "every lost entry kept"
     );
-    assert!(kills >= 5, "some runs were killed mid-repair ({kills})");
+    eprintln!(
+        "fsck --repair: {kills} kills in {round} runs, {killed_mid_repair} of them mid-repair; {planted} batches of damage planted"
+    );
+    assert!(
+        killed_mid_repair >= 8,
+        "some runs were killed mid-repair ({killed_mid_repair} of {kills} kills)"
+    );
 }

@@ -137,12 +137,7 @@ fn rotation_end_to_end() {
     v.unmount();
     assert_eq!(header_generations(&v.vault), [1]);
     for round in 0..2 {
-        let o = vaultfs(&v.state)
-            .args(["rotate", "--passfile"])
-            .arg(&v.passfile)
-            .arg(&v.vault)
-            .output()
-            .unwrap();
+        let o = v.with_password(&["rotate"]).output().unwrap();
         assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
         let (old, new) = (round + 1, round + 2);
         assert_eq!(
@@ -172,12 +167,7 @@ fn rotation_end_to_end() {
         );
         assert!(v.vault.join(format!("vaultfs.recovery.{new}")).exists());
         // fsck, which knows only the new generation now, finds every object intact.
-        let o = vaultfs(&v.state)
-            .args(["fsck", "--passfile"])
-            .arg(&v.passfile)
-            .arg(&v.vault)
-            .output()
-            .unwrap();
+        let o = v.with_password(&["fsck"]).output().unwrap();
         assert!(
             o.status.success(),
             "fsck after rotation: {}",
@@ -234,12 +224,7 @@ fn rotation_killed_at_random_moments_resumes_and_loses_nothing() {
     let mut kills = 0;
     let mut completed = 0;
     for round in 0..26u64 {
-        let mut child = vaultfs(&v.state)
-            .args(["rotate", "--passfile"])
-            .arg(&v.passfile)
-            .arg(&v.vault)
-            .spawn()
-            .unwrap();
+        let mut child = v.with_password(&["rotate"]).spawn().unwrap();
         std::thread::sleep(Duration::from_millis(3 + (round * 37) % 200));
         match child.try_wait().unwrap() {
             Some(status) => {
@@ -267,18 +252,8 @@ fn rotation_killed_at_random_moments_resumes_and_loses_nothing() {
         v.unmount();
     }
     // Finish the job.
-    run_ok(
-        vaultfs(&v.state)
-            .args(["rotate", "--passfile"])
-            .arg(&v.passfile)
-            .arg(&v.vault),
-    );
-    let o = vaultfs(&v.state)
-        .args(["fsck", "--passfile"])
-        .arg(&v.passfile)
-        .arg(&v.vault)
-        .output()
-        .unwrap();
+    run_ok(&mut v.with_password(&["rotate"]));
+    let o = v.with_password(&["fsck"]).output().unwrap();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stdout));
     let status: serde_json::Value = serde_json::from_slice(
         &run_ok(vaultfs(&v.state).args(["status", "--json"]).arg(&v.vault)).stdout,
@@ -326,12 +301,7 @@ fn reencrypt_gives_every_file_a_new_key_and_keeps_everything_else() {
     v.unmount();
     let files = ["empty", "a/multi", "a/b/hardlink", "sparse", "f0", "a/f1"];
     let ids_before = file_ids(&v, &files);
-    run_ok(
-        vaultfs(&v.state)
-            .args(["rotate", "--reencrypt", "--passfile"])
-            .arg(&v.passfile)
-            .arg(&v.vault),
-    );
+    run_ok(&mut v.with_password(&["rotate", "--reencrypt"]));
     let ids_after = file_ids(&v, &files);
     for (i, f) in files.iter().enumerate() {
         assert_ne!(
@@ -348,12 +318,7 @@ fn reencrypt_gives_every_file_a_new_key_and_keeps_everything_else() {
             < 1 << 20,
         "holes stay holes"
     );
-    let o = vaultfs(&v.state)
-        .args(["fsck", "--passfile"])
-        .arg(&v.passfile)
-        .arg(&v.vault)
-        .output()
-        .unwrap();
+    let o = v.with_password(&["fsck"]).output().unwrap();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stdout));
     v.mount();
     assert_eq!(snapshot(&v.mnt), before);
@@ -369,12 +334,7 @@ fn reencrypt_gives_every_file_a_new_key_and_keeps_everything_else() {
     );
     v.unmount();
     // A plain rotation cannot resume a --reencrypt one, and the other way round.
-    let o = vaultfs(&v.state)
-        .args(["rotate", "--passfile"])
-        .arg(&v.passfile)
-        .arg(&v.vault)
-        .output()
-        .unwrap();
+    let o = v.with_password(&["rotate"]).output().unwrap();
     assert!(
         o.status.success(),
         "a new plain rotation after a finished one"
@@ -396,12 +356,7 @@ fn reencrypt_killed_at_random_moments_resumes_and_loses_nothing() {
     v.unmount();
     let mut kills = 0;
     for round in 0..24u64 {
-        let mut child = vaultfs(&v.state)
-            .args(["rotate", "--reencrypt", "--passfile"])
-            .arg(&v.passfile)
-            .arg(&v.vault)
-            .spawn()
-            .unwrap();
+        let mut child = v.with_password(&["rotate", "--reencrypt"]).spawn().unwrap();
         std::thread::sleep(Duration::from_millis(3 + (round * 41) % 250));
         if child.try_wait().unwrap().is_none() {
             child.kill().unwrap();
@@ -428,18 +383,8 @@ fn reencrypt_killed_at_random_moments_resumes_and_loses_nothing() {
         }
         v.unmount();
     }
-    run_ok(
-        vaultfs(&v.state)
-            .args(["rotate", "--reencrypt", "--passfile"])
-            .arg(&v.passfile)
-            .arg(&v.vault),
-    );
-    let o = vaultfs(&v.state)
-        .args(["fsck", "--passfile"])
-        .arg(&v.passfile)
-        .arg(&v.vault)
-        .output()
-        .unwrap();
+    run_ok(&mut v.with_password(&["rotate", "--reencrypt"]));
+    let o = v.with_password(&["fsck"]).output().unwrap();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stdout));
     v.mount();
     assert_eq!(snapshot(&v.mnt), before);
@@ -468,12 +413,7 @@ fn fsck_reports_and_repair_finishes_an_interrupted_rotation() {
     // Kill a --reencrypt rotation somewhere in its walk (retrying until a kill lands mid-way).
     let mut interrupted = false;
     for attempt in 0..30u64 {
-        let mut child = vaultfs(&v.state)
-            .args(["rotate", "--reencrypt", "--passfile"])
-            .arg(&v.passfile)
-            .arg(&v.vault)
-            .spawn()
-            .unwrap();
+        let mut child = v.with_password(&["rotate", "--reencrypt"]).spawn().unwrap();
         std::thread::sleep(Duration::from_millis(150 + attempt * 20));
         if child.try_wait().unwrap().is_none() {
             child.kill().unwrap();

@@ -234,12 +234,7 @@ fn tampered_backing_files_give_eio_and_the_rest_keeps_working() {
         }
     }
     // fsck names every damaged object (and only those).
-    let o = common::vaultfs(&v.state)
-        .args(["fsck", "--json", "--passfile"])
-        .arg(&v.passfile)
-        .arg(&v.vault)
-        .output()
-        .unwrap();
+    let o = v.with_password(&["fsck", "--json"]).output().unwrap();
     assert_eq!(o.status.code(), Some(vaultfs::exitcodes::DAMAGED));
     let report: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     let problems = report["problems"].as_array().unwrap();

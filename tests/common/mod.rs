@@ -190,6 +190,16 @@ impl TestVault {
             .any(|l| l.split(' ').nth(4) == Some(m.to_str().unwrap()))
     }
 
+    /// `vaultfs ARGS --passfile P VAULT`: a command that unlocks this vault.
+    pub fn with_password(&self, args: &[&str]) -> Command {
+        let mut c = vaultfs(&self.state);
+        c.args(args)
+            .arg("--passfile")
+            .arg(&self.passfile)
+            .arg(&self.vault);
+        c
+    }
+
     pub fn p(&self, rel: &str) -> PathBuf {
         self.mnt.join(rel)
     }
