@@ -222,6 +222,7 @@ fn rotation_killed_at_random_moments_resumes_and_loses_nothing() {
     let before = snapshot(&v.mnt);
     v.unmount();
     let mut kills = 0;
+    let mut mid_walk = 0; // kills that left headers under both generations
     let mut completed = 0;
     for round in 0..26u64 {
         let mut child = v.with_password(&["rotate"]).spawn().unwrap();
@@ -235,6 +236,9 @@ fn rotation_killed_at_random_moments_resumes_and_loses_nothing() {
                 child.kill().unwrap(); // SIGKILL
                 child.wait().unwrap();
                 kills += 1;
+                if header_generations(&v.vault).len() > 1 {
+                    mid_walk += 1;
+                }
             }
         }
         // Whatever the moment, the vault mounts and every file is intact.
@@ -274,8 +278,11 @@ fn rotation_killed_at_random_moments_resumes_and_loses_nothing() {
     v.mount();
     assert_eq!(snapshot(&v.mnt), before);
     v.unmount();
-    eprintln!("rotation: {kills} kills, {completed} rotations completed within a round");
+    eprintln!(
+        "rotation: {kills} kills ({mid_walk} mid-walk), {completed} rotations completed within a round"
+    );
     assert!(kills >= 20, "at least 20 kills mid-rotation ({kills})");
+    assert!(mid_walk >= 10, "at least 10 kills mid-walk ({mid_walk})");
 }
 
 /// File IDs (header bytes 16..32) of every backing file, by plaintext path.
@@ -355,12 +362,17 @@ fn reencrypt_killed_at_random_moments_resumes_and_loses_nothing() {
     let before = snapshot(&v.mnt);
     v.unmount();
     let mut kills = 0;
+    let mut mid_walk = 0; // kills that left files under both generations
     for round in 0..24u64 {
         let mut child = v.with_password(&["rotate", "--reencrypt"]).spawn().unwrap();
         std::thread::sleep(Duration::from_millis(3 + (round * 41) % 250));
         if child.try_wait().unwrap().is_none() {
             child.kill().unwrap();
             kills += 1;
+            child.wait().unwrap();
+            if header_generations(&v.vault).len() > 1 {
+                mid_walk += 1;
+            }
         }
         child.wait().unwrap();
         v.mount();
@@ -389,8 +401,9 @@ fn reencrypt_killed_at_random_moments_resumes_and_loses_nothing() {
     v.mount();
     assert_eq!(snapshot(&v.mnt), before);
     v.unmount();
-    eprintln!("rotate --reencrypt: {kills} kills");
+    eprintln!("rotate --reencrypt: {kills} kills ({mid_walk} mid-walk)");
     assert!(kills >= 20, "at least 20 kills mid-rotation ({kills})");
+    assert!(mid_walk >= 10, "at least 10 kills mid-walk ({mid_walk})");
 }
 
 #[test]
