@@ -19,9 +19,10 @@ use super::{audit, local_state, now, probe};
 use crate::crypto::chunk::ChunkLayout;
 use crate::crypto::dirid::{ROOT_PARENT, seal_dir_id};
 use crate::crypto::keys::{Key256, random_array};
-use crate::crypto::keyslot::{KdfParams, PasswordSlotBinding, RecoverySlotBinding, SlotSecrets};
+use crate::crypto::keyslot::{KdfParams, RecoverySlotBinding, SlotSecrets};
 use crate::crypto::names::{DIRID_FILE, MIN_LONGNAME_MAX, NAME_MAX};
 use crate::crypto::{GenerationKeys, recovery_key, seal};
+use crate::vault::keyslots::password_slot;
 
 pub struct InitOptions {
     pub vault: PathBuf,
@@ -133,33 +134,14 @@ fn create(o: &InitOptions, keystore: &Path, password: &[u8]) -> Result<InitRepor
     let mut seals = Vec::new();
 
     // Slot 1: the password.
-    let (private_key, public_key) = seal::keypair_from_seed(&Key256::random()?);
-    let salt: [u8; 32] = random_array()?;
-    let binding = PasswordSlotBinding {
-        vault_id: &vault_id,
-        slot_id: 1,
-        public_key: &public_key,
-        kdf: o.kdf,
-        salt: &salt,
+    let (private_key, _) = seal::keypair_from_seed(&Key256::random()?);
+    let secrets = SlotSecrets {
+        private_key,
+        k_auth: k_auth.clone(),
     };
-    let kek = binding.derive_kek(password)?;
-    let wrapped = binding.wrap(
-        &kek,
-        &SlotSecrets {
-            private_key,
-            k_auth: k_auth.clone(),
-        },
-    );
-    slots.push(Slot {
-        slot_id: 1,
-        label: "default".into(),
-        kind: SlotKind::Password,
-        created: t,
-        public_key,
-        kdf: Some(o.kdf),
-        salt: Some(salt),
-        wrapped,
-    });
+    slots.push(password_slot(
+        &vault_id, 1, "default", o.kdf, &secrets, password,
+    )?);
 
     // Slot 2: the recovery key.
     let mut recovery = None;

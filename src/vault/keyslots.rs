@@ -32,7 +32,7 @@ pub fn ensure_not_mounted(vault: &Path) -> Result<()> {
     Ok(())
 }
 
-fn password_slot(
+pub(super) fn password_slot(
     vault_id: &[u8; 16],
     slot_id: u32,
     label: &str,

@@ -11,9 +11,10 @@ use super::layout::{DB_FILE, MARKER_FILE, Marker};
 use super::recovery_file;
 use super::state::{Config, GenState, Generation, Seal, Slot, SlotKind, VaultState};
 use super::{audit, local_state, now, probe};
-use crate::crypto::keys::{Key256, random_array};
-use crate::crypto::keyslot::{KdfParams, PasswordSlotBinding, SlotSecrets};
+use crate::crypto::keys::Key256;
+use crate::crypto::keyslot::{KdfParams, SlotSecrets};
 use crate::crypto::seal;
+use crate::vault::keyslots::password_slot;
 
 pub fn rebuild_keystore(
     vault: &Path,
@@ -87,34 +88,20 @@ pub fn rebuild_keystore(
     let t = now();
     let recovery_slot_id = info0.slot_id;
     let password_slot_id = if recovery_slot_id == 1 { 2 } else { 1 };
-    let (private_key, public_key) = seal::keypair_from_seed(&Key256::random()?);
-    let salt: [u8; 32] = random_array()?;
-    let binding = PasswordSlotBinding {
-        vault_id: &vault_id,
-        slot_id: password_slot_id,
-        public_key: &public_key,
-        kdf,
-        salt: &salt,
+    let (private_key, _) = seal::keypair_from_seed(&Key256::random()?);
+    let secrets = SlotSecrets {
+        private_key,
+        k_auth: k_auth.clone(),
     };
-    let kek = binding.derive_kek(password)?;
-    let wrapped = binding.wrap(
-        &kek,
-        &SlotSecrets {
-            private_key,
-            k_auth: k_auth.clone(),
-        },
-    );
     let slots = vec![
-        Slot {
-            slot_id: password_slot_id,
-            label: "default".into(),
-            kind: SlotKind::Password,
-            created: t,
-            public_key,
-            kdf: Some(kdf),
-            salt: Some(salt),
-            wrapped,
-        },
+        password_slot(
+            &vault_id,
+            password_slot_id,
+            "default",
+            kdf,
+            &secrets,
+            password,
+        )?,
         Slot {
             slot_id: recovery_slot_id,
             label: "recovery".into(),
