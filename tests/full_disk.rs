@@ -8,11 +8,7 @@ use std::io::Write;
 use std::os::unix::fs::FileExt;
 use std::process::Command;
 
-use common::{fuse_available, run_ok, vaultfs};
-
-fn errno<T>(r: std::io::Result<T>) -> i32 {
-    r.err().and_then(|e| e.raw_os_error()).unwrap_or(0)
-}
+use common::{errno_of, fuse_available, run_ok, vaultfs};
 
 #[test]
 fn full_backing_filesystem() {
@@ -105,7 +101,7 @@ fn full_backing_filesystem() {
     let before = f.metadata().unwrap().len();
     let grow = f.write_all_at(&vec![1u8; 200_000], 5000);
     if grow.is_err() {
-        assert_eq!(errno(grow), libc::ENOSPC);
+        assert_eq!(errno_of(grow), libc::ENOSPC);
         let after = f.metadata().unwrap().len();
         let mut content = vec![0u8; after as usize];
         f.read_exact_at(&mut content, 0)

@@ -9,29 +9,13 @@ use std::io::{Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::Path;
 
-use common::{TestVault, contains, fuse_available};
+use common::{TestVault, contains, each_chunk_size, errno_of, fuse_available};
 use rustix::fs::{CWD, RenameFlags, renameat_with};
 
 fn pattern(n: usize, seed: u8) -> Vec<u8> {
     (0..n)
         .map(|i| (i as u32).wrapping_mul(2654435761).rotate_left(seed as u32) as u8 ^ seed)
         .collect()
-}
-
-fn errno_of(r: std::io::Result<impl Sized>) -> i32 {
-    r.err().and_then(|e| e.raw_os_error()).unwrap_or(0)
-}
-
-fn each_chunk_size(f: impl Fn(&TestVault, usize)) {
-    if !fuse_available() {
-        return;
-    }
-    for cs in [4096u32, 65536] {
-        let v = TestVault::new(cs);
-        v.mount();
-        f(&v, cs as usize);
-        v.unmount();
-    }
 }
 
 #[test]

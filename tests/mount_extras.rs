@@ -11,19 +11,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::Path;
 
-use common::{TestVault, contains, fuse_available};
-
-fn each_chunk_size(f: impl Fn(&TestVault, usize)) {
-    if !fuse_available() {
-        return;
-    }
-    for cs in [4096u32, 65536] {
-        let v = TestVault::new(cs);
-        v.mount();
-        f(&v, cs as usize);
-        v.unmount();
-    }
-}
+use common::{contains, each_chunk_size};
 
 fn cpath(p: &Path) -> CString {
     CString::new(p.as_os_str().as_bytes()).unwrap()

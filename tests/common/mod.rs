@@ -286,3 +286,24 @@ pub fn backing_of(v: &TestVault, rel: &str) -> PathBuf {
     }
     path
 }
+
+/// The errno of a failed call; 0 for success, -1 for an error without one.
+pub fn errno_of<T>(r: std::io::Result<T>) -> i32 {
+    match r {
+        Ok(_) => 0,
+        Err(e) => e.raw_os_error().unwrap_or(-1),
+    }
+}
+
+/// Runs `f` on a fresh mounted vault for each chunk size tested (4 KiB and 64 KiB).
+pub fn each_chunk_size(f: impl Fn(&TestVault, usize)) {
+    if !fuse_available() {
+        return;
+    }
+    for cs in [4096u32, 65536] {
+        let v = TestVault::new(cs);
+        v.mount();
+        f(&v, cs as usize);
+        v.unmount();
+    }
+}
