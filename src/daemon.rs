@@ -167,7 +167,8 @@ pub fn mount(mut req: MountRequest, password: &[u8]) -> Result<()> {
     let vault_id = unlocked.keystore.state.config.vault_id;
     let config = FsConfig {
         read_only: req.settings.read_only,
-        ttl: Duration::from_secs(1),
+        shared_storage: req.settings.shared_storage,
+        writeback_cache: !req.settings.shared_storage && !req.settings.no_writeback_cache,
     };
     let root = backing::open_root(&vault)
         .map_err(VaultError::io(format!("cannot open {}", vault.display())))?;
@@ -282,6 +283,9 @@ fn redirect_stdio() {
     }
 }
 
+/// Readahead of root mounts: enough for several 1 MiB reads in flight, decrypted in parallel.
+const READAHEAD_KIB: u32 = 4096;
+
 /// What the serving daemon holds besides the filesystem.
 struct Daemon {
     vault_id: [u8; 16],
@@ -339,6 +343,9 @@ fn serve(
             return Err(mount_failed(why));
         }
     };
+    if rustix::process::geteuid().is_root() {
+        crate::fs::mount::raise_readahead(mountpoint, READAHEAD_KIB);
+    }
     let pid_path = pidfile(mountpoint).ok();
     if let Some(p) = &pid_path {
         let _ = fs::write(p, format!("{}\n", std::process::id()));

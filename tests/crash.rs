@@ -150,20 +150,22 @@ fn workload(v: &TestVault, log: &Mutex<Log>, round: u64, cs: u64) {
                 .write(true)
                 .create_new(true)
                 .open(p(f))
-                .map(|_| ()),
+                .and_then(close),
             Op::Write {
                 file,
                 off,
                 len,
                 seed,
-            } => OpenOptions::new()
-                .write(true)
-                .open(p(file))
-                .and_then(|f| f.write_all_at(&data(*seed, *len), *off)),
-            Op::Truncate { file, len } => OpenOptions::new()
-                .write(true)
-                .open(p(file))
-                .and_then(|f| f.set_len(*len)),
+            } => OpenOptions::new().write(true).open(p(file)).and_then(|f| {
+                f.write_all_at(&data(*seed, *len), *off)?;
+                close(f)
+            }),
+            Op::Truncate { file, len } => {
+                OpenOptions::new().write(true).open(p(file)).and_then(|f| {
+                    f.set_len(*len)?;
+                    close(f)
+                })
+            }
             Op::Rename { from, to } => fs::rename(p(from), p(to)),
             Op::Unlink(f) => fs::remove_file(p(f)),
             Op::Fsync(f) => OpenOptions::new()
@@ -178,6 +180,19 @@ fn workload(v: &TestVault, log: &Mutex<Log>, round: u64, cs: u64) {
         let mut l = log.lock().unwrap();
         l.in_flight = None;
         l.done.push(op);
+    }
+}
+
+/// Closes `f`, reporting the error a drop would ignore. With the kernel's writeback cache, a
+/// write is complete when the close (or an fsync) that sends it to the daemon succeeds: a
+/// daemon killed before then loses it, and the close says so (EIO).
+fn close(f: fs::File) -> std::io::Result<()> {
+    use std::os::fd::IntoRawFd;
+    // SAFETY: closing the fd we own, once.
+    if unsafe { libc::close(f.into_raw_fd()) } == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
     }
 }
 

@@ -67,6 +67,7 @@ fn parse_form(args: &[OsString]) -> Result<MountArgs> {
         foreground: false,
         read_only: false,
         allow_other: false,
+        shared_storage: false,
         idle: None,
         options: Vec::new(),
         vault,

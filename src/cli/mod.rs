@@ -235,6 +235,11 @@ pub struct MountArgs {
     /// open (e.g. 30s, 10m, 1h)
     #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
     pub idle: Option<std::time::Duration>,
+    /// The backing directory is also written by others (another machine through a sync
+    /// client or network share): no kernel writeback cache, no cached attributes, names or
+    /// file pages across opens (same as -o shared_storage)
+    #[arg(long)]
+    pub shared_storage: bool,
     /// Extra mount options, comma-separated (ro, allow_other, noexec, noatime, sync, ...)
     #[arg(short = 'o', value_name = "OPTS", value_delimiter = ',')]
     pub options: Vec<String>,
@@ -679,6 +684,8 @@ pub fn cmd_mount(a: MountArgs) -> Result<()> {
         settings: crate::fs::mount::MountSettings {
             read_only: a.read_only,
             allow_other: a.allow_other,
+            shared_storage: a.shared_storage,
+            no_writeback_cache: false,
             options: a.options,
             fsname: String::new(),
         },

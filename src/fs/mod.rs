@@ -45,8 +45,26 @@ pub(crate) fn errno(e: std::io::Error) -> i32 {
 #[derive(Debug, Clone)]
 pub struct FsConfig {
     pub read_only: bool,
-    /// Attribute and entry cache time given to the kernel.
-    pub ttl: Duration,
+    /// Others also write the backing directory (`--shared-storage`): the kernel may not
+    /// cache attributes, names or pages across opens, and gets no writeback cache. Otherwise
+    /// this mount is the backing tree's only writer and the kernel caches freely.
+    pub shared_storage: bool,
+    /// The kernel's writeback cache: small writes are gathered into large requests, but
+    /// they reach the daemon (and their errors, such as ENOSPC, the application) only at
+    /// writeback, close or fsync.
+    pub writeback_cache: bool,
+}
+
+impl FsConfig {
+    /// Entry and attribute cache time given to the kernel. Long when this mount is the only
+    /// writer: every change passes through the kernel, which updates or drops what it cached.
+    pub fn ttl(&self) -> Duration {
+        if self.shared_storage {
+            Duration::ZERO
+        } else {
+            Duration::from_secs(3600)
+        }
+    }
 }
 
 /// When the mount was last used and how many files and directories are open: what
@@ -92,6 +110,25 @@ pub(crate) struct Node {
     pub lookups: u64,
     /// Serializes changes to a directory's entries (create, unlink, rename, rmdir).
     pub dir_lock: Arc<Mutex<()>>,
+    /// A directory whose ID does not check out, registered only because READDIRPLUS must
+    /// name a node for every entry it lists: each use of it as a directory gives EIO, and
+    /// each lookup checks its ID again.
+    pub damaged: bool,
+    /// The backing file's (mtime, ctime, size) when the kernel last had its pages: equal at
+    /// the next open means the kernel's page cache is still right (FOPEN_KEEP_CACHE).
+    pub page_stamp: Option<PageStamp>,
+}
+
+pub(crate) type PageStamp = (i64, i64, i64, i64, i64);
+
+fn page_stamp(st: &Stat) -> PageStamp {
+    (
+        st.st_mtime,
+        st.st_mtime_nsec as i64,
+        st.st_ctime,
+        st.st_ctime_nsec as i64,
+        st.st_size,
+    )
 }
 
 pub struct VaultFs {
@@ -110,6 +147,12 @@ pub struct VaultFs {
     reported: Mutex<HashSet<String>>,
     pub(crate) is_root: bool,
     pub(crate) activity: Arc<Activity>,
+    /// Nodes the kernel forgot go to a thread that closes their fds: the last close of an
+    /// unlinked backing inode frees its blocks, which must not hold up a FUSE request.
+    /// Started by `start_closer` in the serving process (a daemon forks after `new`).
+    retired: std::sync::OnceLock<std::sync::mpsc::Sender<Node>>,
+    /// Nodes sent to the closer and not yet closed.
+    retiring: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 pub(crate) enum Handle {
@@ -119,6 +162,8 @@ pub(crate) enum Handle {
 
 pub(crate) struct DirListing {
     pub name: Vec<u8>,
+    /// The backing entry name (empty for "." and "..").
+    pub entry: String,
     pub ino: u64,
     pub kind: FileType,
 }
@@ -171,8 +216,11 @@ impl VaultFs {
                 dir_id: Some(root_id),
                 lookups: 1,
                 dir_lock: Arc::default(),
+                damaged: false,
+                page_stamp: None,
             },
         );
+
         Ok(VaultFs {
             keyring,
             layout,
@@ -187,7 +235,25 @@ impl VaultFs {
             reported: Mutex::default(),
             is_root: rustix::process::geteuid().is_root(),
             activity,
+            retired: std::sync::OnceLock::new(),
+            retiring: Arc::default(),
         })
+    }
+
+    /// Starts the closer thread (see `retired`); without it, forgotten nodes close inline.
+    pub(crate) fn start_closer(&self) -> std::io::Result<()> {
+        let (retired, closer) = std::sync::mpsc::channel::<Node>();
+        let count = self.retiring.clone();
+        std::thread::Builder::new()
+            .name("vaultfs-closer".into())
+            .spawn(move || {
+                for node in closer {
+                    drop(node);
+                    count.fetch_sub(1, std::sync::atomic::Ordering::Release);
+                }
+            })?;
+        let _ = self.retired.set(retired);
+        Ok(())
     }
 
     /// FUSE inode number of a backing inode number.
@@ -248,6 +314,7 @@ impl VaultFs {
         let n = nodes.get(&ino).ok_or(ENOENT)?;
         match (n.kind, n.dir_id) {
             (FileType::Directory, Some(id)) => Ok((n.fd.clone(), id, n.dir_lock.clone())),
+            (FileType::Directory, None) => Err(EIO),
             _ => Err(libc::ENOTDIR),
         }
     }
@@ -403,6 +470,20 @@ impl VaultFs {
         parent_id: &DirId,
         entry: &str,
     ) -> FsResult<(u64, FileAttr)> {
+        self.register_as(parent, parent_fd, parent_id, entry, false)
+            .map(|(ino, attr, _)| (ino, attr))
+    }
+
+    /// `register`, but a directory whose ID does not check out is registered marked damaged
+    /// (the third value) instead of failing, for READDIRPLUS.
+    pub(crate) fn register_as(
+        &self,
+        parent: u64,
+        parent_fd: BorrowedFd<'_>,
+        parent_id: &DirId,
+        entry: &str,
+        keep_damaged: bool,
+    ) -> FsResult<(u64, FileAttr, bool)> {
         let path_fd = rustix::fs::openat(
             parent_fd,
             entry,
@@ -422,15 +503,17 @@ impl VaultFs {
         let kind = file_type(st.st_mode);
         {
             let mut nodes = self.nodes.lock().expect("lock");
-            if let Some(n) = nodes.get_mut(&ino) {
+            if let Some(n) = nodes.get_mut(&ino)
+                && !n.damaged
+            {
                 n.lookups += 1;
                 n.parent = parent;
                 n.entry = entry.to_string();
                 drop(nodes);
-                return Ok((ino, self.attr_of(ino, kind, &st)));
+                return Ok((ino, self.attr_of(ino, kind, &st), false));
             }
         }
-        let (fd, dir_id) = if kind == FileType::Directory {
+        let dir_id = if kind == FileType::Directory {
             // Directory nodes keep the O_PATH fd: enough for every *at call, and needs only
             // search permission (a mode-0151 directory is still usable by its owner).
             let id = self.retry_with_access(path_fd.as_fd(), 0o100, || {
@@ -445,24 +528,103 @@ impl VaultFs {
                         }
                         code
                     })
-            })?;
-            (path_fd, Some(id))
+            });
+            match id {
+                Ok(id) => Some(id),
+                Err(_) if keep_damaged => None,
+                Err(code) => return Err(code),
+            }
         } else {
-            (path_fd, None)
+            None
         };
+        let damaged = kind == FileType::Directory && dir_id.is_none();
         let mut nodes = self.nodes.lock().expect("lock");
         let n = nodes.entry(ino).or_insert_with(|| Node {
             parent,
             entry: entry.to_string(),
             kind,
-            fd: Arc::new(fd),
+            fd: Arc::new(path_fd),
             dir_id,
             lookups: 0,
             dir_lock: Arc::default(),
+            damaged,
+            page_stamp: None,
         });
+        if n.damaged && !damaged {
+            n.dir_id = dir_id;
+            n.damaged = false;
+        }
         n.lookups += 1;
+        let damaged = n.damaged;
         drop(nodes);
-        Ok((ino, self.attr_of(ino, kind, &st)))
+        Ok((ino, self.attr_of(ino, kind, &st), damaged))
+    }
+
+    /// Drops `n` lookups of a node (FORGET, or an entry READDIRPLUS could not send); a node
+    /// left with none is closed on the closer thread.
+    pub(crate) fn forget_node(&self, ino: u64, n: u64) {
+        if ino == ROOT {
+            return;
+        }
+        let mut nodes = self.nodes.lock().expect("lock");
+        if let Some(node) = nodes.get_mut(&ino) {
+            node.lookups = node.lookups.saturating_sub(n);
+            if node.lookups == 0
+                && let Some(node) = nodes.remove(&ino)
+            {
+                drop(nodes);
+                let Some(closer) = self.retired.get() else {
+                    return drop(node);
+                };
+                self.retiring
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                if let Err(returned) = closer.send(node) {
+                    drop(returned.0);
+                    self.retiring
+                        .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+                }
+            }
+        }
+    }
+
+    /// Runs `op`, and once more if it fails with ENOSPC after the closer thread has caught up:
+    /// space that a just-deleted file frees comes back only when its node is closed (a
+    /// FORGET that may still be on its way), and a deletion followed at once by a write must
+    /// find that space as it would on the backing filesystem itself.
+    pub(crate) fn retry_enospc<T>(&self, op: impl Fn() -> FsResult<T>) -> FsResult<T> {
+        match op() {
+            Err(libc::ENOSPC) => {
+                let deadline = std::time::Instant::now() + Duration::from_secs(1);
+                std::thread::sleep(Duration::from_millis(10));
+                while self.retiring.load(std::sync::atomic::Ordering::Acquire) > 0
+                    && std::time::Instant::now() < deadline
+                {
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+                op()
+            }
+            other => other,
+        }
+    }
+
+    /// Whether the kernel's cached pages of a regular file are still its contents: the
+    /// backing file is as it was when they were last known right. Records the current state.
+    pub(crate) fn page_cache_valid(&self, ino: u64) -> bool {
+        if self.config.shared_storage {
+            return false;
+        }
+        let Ok(fd) = self.node_fd(ino) else {
+            return false;
+        };
+        let Ok(st) = backing::fstat(fd.as_fd()) else {
+            return false;
+        };
+        let now = page_stamp(&st);
+        let mut nodes = self.nodes.lock().expect("lock");
+        let Some(n) = nodes.get_mut(&ino) else {
+            return false;
+        };
+        n.page_stamp.replace(now) == Some(now)
     }
 
     /// Attributes of a node from a backing stat (sizes translated to plaintext).
@@ -635,6 +797,7 @@ impl VaultFs {
                     };
                     out.push(DirListing {
                         name,
+                        entry: e.name.clone(),
                         ino: self.fuse_ino(e.ino),
                         kind,
                     });

@@ -9,6 +9,10 @@ use crate::vault::{Result, VaultError};
 pub struct MountSettings {
     pub read_only: bool,
     pub allow_other: bool,
+    /// Others also write the backing directory: kernel caches off (see `FsConfig`).
+    pub shared_storage: bool,
+    /// `-o no_writeback_cache`: writes go to the daemon as they are made.
+    pub no_writeback_cache: bool,
     /// Comma-separated `-o` options, already split.
     pub options: Vec<String>,
     /// Shown as the mount's source in /proc/mounts: the vault path.
@@ -25,6 +29,9 @@ impl MountSettings {
                 "ro" => self.read_only = true,
                 "rw" => self.read_only = false,
                 "allow_other" => self.allow_other = true,
+                "shared_storage" => self.shared_storage = true,
+                "writeback_cache" => self.no_writeback_cache = false,
+                "no_writeback_cache" => self.no_writeback_cache = true,
                 "default_permissions" | "nosuid" | "nodev" => {}
                 "noexec" => extra.push(MountOption::NoExec),
                 "exec" => extra.push(MountOption::Exec),
@@ -173,4 +180,39 @@ pub fn mount_with_fusermount(
             }))
         }
     }
+}
+
+/// Raises the kernel readahead of a FUSE mount (root only: the knob is the mount's bdi in
+/// sysfs). FUSE offers at most 128 KiB at INIT; sequential reads gain much from more
+/// requests in flight. Best effort: a failure leaves the kernel's default.
+pub fn raise_readahead(mountpoint: &std::path::Path, kib: u32) {
+    let Some(dev) = mount_device(mountpoint) else {
+        return;
+    };
+    let knob = format!("/sys/class/bdi/{dev}/read_ahead_kb");
+    if let Err(e) = std::fs::write(&knob, kib.to_string()) {
+        log::info!("cannot raise readahead through {knob}: {e}");
+    }
+}
+
+/// "major:minor" of the mount at `mountpoint`, from /proc/self/mountinfo (a stat would ask
+/// the FUSE session, which is not serving yet).
+fn mount_device(mountpoint: &std::path::Path) -> Option<String> {
+    use std::os::unix::ffi::OsStrExt;
+    let info = std::fs::read("/proc/self/mountinfo").ok()?;
+    // mountinfo escapes space, tab, newline and backslash as octal.
+    let mut escaped = Vec::new();
+    for &b in mountpoint.as_os_str().as_bytes() {
+        match b {
+            b' ' | b'\t' | b'\n' | b'\\' => escaped.extend(format!("\\{b:03o}").bytes()),
+            _ => escaped.push(b),
+        }
+    }
+    // The last line for the path is the mount on top.
+    info.split(|&b| b == b'\n').rev().find_map(|line| {
+        let mut fields = line.split(|&b| b == b' ');
+        let dev = fields.nth(2)?;
+        let point = fields.nth(1)?;
+        (point == escaped.as_slice()).then(|| String::from_utf8_lossy(dev).into_owned())
+    })
 }

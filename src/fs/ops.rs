@@ -6,12 +6,13 @@ use std::os::fd::AsFd;
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use fuser::{
-    Errno, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo, KernelConfig,
-    LockOwner, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory,
-    ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite, Request, TimeOrNow, WriteFlags,
+    Errno, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo, InitFlags,
+    KernelConfig, LockOwner, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData,
+    ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite, Request, TimeOrNow,
+    WriteFlags,
 };
 use libc::{EEXIST, EINVAL, EIO, EISDIR, ENOENT, ENOTDIR, ENOTEMPTY, EROFS};
 
@@ -77,17 +78,56 @@ impl VaultFs {
         let mut listing = vec![
             DirListing {
                 name: b".".to_vec(),
+                entry: String::new(),
                 ino,
                 kind: FileType::Directory,
             },
             DirListing {
                 name: b"..".to_vec(),
+                entry: String::new(),
                 ino: parent,
                 kind: FileType::Directory,
             },
         ];
         listing.extend(self.list_dir(ino)?);
         Ok(listing)
+    }
+
+    /// Offset 0 is a first read or a rewinddir: lists the backing directory afresh (outside
+    /// any lock) into the handle; later offsets page through that snapshot.
+    fn snapshot(&self, ino: u64, fh: u64, offset: u64) -> FsResult<()> {
+        if offset != 0 {
+            return Ok(());
+        }
+        let listing = self.listing(ino)?;
+        match self.handles.lock().expect("lock").get_mut(&fh) {
+            Some(Handle::Dir(slot)) => {
+                *slot = listing;
+                Ok(())
+            }
+            _ => Err(libc::EBADF),
+        }
+    }
+
+    /// Attributes that carry only an inode number (for "." and ".." in READDIRPLUS).
+    fn placeholder_attr(&self, ino: u64) -> fuser::FileAttr {
+        fuser::FileAttr {
+            ino: INodeNo(ino),
+            size: 0,
+            blocks: 0,
+            atime: UNIX_EPOCH,
+            mtime: UNIX_EPOCH,
+            ctime: UNIX_EPOCH,
+            crtime: UNIX_EPOCH,
+            kind: FileType::Directory,
+            perm: 0o755,
+            nlink: 2,
+            uid: 0,
+            gid: 0,
+            rdev: 0,
+            blksize: 4096,
+            flags: 0,
+        }
     }
 
     /// Every request passes here: it counts as activity (for --idle) and, at debug level, is
@@ -201,7 +241,18 @@ impl VaultFs {
         parent: u64,
         name: &OsStr,
         mode: Option<u32>,
-        make: impl FnOnce(std::os::fd::BorrowedFd<'_>, &str) -> FsResult<Option<OpenFile>>,
+        make: impl Fn(std::os::fd::BorrowedFd<'_>, &str) -> FsResult<Option<OpenFile>>,
+    ) -> FsResult<(u64, fuser::FileAttr, Option<Arc<OpenFile>>)> {
+        self.retry_enospc(|| self.make_node_once(req, parent, name, mode, &make))
+    }
+
+    fn make_node_once(
+        &self,
+        req: &Request,
+        parent: u64,
+        name: &OsStr,
+        mode: Option<u32>,
+        make: &impl Fn(std::os::fd::BorrowedFd<'_>, &str) -> FsResult<Option<OpenFile>>,
     ) -> FsResult<(u64, fuser::FileAttr, Option<Arc<OpenFile>>)> {
         self.writable()?;
         Self::check_name(name)?;
@@ -531,6 +582,21 @@ impl VaultFs {
         Ok(())
     }
 
+    /// Drops set-user-ID, and set-group-ID with group execute, as a write or truncate by an
+    /// unprivileged user must.
+    fn kill_suid_sgid(&self, ino: u64) -> FsResult<fuser::FileAttr> {
+        let fd = self.node_fd(ino)?;
+        let mode = backing::fstat(fd.as_fd()).map_err(errno)?.st_mode;
+        let mut kill = libc::S_ISUID;
+        if mode & libc::S_IXGRP != 0 {
+            kill |= libc::S_ISGID;
+        }
+        if mode & kill != 0 && mode & libc::S_IFMT == libc::S_IFREG {
+            backing::chmod_fd(fd.as_fd(), mode & 0o7777 & !kill).map_err(errno)?;
+        }
+        self.getattr_ino(ino)
+    }
+
     #[allow(clippy::too_many_arguments)] // mirrors FUSE's setattr
     fn do_setattr(
         &self,
@@ -597,40 +663,56 @@ impl VaultFs {
 
 impl Filesystem for VaultFs {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
+        self.start_closer()?;
         let _ = config.set_max_write(1 << 20);
+        // As much readahead as the kernel offers here (root mounts raise it further through
+        // the mount's bdi once mounted).
+        if let Err(max) = config.set_max_readahead(1 << 20) {
+            let _ = config.set_max_readahead(max);
+        }
+        // HANDLE_KILLPRIV_V2: vaultfs clears set-user/group-ID bits on write and truncate
+        // itself (`kill_suid_sgid`), so the kernel stops asking for security.capability
+        // before every write.
+        let mut wanted = InitFlags::FUSE_PARALLEL_DIROPS
+            | InitFlags::FUSE_DO_READDIRPLUS
+            | InitFlags::FUSE_READDIRPLUS_AUTO
+            | InitFlags::FUSE_HANDLE_KILLPRIV_V2;
+        if !self.config.shared_storage {
+            wanted |= InitFlags::FUSE_CACHE_SYMLINKS;
+        }
+        if self.config.writeback_cache {
+            wanted |= InitFlags::FUSE_WRITEBACK_CACHE;
+        }
+        // Each one the kernel lacks is simply not used.
+        for flag in wanted.iter() {
+            if config.add_capabilities(flag).is_err() {
+                log::info!("the kernel does not offer {flag:?}");
+            }
+        }
         Ok(())
     }
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
         match self.logged("lookup", parent.0, self.do_lookup(parent.0, name)) {
-            Ok((_, attr)) => reply.entry(&self.config.ttl, &attr, Generation(0)),
+            Ok((_, attr)) => reply.entry(&self.config.ttl(), &attr, Generation(0)),
             Err(code) => reply.error(e(code)),
         }
     }
 
     fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
-        if ino.0 == ROOT {
-            return;
-        }
-        let mut nodes = self.nodes.lock().expect("lock");
-        if let Some(n) = nodes.get_mut(&ino.0) {
-            n.lookups = n.lookups.saturating_sub(nlookup);
-            if n.lookups == 0 {
-                nodes.remove(&ino.0);
-            }
-        }
+        self.forget_node(ino.0, nlookup);
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
         match self.logged("getattr", ino.0, self.getattr_ino(ino.0)) {
-            Ok(attr) => reply.attr(&self.config.ttl, &attr),
+            Ok(attr) => reply.attr(&self.config.ttl(), &attr),
             Err(code) => reply.error(e(code)),
         }
     }
 
     fn setattr(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
         mode: Option<u32>,
         uid: Option<u32>,
@@ -646,12 +728,19 @@ impl Filesystem for VaultFs {
         _flags: Option<fuser::BsdFileFlags>,
         reply: ReplyAttr,
     ) {
-        match self.logged(
-            "setattr",
-            ino.0,
-            self.do_setattr(ino.0, mode, uid, gid, size, atime, mtime),
-        ) {
-            Ok(attr) => reply.attr(&self.config.ttl, &attr),
+        // A truncate by an unprivileged caller drops the set-ID bits, as the kernel's own
+        // rule would (HANDLE_KILLPRIV_V2 leaves it to us).
+        let result = self
+            .retry_enospc(|| self.do_setattr(ino.0, mode, uid, gid, size, atime, mtime))
+            .and_then(|attr| {
+                if size.is_some() && mode.is_none() && req.uid() != 0 {
+                    self.kill_suid_sgid(ino.0)
+                } else {
+                    Ok(attr)
+                }
+            });
+        match self.logged("setattr", ino.0, result) {
+            Ok(attr) => reply.attr(&self.config.ttl(), &attr),
             Err(code) => reply.error(e(code)),
         }
     }
@@ -692,7 +781,7 @@ impl Filesystem for VaultFs {
                     })
             });
             return match self.logged("mknod", parent.0, result) {
-                Ok((_, attr, _)) => reply.entry(&self.config.ttl, &attr, Generation(0)),
+                Ok((_, attr, _)) => reply.entry(&self.config.ttl(), &attr, Generation(0)),
                 Err(code) => reply.error(e(code)),
             };
         }
@@ -702,7 +791,7 @@ impl Filesystem for VaultFs {
                 .map(|_| None)
         });
         match self.logged("mknod", parent.0, result) {
-            Ok((_, attr, _)) => reply.entry(&self.config.ttl, &attr, Generation(0)),
+            Ok((_, attr, _)) => reply.entry(&self.config.ttl(), &attr, Generation(0)),
             Err(code) => reply.error(e(code)),
         }
     }
@@ -716,8 +805,12 @@ impl Filesystem for VaultFs {
         _umask: u32,
         reply: ReplyEntry,
     ) {
-        match self.logged("mkdir", parent.0, self.do_mkdir(req, parent.0, name, mode)) {
-            Ok((_, attr)) => reply.entry(&self.config.ttl, &attr, Generation(0)),
+        match self.logged(
+            "mkdir",
+            parent.0,
+            self.retry_enospc(|| self.do_mkdir(req, parent.0, name, mode)),
+        ) {
+            Ok((_, attr)) => reply.entry(&self.config.ttl(), &attr, Generation(0)),
             Err(code) => reply.error(e(code)),
         }
     }
@@ -756,7 +849,7 @@ impl Filesystem for VaultFs {
                 .map(|_| None)
         });
         match self.logged("symlink", parent.0, result) {
-            Ok((_, attr, _)) => reply.entry(&self.config.ttl, &attr, Generation(0)),
+            Ok((_, attr, _)) => reply.entry(&self.config.ttl(), &attr, Generation(0)),
             Err(code) => reply.error(e(code)),
         }
     }
@@ -774,7 +867,7 @@ impl Filesystem for VaultFs {
         match self.logged(
             "rename",
             parent.0,
-            self.do_rename(parent.0, name, newparent.0, newname, flags),
+            self.retry_enospc(|| self.do_rename(parent.0, name, newparent.0, newname, flags)),
         ) {
             Ok(()) => reply.ok(),
             Err(code) => reply.error(e(code)),
@@ -804,7 +897,7 @@ impl Filesystem for VaultFs {
             self.register(newparent.0, pfd.as_fd(), &pid, bn.entry())
         })();
         match self.logged("link", ino.0, result) {
-            Ok((_, attr)) => reply.entry(&self.config.ttl, &attr, Generation(0)),
+            Ok((_, attr)) => reply.entry(&self.config.ttl(), &attr, Generation(0)),
             Err(code) => reply.error(e(code)),
         }
     }
@@ -815,10 +908,14 @@ impl Filesystem for VaultFs {
             return reply.error(e(EROFS));
         }
         match self.logged("open", ino.0, self.open_file(ino.0)) {
-            Ok(f) => reply.opened(
-                FileHandle(self.add_handle(Handle::File(f))),
-                FopenFlags::empty(),
-            ),
+            Ok(f) => {
+                let flags = if self.page_cache_valid(ino.0) {
+                    FopenFlags::FOPEN_KEEP_CACHE
+                } else {
+                    FopenFlags::empty()
+                };
+                reply.opened(FileHandle(self.add_handle(Handle::File(f))), flags)
+            }
             Err(code) => reply.error(e(code)),
         }
     }
@@ -855,14 +952,21 @@ impl Filesystem for VaultFs {
         fh: FileHandle,
         offset: u64,
         data: &[u8],
-        _wf: WriteFlags,
+        wf: WriteFlags,
         _flags: OpenFlags,
         _lock: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
         let result = self
             .file_handle(fh.0)
-            .and_then(|f| f.write(&self.keyring, offset, data));
+            .and_then(|f| self.retry_enospc(|| f.write(&self.keyring, offset, data)))
+            .and_then(|()| {
+                if wf.contains(WriteFlags::FUSE_WRITE_KILL_SUIDGID) {
+                    self.kill_suid_sgid(ino.0).map(|_| ())
+                } else {
+                    Ok(())
+                }
+            });
         match self.logged("write", ino.0, result) {
             Ok(()) => reply.written(data.len() as u32),
             Err(EIO) => reply.error(e(self.damaged(
@@ -882,14 +986,16 @@ impl Filesystem for VaultFs {
         _lock: LockOwner,
         reply: ReplyEmpty,
     ) {
-        // Writes go straight to the backing file; fsync makes them durable.
-        reply.ok();
+        // Nothing to do at close: writes go straight to the backing file and fsync makes them
+        // durable. ENOSYS tells the kernel to stop sending FLUSH (it still writes back its
+        // cached pages at close, and reports their errors there).
+        reply.error(e(libc::ENOSYS));
     }
 
     fn release(
         &self,
         _req: &Request,
-        _ino: INodeNo,
+        ino: INodeNo,
         fh: FileHandle,
         _flags: OpenFlags,
         _lock: Option<LockOwner>,
@@ -897,6 +1003,8 @@ impl Filesystem for VaultFs {
         reply: ReplyEmpty,
     ) {
         self.close_handle(fh.0);
+        // The kernel's pages now match the backing file (its writes have all come through).
+        self.page_cache_valid(ino.0);
         reply.ok();
     }
 
@@ -936,19 +1044,8 @@ impl Filesystem for VaultFs {
         offset: u64,
         mut reply: ReplyDirectory,
     ) {
-        // Offset 0 is a first read or a rewinddir: list the backing directory afresh (outside
-        // any lock); later offsets page through that snapshot.
-        if offset == 0 {
-            let listing = self.logged("readdir", ino.0, self.listing(ino.0));
-            match listing {
-                Ok(l) => match self.handles.lock().expect("lock").get_mut(&fh.0) {
-                    Some(Handle::Dir(slot)) => *slot = l,
-                    _ => return reply.error(e(libc::EBADF)),
-                },
-                Err(code) => return reply.error(e(code)),
-            }
-        } else {
-            let _ = self.logged("readdir", ino.0, Ok(()));
+        if let Err(code) = self.logged("readdir", ino.0, self.snapshot(ino.0, fh.0, offset)) {
+            return reply.error(e(code));
         }
         let handles = self.handles.lock().expect("lock");
         let Some(Handle::Dir(listing)) = handles.get(&fh.0) else {
@@ -961,6 +1058,73 @@ impl Filesystem for VaultFs {
                 entry.kind,
                 OsStr::from_bytes(&entry.name),
             ) {
+                break;
+            }
+        }
+        reply.ok();
+    }
+
+    fn readdirplus(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        mut reply: fuser::ReplyDirectoryPlus,
+    ) {
+        let result = self.snapshot(ino.0, fh.0, offset).and_then(|()| {
+            let handles = self.handles.lock().expect("lock");
+            match handles.get(&fh.0) {
+                // At most what one reply can hold (a name takes at least 8 of its 4 KiB).
+                Some(Handle::Dir(listing)) => Ok(listing
+                    .iter()
+                    .enumerate()
+                    .skip(offset as usize)
+                    .take(512)
+                    .map(|(i, l)| (i as u64 + 1, l.name.clone(), l.entry.clone(), l.ino))
+                    .collect::<Vec<_>>()),
+                _ => Err(libc::EBADF),
+            }
+        });
+        let entries = match self.logged("readdirplus", ino.0, result) {
+            Ok(entries) => entries,
+            Err(code) => return reply.error(e(code)),
+        };
+        let (pfd, pid, _) = match self.dir(ino.0) {
+            Ok(d) => d,
+            Err(code) => return reply.error(e(code)),
+        };
+        for (next, name, entry, entry_ino) in entries {
+            let name = OsStr::from_bytes(&name);
+            if entry.is_empty() {
+                // "." and "..": the kernel neither links nor counts them; only the number is read.
+                let attr = self.placeholder_attr(entry_ino);
+                if reply.add(
+                    INodeNo(entry_ino),
+                    next,
+                    name,
+                    &Duration::ZERO,
+                    &attr,
+                    Generation(0),
+                ) {
+                    break;
+                }
+                continue;
+            }
+            // Each entry sent counts as a lookup of its node, as in LOOKUP. A damaged
+            // directory is sent with no caching, so its next use looks it up (and gets EIO).
+            let (node, attr, damaged) =
+                match self.register_as(ino.0, pfd.as_fd(), &pid, &entry, true) {
+                    Ok(found) => found,
+                    Err(_) => continue, // gone since the listing, or not ours to show
+                };
+            let ttl = if damaged {
+                Duration::ZERO
+            } else {
+                self.config.ttl()
+            };
+            if reply.add(INodeNo(node), next, name, &ttl, &attr, Generation(0)) {
+                self.forget_node(node, 1);
                 break;
             }
         }
@@ -1051,7 +1215,7 @@ impl Filesystem for VaultFs {
         match self.logged(
             "setxattr",
             ino.0,
-            self.do_setxattr(ino.0, name, value, flags),
+            self.retry_enospc(|| self.do_setxattr(ino.0, name, value, flags)),
         ) {
             Ok(()) => reply.ok(),
             Err(code) => reply.error(e(code)),
@@ -1078,7 +1242,7 @@ impl Filesystem for VaultFs {
         let result = self
             .writable()
             .and_then(|_| self.file_handle(fh.0))
-            .and_then(|f| f.fallocate(&self.keyring, offset, length, mode));
+            .and_then(|f| self.retry_enospc(|| f.fallocate(&self.keyring, offset, length, mode)));
         match self.logged("fallocate", ino.0, result) {
             Ok(()) => reply.ok(),
             Err(EIO) => reply.error(e(self.damaged(
@@ -1143,7 +1307,7 @@ impl Filesystem for VaultFs {
             Ok((_, attr, Some(f))) => {
                 let fh = self.add_handle(Handle::File(f));
                 reply.created(
-                    &self.config.ttl,
+                    &self.config.ttl(),
                     &attr,
                     Generation(0),
                     FileHandle(fh),

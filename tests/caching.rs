@@ -1,0 +1,166 @@
+//! What the kernel caches and what it must not: `--shared-storage` sees changes another
+//! writer makes to the backing directory; READDIRPLUS lists a damaged directory without
+//! making it usable; set-ID bits drop on unprivileged writes and truncates (vaultfs does
+//! that itself under HANDLE_KILLPRIV_V2).
+
+mod common;
+
+use std::fs;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::process::Command;
+
+use common::{TestVault, backing_of, errno_of, fuse_available, run_ok, vaultfs};
+
+/// A second machine's change, delivered by a sync client: a copy of the vault is mounted
+/// elsewhere and written, and its backing files are copied over the first vault's.
+#[test]
+fn shared_storage_sees_changes_made_behind_its_back() {
+    if !fuse_available() {
+        return;
+    }
+    let v = TestVault::new(4096);
+    v.mount_args(&["--shared-storage"]);
+    assert!(v.is_mounted());
+    fs::write(v.p("f"), b"first version").unwrap();
+    fs::create_dir(v.p("d")).unwrap();
+    assert_eq!(fs::read(v.p("f")).unwrap(), b"first version");
+    let listed = |v: &TestVault| {
+        let mut names: Vec<String> = fs::read_dir(v.p("d"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        names.sort();
+        names
+    };
+    assert!(listed(&v).is_empty());
+
+    // The other machine: a copy of the vault, changed through its own mount.
+    let other_vault = v.tmp.path().join("other-vault");
+    let other_mnt = v.tmp.path().join("other-mnt");
+    fs::create_dir(&other_mnt).unwrap();
+    run_ok(Command::new("cp").arg("-a").arg(&v.vault).arg(&other_vault));
+    run_ok(
+        vaultfs(&v.state)
+            .arg("mount")
+            .arg("--passfile")
+            .arg(&v.passfile)
+            .arg(&other_vault)
+            .arg(&other_mnt),
+    );
+    fs::write(other_mnt.join("f"), b"second version, longer").unwrap();
+    fs::write(other_mnt.join("d/new"), b"made elsewhere").unwrap();
+    run_ok(vaultfs(&v.state).arg("unmount").arg(&other_mnt));
+
+    // The sync client copies the changed files in place (a copy has the same keys and
+    // directory IDs, so the same backing paths).
+    for rel in ["f", "d/new"] {
+        let here = backing_of(&v, rel);
+        let there = other_vault.join(here.strip_prefix(&v.vault).unwrap());
+        run_ok(Command::new("cp").arg(there).arg(here));
+    }
+    assert_eq!(
+        fs::metadata(v.p("f")).unwrap().len(),
+        22,
+        "size from the backing file, not the kernel's cache"
+    );
+    assert_eq!(fs::read(v.p("f")).unwrap(), b"second version, longer");
+    assert_eq!(listed(&v), ["new"]);
+    assert_eq!(fs::read(v.p("d/new")).unwrap(), b"made elsewhere");
+    v.unmount();
+}
+
+#[test]
+fn readdirplus_lists_a_damaged_directory_that_still_gives_eio() {
+    if !fuse_available() {
+        return;
+    }
+    let v = TestVault::new(4096);
+    v.mount();
+    fs::create_dir(v.p("bad")).unwrap();
+    fs::write(v.p("bad/inside"), b"x").unwrap();
+    fs::create_dir(v.p("good")).unwrap();
+    fs::write(v.p("plain"), b"ok").unwrap();
+    v.unmount();
+    let id_file = backing_of(&v, "bad").join("vaultfs.dirid");
+    let mut id = fs::read(&id_file).unwrap();
+    id[20] ^= 1;
+    fs::write(&id_file, &id).unwrap();
+
+    v.mount();
+    // A listing with attributes (ls -l reads through READDIRPLUS) still names it...
+    // (ls fails on its lstat of the damaged one: its listing entry is not cached).
+    let out = Command::new("ls").arg("-l").arg(&v.mnt).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("Input/output error"));
+    for name in ["bad", "good", "plain"] {
+        assert!(text.contains(name), "ls -l lists {name}: {text}");
+    }
+    // ...but using it gives EIO, every time, while its neighbours work.
+    for _ in 0..3 {
+        assert_eq!(errno_of(fs::metadata(v.p("bad"))), libc::EIO);
+        assert_eq!(errno_of(fs::read_dir(v.p("bad"))), libc::EIO);
+        assert_eq!(errno_of(fs::read(v.p("bad/inside"))), libc::EIO);
+    }
+    assert!(fs::metadata(v.p("good")).unwrap().is_dir());
+    assert_eq!(fs::read(v.p("plain")).unwrap(), b"ok");
+    v.unmount();
+
+    // Repaired (the ID put back), it works again.
+    id[20] ^= 1;
+    fs::write(&id_file, &id).unwrap();
+    v.mount();
+    run_ok(Command::new("ls").arg("-l").arg(&v.mnt));
+    assert_eq!(fs::read(v.p("bad/inside")).unwrap(), b"x");
+    v.unmount();
+}
+
+#[test]
+fn unprivileged_write_and_truncate_drop_set_id_bits() {
+    if !fuse_available() || !rustix::process::geteuid().is_root() {
+        return; // needs root to act as another user
+    }
+    let v = TestVault::new(4096);
+    fs::set_permissions(v.tmp.path(), fs::Permissions::from_mode(0o755)).unwrap();
+    v.mount_args(&["--allow-other"]);
+    assert!(v.is_mounted());
+    fs::set_permissions(&v.mnt, fs::Permissions::from_mode(0o755)).unwrap();
+    let f = v.p("prog");
+    fs::write(&f, b"#!/bin/sh\n").unwrap();
+    let set = |mode: u32| fs::set_permissions(&f, fs::Permissions::from_mode(mode)).unwrap();
+    let mode = || fs::metadata(&f).unwrap().mode() & 0o7777;
+    let as_nobody = |script: &str| {
+        run_ok(
+            Command::new("setpriv")
+                .args(["--reuid=nobody", "--regid=nogroup", "--clear-groups"])
+                .args(["sh", "-c", script, "sh"])
+                .arg(&f),
+        )
+    };
+
+    set(0o6777);
+    fs::OpenOptions::new()
+        .append(true)
+        .open(&f)
+        .and_then(|mut h| std::io::Write::write_all(&mut h, b"# root\n"))
+        .unwrap();
+    assert_eq!(mode(), 0o6777, "root keeps the bits (CAP_FSETID)");
+    as_nobody("printf 'echo hi\\n' >> \"$1\"");
+    assert_eq!(mode(), 0o0777, "a write by another user drops both");
+    set(0o6767);
+    as_nobody("printf 'echo hi\\n' >> \"$1\"");
+    assert_eq!(
+        mode(),
+        0o2767,
+        "set-group-ID without group execute is a lock mark: kept"
+    );
+    set(0o6777);
+    as_nobody("truncate -s 3 \"$1\"");
+    assert_eq!(mode(), 0o0777, "a truncate by another user drops both");
+    assert_eq!(fs::read(&f).unwrap(), b"#!/");
+    v.unmount();
+    // What the mount showed is what the backing inode holds.
+    assert_eq!(
+        fs::metadata(backing_of(&v, "prog")).unwrap().mode() & 0o7777,
+        0o0777
+    );
+}
