@@ -96,6 +96,30 @@ fn harden_process() {
         }
         libc::signal(libc::SIGPIPE, libc::SIG_IGN);
     }
+    raise_fd_limit();
+}
+
+/// Every inode the kernel holds pins one backing fd (src/fs/mod.rs), so the daemon needs as
+/// many fds as the kernel caches inodes: the soft limit goes up to the hard one, and root
+/// raises the hard one to the system's ceiling.
+fn raise_fd_limit() {
+    use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
+    let current = getrlimit(Resource::Nofile);
+    let mut hard = current.maximum;
+    if rustix::process::geteuid().is_root()
+        && let Some(ceiling) = fs::read_to_string("/proc/sys/fs/nr_open")
+            .ok()
+            .and_then(|s| s.trim().parse::<u64>().ok())
+    {
+        hard = Some(hard.map_or(ceiling, |h| h.max(ceiling)));
+    }
+    let wanted = Rlimit {
+        current: hard,
+        maximum: hard,
+    };
+    if let Err(e) = setrlimit(Resource::Nofile, wanted) {
+        log::info!("cannot raise the open-file limit ({e}); large directories may give EMFILE");
+    }
 }
 
 fn init_daemon_log(vault_id: &[u8; 16]) -> Result<()> {

@@ -13,6 +13,7 @@ use libc::{EFBIG, EIO};
 
 use super::FsResult;
 use super::backing;
+use super::buffers::{self, Buffer};
 use crate::crypto::chunk::{CHUNK_OVERHEAD, ChunkLayout, ContentCipher};
 use crate::crypto::header::{FileHeader, HEADER_LEN, MAX_CHUNK_WRITES};
 use crate::crypto::keys::Key256;
@@ -148,11 +149,11 @@ impl<S: FileStore> OpenFile<S> {
         // reach its end (a read at end of file decrypts nothing).
         let last = layout.last_chunk_index(size);
         let last_len = layout.plaintext_len_of_chunk(last, size);
-        let mut ct = vec![0u8; last_len + CHUNK_OVERHEAD];
+        let mut ct = buffers::zeroed(last_len + CHUNK_OVERHEAD);
         let got = fd
             .read_at(&mut ct, layout.chunk_offset(last))
             .map_err(|e| format!("{e}"))?;
-        let mut plain = vec![0u8; last_len];
+        let mut plain = buffers::zeroed(last_len);
         if got != ct.len() || cipher.open_chunk(last, true, &ct, &mut plain).is_err() {
             return Err(format!(
                 "its last chunk ({last}) does not authenticate as last: truncated or damaged"
@@ -195,10 +196,10 @@ impl<S: FileStore> OpenFile<S> {
 
     /// Reads up to `len` bytes at `offset`: short only at end of file; EIO if any chunk in the
     /// range fails to authenticate.
-    pub fn read(&self, offset: u64, len: usize) -> FsResult<Vec<u8>> {
+    pub fn read(&self, offset: u64, len: usize) -> FsResult<Buffer> {
         let st = self.state.read().expect("file lock");
         if offset >= st.size || len == 0 {
-            return Ok(Vec::new());
+            return Ok(buffers::zeroed(0));
         }
         let end = st.size.min(offset + len as u64);
         let l = self.layout;
@@ -206,7 +207,7 @@ impl<S: FileStore> OpenFile<S> {
         let first = offset / cs;
         let last = (end - 1) / cs;
         let plain_len = ((last - first) * cs) as usize + l.plaintext_len_of_chunk(last, st.size);
-        let mut ct = vec![0u8; plain_len + (last - first + 1) as usize * CHUNK_OVERHEAD];
+        let mut ct = buffers::zeroed(plain_len + (last - first + 1) as usize * CHUNK_OVERHEAD);
         let got = self
             .fd
             .read_at(&mut ct, l.chunk_offset(first))
@@ -214,13 +215,12 @@ impl<S: FileStore> OpenFile<S> {
         if got != ct.len() {
             return Err(EIO);
         }
-        let mut plain = vec![0u8; plain_len];
+        let mut plain = buffers::zeroed(plain_len);
         st.cipher
             .open_run(first, l.last_chunk_index(st.size), &ct, &mut plain)
             .map_err(|_| EIO)?;
         let start = (offset - first * cs) as usize;
-        plain.truncate(start + (end - offset) as usize);
-        plain.drain(..start);
+        plain.keep(start..start + (end - offset) as usize);
         Ok(plain)
     }
 
@@ -299,8 +299,13 @@ impl<S: FileStore> OpenFile<S> {
         st.size = end;
         // Step 3: the old last chunk becomes non-last, restoring truncation detection there.
         let at = ((old_last - first.min(old_last)) * cs) as usize;
-        let chunk = full_old_last[at..at + cs as usize].to_vec();
-        self.seal_and_write(keyring, st, old_last, false, &chunk)?;
+        self.seal_and_write(
+            keyring,
+            st,
+            old_last,
+            false,
+            &full_old_last[at..at + cs as usize],
+        )?;
         Ok(())
     }
 
@@ -315,11 +320,11 @@ impl<S: FileStore> OpenFile<S> {
         new_size: u64,
         offset: u64,
         data: &[u8],
-    ) -> FsResult<Vec<u8>> {
+    ) -> FsResult<Buffer> {
         let l = self.layout;
         let cs = l.chunk_size() as u64;
         let len = ((last - first) * cs) as usize + l.plaintext_len_of_chunk(last, new_size);
-        let mut plain = vec![0u8; len];
+        let mut plain = buffers::zeroed(len);
         let end = offset + data.len() as u64;
         let old_last = l.last_chunk_index(st.size);
         for i in first..=last {
@@ -327,14 +332,14 @@ impl<S: FileStore> OpenFile<S> {
             let covered = !data.is_empty() && offset <= c_start && end >= c_end;
             let old_len = l.plaintext_len_of_chunk(i, st.size);
             if i <= old_last && old_len > 0 && !covered {
-                let mut ct = vec![0u8; old_len + CHUNK_OVERHEAD];
+                let mut ct = buffers::zeroed(old_len + CHUNK_OVERHEAD);
                 let got = self.fd.read_at(&mut ct, l.chunk_offset(i)).map_err(io)?;
                 if got != ct.len() {
                     return Err(EIO);
                 }
                 let at = ((i - first) * cs) as usize;
                 let n = old_len.min(len - at);
-                let mut out = vec![0u8; old_len];
+                let mut out = buffers::zeroed(old_len);
                 st.cipher
                     .open_chunk(i, i == old_last, &ct, &mut out)
                     .map_err(|_| EIO)?;
@@ -364,7 +369,7 @@ impl<S: FileStore> OpenFile<S> {
     ) -> FsResult<()> {
         let n = plain.len().div_ceil(self.layout.chunk_size()).max(1) as u64;
         self.reserve(keyring, st, n)?;
-        let mut ct = vec![0u8; st.cipher.sealed_run_len(plain.len())];
+        let mut ct = buffers::zeroed(st.cipher.sealed_run_len(plain.len()));
         st.cipher
             .seal_run(first, ends_file, plain, &mut ct)
             .map_err(|_| EIO)?;

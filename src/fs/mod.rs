@@ -9,6 +9,8 @@
 //! hard links, immune to renames.
 
 pub mod backing;
+pub mod buffers;
+mod closer;
 pub mod file;
 pub mod mount;
 mod ops;
@@ -147,12 +149,8 @@ pub struct VaultFs {
     reported: Mutex<HashSet<String>>,
     pub(crate) is_root: bool,
     pub(crate) activity: Arc<Activity>,
-    /// Nodes the kernel forgot go to a thread that closes their fds: the last close of an
-    /// unlinked backing inode frees its blocks, which must not hold up a FUSE request.
-    /// Started by `start_closer` in the serving process (a daemon forks after `new`).
-    retired: std::sync::OnceLock<std::sync::mpsc::Sender<Node>>,
-    /// Nodes sent to the closer and not yet closed.
-    retiring: Arc<std::sync::atomic::AtomicUsize>,
+    /// Closes the fds of nodes the kernel forgot (started at FUSE init).
+    pub(crate) closer: closer::Closer<Node>,
 }
 
 pub(crate) enum Handle {
@@ -235,25 +233,8 @@ impl VaultFs {
             reported: Mutex::default(),
             is_root: rustix::process::geteuid().is_root(),
             activity,
-            retired: std::sync::OnceLock::new(),
-            retiring: Arc::default(),
+            closer: closer::Closer::new(),
         })
-    }
-
-    /// Starts the closer thread (see `retired`); without it, forgotten nodes close inline.
-    pub(crate) fn start_closer(&self) -> std::io::Result<()> {
-        let (retired, closer) = std::sync::mpsc::channel::<Node>();
-        let count = self.retiring.clone();
-        std::thread::Builder::new()
-            .name("vaultfs-closer".into())
-            .spawn(move || {
-                for node in closer {
-                    drop(node);
-                    count.fetch_sub(1, std::sync::atomic::Ordering::Release);
-                }
-            })?;
-        let _ = self.retired.set(retired);
-        Ok(())
     }
 
     /// FUSE inode number of a backing inode number.
@@ -573,16 +554,7 @@ impl VaultFs {
                 && let Some(node) = nodes.remove(&ino)
             {
                 drop(nodes);
-                let Some(closer) = self.retired.get() else {
-                    return drop(node);
-                };
-                self.retiring
-                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                if let Err(returned) = closer.send(node) {
-                    drop(returned.0);
-                    self.retiring
-                        .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
-                }
+                self.closer.retire(node);
             }
         }
     }
@@ -594,13 +566,9 @@ impl VaultFs {
     pub(crate) fn retry_enospc<T>(&self, op: impl Fn() -> FsResult<T>) -> FsResult<T> {
         match op() {
             Err(libc::ENOSPC) => {
-                let deadline = std::time::Instant::now() + Duration::from_secs(1);
+                // The FORGET may still be on its way from another worker thread.
                 std::thread::sleep(Duration::from_millis(10));
-                while self.retiring.load(std::sync::atomic::Ordering::Acquire) > 0
-                    && std::time::Instant::now() < deadline
-                {
-                    std::thread::sleep(Duration::from_millis(5));
-                }
+                self.closer.wait_idle(Duration::from_secs(1));
                 op()
             }
             other => other,

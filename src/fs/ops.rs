@@ -641,7 +641,17 @@ impl VaultFs {
             }
             backing::chmod_fd(fd.as_fd(), mode & 0o7777).map_err(errno)?;
         }
-        if atime.is_some() || mtime.is_some() {
+        // With the writeback cache the kernel keeps times itself and sends them back, mostly
+        // unchanged (on every unlink, rename and link of a file): skip the backing write then.
+        let unchanged = atime.is_none()
+            && kind == FileType::RegularFile
+            && self.config.writeback_cache
+            && match set_time(mtime) {
+                SetTime::At(sec, nsec) => backing::fstat(fd.as_fd())
+                    .is_ok_and(|st| (st.st_mtime, st.st_mtime_nsec as u32) == (sec, nsec)),
+                _ => false,
+            };
+        if (atime.is_some() || mtime.is_some()) && !unchanged {
             let (a, m) = (set_time(atime), set_time(mtime));
             if kind == FileType::Symlink {
                 // By name (Linux has no fd-based utimens for a symlink itself), after checking
@@ -663,7 +673,7 @@ impl VaultFs {
 
 impl Filesystem for VaultFs {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
-        self.start_closer()?;
+        self.closer.start()?;
         let _ = config.set_max_write(1 << 20);
         // As much readahead as the kernel offers here (root mounts raise it further through
         // the mount's bdi once mounted).
@@ -673,9 +683,10 @@ impl Filesystem for VaultFs {
         // HANDLE_KILLPRIV_V2: vaultfs clears set-user/group-ID bits on write and truncate
         // itself (`kill_suid_sgid`), so the kernel stops asking for security.capability
         // before every write.
+        // READDIRPLUS for every listing (not only the first page, as READDIRPLUS_AUTO would):
+        // `rm -rf`, `find` and `ls -l` then need no LOOKUP per entry.
         let mut wanted = InitFlags::FUSE_PARALLEL_DIROPS
             | InitFlags::FUSE_DO_READDIRPLUS
-            | InitFlags::FUSE_READDIRPLUS_AUTO
             | InitFlags::FUSE_HANDLE_KILLPRIV_V2;
         if !self.config.shared_storage {
             wanted |= InitFlags::FUSE_CACHE_SYMLINKS;
