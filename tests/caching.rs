@@ -164,3 +164,78 @@ fn unprivileged_write_and_truncate_drop_set_id_bits() {
         0o0777
     );
 }
+
+/// A daemon allowed few fds (512: 256 for non-directory nodes) serving thousands of files:
+/// nodes beyond the budget close their fds and reopen by name, renames and hard links keep
+/// working, an open file that is unlinked stays readable, and the fd count stays bounded.
+#[test]
+fn more_files_than_the_fd_budget() {
+    if !fuse_available() {
+        return;
+    }
+    let v = TestVault::new(4096);
+    let mount = Command::new("prlimit")
+        .arg("--nofile=512:512")
+        .arg(env!("CARGO_BIN_EXE_vaultfs"))
+        .env("XDG_STATE_HOME", &v.state)
+        .arg("mount")
+        .arg("--passfile")
+        .arg(&v.passfile)
+        .arg(&v.vault)
+        .arg(&v.mnt)
+        .status()
+        .unwrap();
+    assert!(mount.success());
+    let n = 3000;
+    for i in 0..n {
+        fs::write(v.p(&format!("f{i}")), format!("contents of {i}")).unwrap();
+    }
+    // Early files were evicted long ago: each reopens by name.
+    for i in (0..n).step_by(7) {
+        assert_eq!(
+            fs::read_to_string(v.p(&format!("f{i}"))).unwrap(),
+            format!("contents of {i}")
+        );
+        let m = fs::metadata(v.p(&format!("f{i}"))).unwrap();
+        assert_eq!(m.len(), format!("contents of {i}").len() as u64);
+    }
+    let listed = run_ok(Command::new("ls").arg("-l").arg(&v.mnt));
+    assert_eq!(
+        String::from_utf8_lossy(&listed.stdout).lines().count(),
+        n + 1
+    );
+    // Renamed, and replaced by a rename, after eviction.
+    fs::rename(v.p("f1"), v.p("renamed")).unwrap();
+    fs::rename(v.p("f2"), v.p("f3")).unwrap();
+    assert_eq!(fs::read_to_string(v.p("renamed")).unwrap(), "contents of 1");
+    assert_eq!(fs::read_to_string(v.p("f3")).unwrap(), "contents of 2");
+    // A hard link, its first name removed: the other name still works.
+    fs::hard_link(v.p("f4"), v.p("link")).unwrap();
+    fs::remove_file(v.p("f4")).unwrap();
+    for i in 10..n {
+        fs::metadata(v.p(&format!("f{i}"))).unwrap();
+    }
+    assert_eq!(fs::read_to_string(v.p("link")).unwrap(), "contents of 4");
+    // Open, unlinked, then read and stat through the fd after thousands of other lookups.
+    let mut open = fs::File::open(v.p("f5")).unwrap();
+    fs::remove_file(v.p("f5")).unwrap();
+    for i in 10..n {
+        fs::metadata(v.p(&format!("f{i}"))).unwrap();
+    }
+    let mut s = String::new();
+    std::io::Read::read_to_string(&mut open, &mut s).unwrap();
+    assert_eq!(s, "contents of 5");
+    assert_eq!(open.metadata().unwrap().len(), 13);
+    drop(open);
+    let pid: i32 = fs::read_dir(v.state.join("vaultfs/mounts"))
+        .unwrap()
+        .next()
+        .map(|e| fs::read_to_string(e.unwrap().path()).unwrap())
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let fds = fs::read_dir(format!("/proc/{pid}/fd")).unwrap().count();
+    assert!(fds < 400, "{fds} fds open in the daemon");
+    v.unmount();
+}

@@ -14,6 +14,7 @@ mod closer;
 pub mod file;
 pub mod mount;
 mod ops;
+mod prefetch;
 mod xattr;
 
 use std::collections::{HashMap, HashSet};
@@ -106,8 +107,12 @@ pub(crate) struct Node {
     pub parent: u64,
     pub entry: String,
     pub kind: FileType,
-    /// Directory fd (directories) or O_PATH fd (everything else) on the backing inode.
-    pub fd: Arc<OwnedFd>,
+    /// O_PATH fd on the backing inode. Directories always hold theirs; other nodes may have
+    /// it closed when too many are open (`LooseFds`) and reopened by name on next use.
+    pub fd: Option<Arc<OwnedFd>>,
+    /// The backing inode's link count when last seen: a node with several names keeps its
+    /// fd (its name may not be the one that remains).
+    pub links: u64,
     pub dir_id: Option<DirId>,
     pub lookups: u64,
     /// Serializes changes to a directory's entries (create, unlink, rename, rmdir).
@@ -119,6 +124,10 @@ pub(crate) struct Node {
     /// The backing file's (mtime, ctime, size) when the kernel last had its pages: equal at
     /// the next open means the kernel's page cache is still right (FOPEN_KEEP_CACHE).
     pub page_stamp: Option<PageStamp>,
+    /// The regular file listed after this one in its directory's last READDIRPLUS, and
+    /// whether a read-ahead was asked for since this file was last opened (`prefetch`).
+    pub next_in_dir: Option<u64>,
+    pub prefetched: bool,
 }
 
 pub(crate) type PageStamp = (i64, i64, i64, i64, i64);
@@ -151,6 +160,9 @@ pub struct VaultFs {
     pub(crate) activity: Arc<Activity>,
     /// Closes the fds of nodes the kernel forgot (started at FUSE init).
     pub(crate) closer: closer::Closer<Node>,
+    /// Which non-directory nodes hold an fd, and how many may.
+    loose: LooseFds,
+    pub(crate) prefetcher: prefetch::Prefetcher,
 }
 
 pub(crate) enum Handle {
@@ -178,6 +190,71 @@ fn file_type(mode: u32) -> FileType {
         libc::S_IFBLK => FileType::BlockDevice,
         _ => FileType::RegularFile,
     }
+}
+
+/// How many non-directory nodes may hold an fd: half the process's fd limit (the rest is
+/// for directories, open files and the work of requests).
+fn loose_fd_budget() -> usize {
+    let limit = rustix::process::getrlimit(rustix::process::Resource::Nofile)
+        .current
+        .unwrap_or(1 << 20);
+    (limit / 2).clamp(256, 1 << 20) as usize
+}
+
+/// The non-directory nodes holding an fd, oldest first (an approximate LRU: a node is
+/// queued when it gets its fd). Entries of nodes forgotten since are skipped when met and
+/// dropped when the queue is compacted.
+struct LooseFds {
+    queue: Mutex<std::collections::VecDeque<u64>>,
+    open: std::sync::atomic::AtomicUsize,
+    budget: usize,
+}
+
+impl LooseFds {
+    fn new(budget: usize) -> LooseFds {
+        LooseFds {
+            queue: Mutex::default(),
+            open: 0.into(),
+            budget,
+        }
+    }
+
+    fn opened(&self, ino: u64) {
+        self.open.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.queue.lock().expect("lock").push_back(ino);
+    }
+
+    fn requeue(&self, ino: u64) {
+        self.queue.lock().expect("lock").push_back(ino);
+    }
+
+    fn closed(&self) {
+        self.open.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    fn oldest(&self) -> Option<u64> {
+        self.queue.lock().expect("lock").pop_front()
+    }
+
+    fn over_budget(&self) -> bool {
+        self.open.load(std::sync::atomic::Ordering::Relaxed) > self.budget
+    }
+
+    /// How many queue entries an eviction pass may look at.
+    fn excess(&self) -> usize {
+        self.queue.lock().expect("lock").len()
+    }
+}
+
+/// An O_PATH fd on the backing entry itself (never what a symlink points to).
+fn open_path(dir: BorrowedFd<'_>, entry: &str) -> FsResult<OwnedFd> {
+    rustix::fs::openat(
+        dir,
+        entry,
+        OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(|e| e.raw_os_error())
 }
 
 fn system_time(sec: i64, nsec: i64) -> SystemTime {
@@ -210,12 +287,15 @@ impl VaultFs {
                 parent: ROOT,
                 entry: String::new(),
                 kind: FileType::Directory,
-                fd: Arc::new(root),
+                fd: Some(Arc::new(root)),
+                links: 1,
                 dir_id: Some(root_id),
                 lookups: 1,
                 dir_lock: Arc::default(),
                 damaged: false,
                 page_stamp: None,
+                next_in_dir: None,
+                prefetched: false,
             },
         );
 
@@ -234,6 +314,8 @@ impl VaultFs {
             is_root: rustix::process::geteuid().is_root(),
             activity,
             closer: closer::Closer::new(),
+            loose: LooseFds::new(loose_fd_budget()),
+            prefetcher: prefetch::Prefetcher::new(),
         })
     }
 
@@ -280,13 +362,86 @@ impl VaultFs {
         format!("/{}", parts.join("/"))
     }
 
+    /// The O_PATH fd of a node's backing inode, reopened by name if it was closed: the name
+    /// must still hold the same inode (ESTALE otherwise, e.g. after a replacing rename).
     pub(crate) fn node_fd(&self, ino: u64) -> FsResult<Arc<OwnedFd>> {
-        self.nodes
-            .lock()
-            .expect("lock")
-            .get(&ino)
-            .map(|n| n.fd.clone())
-            .ok_or(ENOENT)
+        let (parent, entry) = {
+            let nodes = self.nodes.lock().expect("lock");
+            let n = nodes.get(&ino).ok_or(ENOENT)?;
+            if let Some(fd) = &n.fd {
+                return Ok(fd.clone());
+            }
+            (n.parent, n.entry.clone())
+        };
+        let (pfd, _, _) = self.dir(parent)?;
+        let fd = open_path(pfd.as_fd(), &entry)
+            .map_err(|code| if code == ENOENT { libc::ESTALE } else { code })?;
+        let st = backing::fstat(fd.as_fd()).map_err(errno)?;
+        if st.st_dev != self.root_dev || self.fuse_ino(st.st_ino) != ino {
+            return Err(libc::ESTALE);
+        }
+        let fd = Arc::new(fd);
+        let stored = {
+            let mut nodes = self.nodes.lock().expect("lock");
+            match nodes.get_mut(&ino) {
+                Some(n) if n.fd.is_none() => {
+                    n.fd = Some(fd.clone());
+                    true
+                }
+                Some(n) => return Ok(n.fd.clone().unwrap_or(fd)),
+                None => false,
+            }
+        };
+        if stored {
+            self.loose.opened(ino);
+            self.evict_loose_fds();
+        }
+        Ok(fd)
+    }
+
+    /// Closes the fds of the longest-open non-directory nodes while more than the budget
+    /// are open. Nodes that must keep theirs (open files, several links) stay.
+    fn evict_loose_fds(&self) {
+        if self.loose.excess() > 4 * self.loose.budget {
+            // Forgotten nodes and requeued ones leave stale entries: keep each live one once.
+            let nodes = self.nodes.lock().expect("lock");
+            let mut seen = HashSet::new();
+            self.loose.queue.lock().expect("lock").retain(|ino| {
+                nodes
+                    .get(ino)
+                    .is_some_and(|n| n.fd.is_some() && n.kind != FileType::Directory)
+                    && seen.insert(*ino)
+            });
+        }
+        let mut tries = self.loose.excess();
+        while tries > 0 && self.loose.over_budget() {
+            tries -= 1;
+            let Some(ino) = self.loose.oldest() else {
+                return;
+            };
+            let mut nodes = self.nodes.lock().expect("lock");
+            let Some(n) = nodes.get_mut(&ino) else {
+                continue; // forgotten since (and counted out then)
+            };
+            if n.fd.is_none() {
+                continue;
+            }
+            let open = self
+                .open_files
+                .lock()
+                .expect("lock")
+                .get(&ino)
+                .is_some_and(|w| w.strong_count() > 0);
+            if n.links > 1 || open {
+                drop(nodes);
+                self.loose.requeue(ino);
+                continue;
+            }
+            let fd = n.fd.take();
+            drop(nodes);
+            self.loose.closed();
+            drop(fd);
+        }
     }
 
     /// A directory node's fd, ID and entry lock.
@@ -294,7 +449,9 @@ impl VaultFs {
         let nodes = self.nodes.lock().expect("lock");
         let n = nodes.get(&ino).ok_or(ENOENT)?;
         match (n.kind, n.dir_id) {
-            (FileType::Directory, Some(id)) => Ok((n.fd.clone(), id, n.dir_lock.clone())),
+            (FileType::Directory, Some(id)) => {
+                Ok((n.fd.clone().ok_or(EIO)?, id, n.dir_lock.clone()))
+            }
             (FileType::Directory, None) => Err(EIO),
             _ => Err(libc::ENOTDIR),
         }
@@ -330,6 +487,24 @@ impl VaultFs {
                 Ok(st) => return Ok((bn, st)),
                 Err(e) if e.raw_os_error() == Some(ENOENT) => continue,
                 Err(e) => return Err(errno(e)),
+            }
+        }
+        Err(ENOENT)
+    }
+
+    /// Opens (O_PATH) the existing backing entry of `name` in a directory: a lookup's one
+    /// path walk (no separate stat).
+    pub(crate) fn open_entry(
+        &self,
+        dir_fd: BorrowedFd<'_>,
+        dir_id: &DirId,
+        name: &OsStr,
+    ) -> FsResult<(BackingName, OwnedFd)> {
+        for bn in self.candidate_names(dir_id, name)? {
+            match open_path(dir_fd, bn.entry()) {
+                Ok(fd) => return Ok((bn, fd)),
+                Err(ENOENT) => continue,
+                Err(code) => return Err(code),
             }
         }
         Err(ENOENT)
@@ -465,13 +640,19 @@ impl VaultFs {
         entry: &str,
         keep_damaged: bool,
     ) -> FsResult<(u64, FileAttr, bool)> {
-        let path_fd = rustix::fs::openat(
-            parent_fd,
-            entry,
-            OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-            Mode::empty(),
-        )
-        .map_err(|e| e.raw_os_error())?;
+        let path_fd = open_path(parent_fd, entry)?;
+        self.register_fd(parent, parent_id, entry, path_fd, keep_damaged)
+    }
+
+    /// `register_as` with the entry already opened (O_PATH).
+    pub(crate) fn register_fd(
+        &self,
+        parent: u64,
+        parent_id: &DirId,
+        entry: &str,
+        path_fd: OwnedFd,
+        keep_damaged: bool,
+    ) -> FsResult<(u64, FileAttr, bool)> {
         let st = backing::fstat(path_fd.as_fd()).map_err(errno)?;
         if st.st_dev != self.root_dev {
             log::error!(
@@ -490,7 +671,16 @@ impl VaultFs {
                 n.lookups += 1;
                 n.parent = parent;
                 n.entry = entry.to_string();
+                n.links = st.st_nlink;
+                let reopened = n.fd.is_none();
+                if reopened {
+                    n.fd = Some(Arc::new(path_fd));
+                }
                 drop(nodes);
+                if reopened {
+                    self.loose.opened(ino);
+                    self.evict_loose_fds();
+                }
                 return Ok((ino, self.attr_of(ino, kind, &st), false));
             }
         }
@@ -524,12 +714,15 @@ impl VaultFs {
             parent,
             entry: entry.to_string(),
             kind,
-            fd: Arc::new(path_fd),
+            fd: Some(Arc::new(path_fd)),
+            links: st.st_nlink,
             dir_id,
             lookups: 0,
             dir_lock: Arc::default(),
             damaged,
             page_stamp: None,
+            next_in_dir: None,
+            prefetched: false,
         });
         if n.damaged && !damaged {
             n.dir_id = dir_id;
@@ -537,7 +730,12 @@ impl VaultFs {
         }
         n.lookups += 1;
         let damaged = n.damaged;
+        let fresh = n.lookups == 1 && kind != FileType::Directory;
         drop(nodes);
+        if fresh {
+            self.loose.opened(ino);
+            self.evict_loose_fds();
+        }
         Ok((ino, self.attr_of(ino, kind, &st), damaged))
     }
 
@@ -554,6 +752,9 @@ impl VaultFs {
                 && let Some(node) = nodes.remove(&ino)
             {
                 drop(nodes);
+                if node.kind != FileType::Directory && node.fd.is_some() {
+                    self.loose.closed();
+                }
                 self.closer.retire(node);
             }
         }
@@ -572,6 +773,44 @@ impl VaultFs {
                 op()
             }
             other => other,
+        }
+    }
+
+    /// Records the listing order of regular files (for `prefetch_after`).
+    pub(crate) fn link_listing_order(&self, files: &[u64]) {
+        let mut nodes = self.nodes.lock().expect("lock");
+        for pair in files.windows(2) {
+            if let Some(n) = nodes.get_mut(&pair[0]) {
+                n.next_in_dir = Some(pair[1]);
+            }
+        }
+    }
+
+    /// `ino` is being opened: asks for the backing data of the next files in its
+    /// directory's listing order to be read ahead.
+    pub(crate) fn prefetch_after(&self, ino: u64) {
+        let mut wanted = Vec::new();
+        {
+            let mut nodes = self.nodes.lock().expect("lock");
+            let mut next = nodes.get_mut(&ino).and_then(|n| {
+                n.prefetched = false;
+                n.next_in_dir
+            });
+            for _ in 0..prefetch::FILES_AHEAD {
+                let Some(n) = next.and_then(|i| nodes.get_mut(&i)) else {
+                    break;
+                };
+                if !n.prefetched
+                    && let Some(fd) = &n.fd
+                {
+                    n.prefetched = true;
+                    wanted.push(fd.clone());
+                }
+                next = n.next_in_dir;
+            }
+        }
+        for fd in wanted {
+            self.prefetcher.hint(fd);
         }
     }
 
@@ -637,11 +876,14 @@ impl VaultFs {
 
     /// Current attributes of a node, from its pinned backing inode.
     pub(crate) fn getattr_ino(&self, ino: u64) -> FsResult<FileAttr> {
-        let (fd, kind) = {
-            let nodes = self.nodes.lock().expect("lock");
-            let n = nodes.get(&ino).ok_or(ENOENT)?;
-            (n.fd.clone(), n.kind)
-        };
+        let kind = self
+            .nodes
+            .lock()
+            .expect("lock")
+            .get(&ino)
+            .ok_or(ENOENT)?
+            .kind;
+        let fd = self.node_fd(ino)?;
         let st = backing::fstat(fd.as_fd()).map_err(errno)?;
         Ok(self.attr_of(ino, kind, &st))
     }
@@ -657,11 +899,14 @@ impl VaultFs {
         {
             return Ok(f);
         }
-        let (fd, kind) = {
-            let nodes = self.nodes.lock().expect("lock");
-            let n = nodes.get(&ino).ok_or(ENOENT)?;
-            (n.fd.clone(), n.kind)
-        };
+        let kind = self
+            .nodes
+            .lock()
+            .expect("lock")
+            .get(&ino)
+            .ok_or(ENOENT)?
+            .kind;
+        let fd = self.node_fd(ino)?;
         if kind != FileType::RegularFile {
             return Err(if kind == FileType::Directory {
                 libc::EISDIR

@@ -176,8 +176,9 @@ impl VaultFs {
     fn do_lookup(&self, parent: u64, name: &OsStr) -> FsResult<(u64, fuser::FileAttr)> {
         Self::check_name(name)?;
         let (pfd, pid, _) = self.dir(parent)?;
-        let (bn, _) = self.find_entry(pfd.as_fd(), &pid, name)?;
-        self.register(parent, pfd.as_fd(), &pid, bn.entry())
+        let (bn, fd) = self.open_entry(pfd.as_fd(), &pid, name)?;
+        self.register_fd(parent, &pid, bn.entry(), fd, false)
+            .map(|(ino, attr, _)| (ino, attr))
     }
 
     fn do_mkdir(
@@ -608,11 +609,12 @@ impl VaultFs {
         atime: Option<TimeOrNow>,
         mtime: Option<TimeOrNow>,
     ) -> FsResult<fuser::FileAttr> {
-        let (fd, kind, parent, entry) = {
+        let (kind, parent, entry) = {
             let nodes = self.nodes.lock().expect("lock");
             let n = nodes.get(&ino).ok_or(ENOENT)?;
-            (n.fd.clone(), n.kind, n.parent, n.entry.clone())
+            (n.kind, n.parent, n.entry.clone())
         };
+        let fd = self.node_fd(ino)?;
         if (mode.is_some()
             || uid.is_some()
             || gid.is_some()
@@ -674,6 +676,7 @@ impl VaultFs {
 impl Filesystem for VaultFs {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
         self.closer.start()?;
+        self.prefetcher.start()?;
         let _ = config.set_max_write(1 << 20);
         // As much readahead as the kernel offers here (root mounts raise it further through
         // the mount's bdi once mounted).
@@ -685,9 +688,12 @@ impl Filesystem for VaultFs {
         // before every write.
         // READDIRPLUS for every listing (not only the first page, as READDIRPLUS_AUTO would):
         // `rm -rf`, `find` and `ls -l` then need no LOOKUP per entry.
+        // POSIX_ACL: the kernel asks for an inode's ACLs once and caches the answer (vaultfs
+        // stores none: ENODATA), where `ls -l` otherwise sends a GETXATTR per entry listed.
         let mut wanted = InitFlags::FUSE_PARALLEL_DIROPS
             | InitFlags::FUSE_DO_READDIRPLUS
-            | InitFlags::FUSE_HANDLE_KILLPRIV_V2;
+            | InitFlags::FUSE_HANDLE_KILLPRIV_V2
+            | InitFlags::FUSE_POSIX_ACL;
         if !self.config.shared_storage {
             wanted |= InitFlags::FUSE_CACHE_SYMLINKS;
         }
@@ -920,6 +926,7 @@ impl Filesystem for VaultFs {
         }
         match self.logged("open", ino.0, self.open_file(ino.0)) {
             Ok(f) => {
+                self.prefetch_after(ino.0);
                 let flags = if self.page_cache_valid(ino.0) {
                     FopenFlags::FOPEN_KEEP_CACHE
                 } else {
@@ -1086,25 +1093,34 @@ impl Filesystem for VaultFs {
         let result = self.snapshot(ino.0, fh.0, offset).and_then(|()| {
             let handles = self.handles.lock().expect("lock");
             match handles.get(&fh.0) {
-                // At most what one reply can hold (a name takes at least 8 of its 4 KiB).
-                Some(Handle::Dir(listing)) => Ok(listing
-                    .iter()
-                    .enumerate()
-                    .skip(offset as usize)
-                    .take(512)
-                    .map(|(i, l)| (i as u64 + 1, l.name.clone(), l.entry.clone(), l.ino))
-                    .collect::<Vec<_>>()),
+                // At most what one reply can hold (a name takes at least 8 of its 4 KiB),
+                // and the regular file the previous page ended with (to chain the order).
+                Some(Handle::Dir(listing)) => Ok((
+                    listing
+                        .iter()
+                        .enumerate()
+                        .skip(offset as usize)
+                        .take(512)
+                        .map(|(i, l)| (i as u64 + 1, l.name.clone(), l.entry.clone(), l.ino))
+                        .collect::<Vec<_>>(),
+                    (offset as usize)
+                        .checked_sub(1)
+                        .and_then(|i| listing.get(i))
+                        .filter(|l| l.kind == FileType::RegularFile)
+                        .map(|l| l.ino),
+                )),
                 _ => Err(libc::EBADF),
             }
         });
-        let entries = match self.logged("readdirplus", ino.0, result) {
-            Ok(entries) => entries,
+        let (entries, previous_file) = match self.logged("readdirplus", ino.0, result) {
+            Ok(found) => found,
             Err(code) => return reply.error(e(code)),
         };
         let (pfd, pid, _) = match self.dir(ino.0) {
             Ok(d) => d,
             Err(code) => return reply.error(e(code)),
         };
+        let mut files: Vec<u64> = previous_file.into_iter().collect();
         for (next, name, entry, entry_ino) in entries {
             let name = OsStr::from_bytes(&name);
             if entry.is_empty() {
@@ -1138,7 +1154,11 @@ impl Filesystem for VaultFs {
                 self.forget_node(node, 1);
                 break;
             }
+            if attr.kind == FileType::RegularFile {
+                files.push(node);
+            }
         }
+        self.link_listing_order(&files);
         reply.ok();
     }
 

@@ -69,13 +69,15 @@ impl VaultFs {
         &self,
         ino: u64,
     ) -> FsResult<(CString, FileType, std::sync::Arc<std::os::fd::OwnedFd>)> {
-        let nodes = self.nodes.lock().expect("lock");
-        let n = nodes.get(&ino).ok_or(ENOENT)?;
-        Ok((
-            proc_path(std::os::fd::AsFd::as_fd(&*n.fd)),
-            n.kind,
-            n.fd.clone(),
-        ))
+        let kind = self
+            .nodes
+            .lock()
+            .expect("lock")
+            .get(&ino)
+            .ok_or(ENOENT)?
+            .kind;
+        let fd = self.node_fd(ino)?;
+        Ok((proc_path(std::os::fd::AsFd::as_fd(&*fd)), kind, fd))
     }
 
     /// Backing names of plaintext xattr `name` under each live generation.
