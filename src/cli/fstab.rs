@@ -90,9 +90,12 @@ fn parse_form(args: &[OsString]) -> Result<MountArgs> {
             ("ro", None) => a.read_only = true,
             ("rw", None) => a.read_only = false,
             ("allow_other", None) => a.allow_other = true,
-            ("noexec" | "exec" | "noatime" | "atime" | "sync" | "async" | "dirsync", None) => {
-                a.options.push(key.into())
-            }
+            ("shared_storage", None) => a.shared_storage = true,
+            (
+                "noexec" | "exec" | "noatime" | "atime" | "sync" | "async" | "dirsync"
+                | "writeback_cache" | "no_writeback_cache",
+                None,
+            ) => a.options.push(key.into()),
             // For mount(8), systemd and the admin, not for the filesystem; vaultfs mounts are
             // always nosuid,nodev with kernel permission checks.
             (
@@ -148,6 +151,18 @@ mod tests {
         assert_eq!(a.idle, Some(std::time::Duration::from_secs(600)));
         assert!(a.read_only && a.allow_other && !a.foreground);
         assert_eq!(a.options, ["noexec"]);
+        assert!(!a.shared_storage);
+        let shared = parse(&args(&[
+            "vaultfs",
+            "/v",
+            "/m",
+            "-o",
+            "shared_storage,no_writeback_cache",
+        ]))
+        .unwrap()
+        .unwrap();
+        assert!(shared.shared_storage);
+        assert_eq!(shared.options, ["no_writeback_cache"]);
         let helper = parse(&args(&[
             "/sbin/mount.vaultfs",
             "/v",

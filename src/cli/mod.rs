@@ -240,7 +240,8 @@ pub struct MountArgs {
     /// file pages across opens (same as -o shared_storage)
     #[arg(long)]
     pub shared_storage: bool,
-    /// Extra mount options, comma-separated (ro, allow_other, noexec, noatime, sync, ...)
+    /// Extra mount options, comma-separated (ro, allow_other, shared_storage,
+    /// no_writeback_cache, noexec, noatime, sync, ...)
     #[arg(short = 'o', value_name = "OPTS", value_delimiter = ',')]
     pub options: Vec<String>,
     /// The vault (backing) directory
