@@ -810,7 +810,7 @@ impl VaultFs {
             }
         }
         for fd in wanted {
-            self.prefetcher.hint(prefetch::Job::File(fd));
+            self.prefetcher.hint(fd);
         }
     }
 

@@ -90,17 +90,6 @@ impl VaultFs {
             },
         ];
         listing.extend(self.list_dir(ino)?);
-        // Their ID files are read next, one by one, as the listing is sent with attributes.
-        let subdirs: Vec<String> = listing
-            .iter()
-            .filter(|l| l.kind == FileType::Directory && !l.entry.is_empty())
-            .map(|l| l.entry.clone())
-            .collect();
-        if !subdirs.is_empty() {
-            self.prefetcher
-                .hint(super::prefetch::Job::DirIds(self.node_fd(ino)?, subdirs));
-        }
-
         Ok(listing)
     }
 

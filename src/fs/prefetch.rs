@@ -15,16 +15,8 @@ const BYTES_PER_FILE: u64 = 256 * 1024;
 /// Requests waiting for the thread; more are dropped (read-ahead is only a hint).
 const QUEUE: usize = 64;
 
-/// What to read ahead.
-pub(crate) enum Job {
-    /// The start of the file an O_PATH fd of a node pins.
-    File(Arc<OwnedFd>),
-    /// `vaultfs.dirid` of each of these subdirectories of a directory.
-    DirIds(Arc<OwnedFd>, Vec<String>),
-}
-
 pub(crate) struct Prefetcher {
-    queue: std::sync::OnceLock<SyncSender<Job>>,
+    queue: std::sync::OnceLock<SyncSender<Arc<OwnedFd>>>,
 }
 
 impl Prefetcher {
@@ -44,48 +36,40 @@ impl Prefetcher {
         Ok(())
     }
 
-    /// Queues `job` (dropped if the queue is full: read-ahead is only a hint).
-    pub fn hint(&self, job: Job) {
+    /// Asks for the start of the backing file `fd` (an O_PATH fd of a node) to be read.
+    pub fn hint(&self, fd: Arc<OwnedFd>) {
         if let Some(q) = self.queue.get()
-            && let Err(TrySendError::Disconnected(_)) = q.try_send(job)
+            && let Err(TrySendError::Disconnected(_)) = q.try_send(fd)
         {
             log::debug!("prefetch thread gone");
         }
     }
 }
 
-fn run(rx: Receiver<Job>) {
-    for job in rx {
-        match job {
-            Job::File(path_fd) => {
-                // O_PATH fds take no fadvise: open the pinned inode itself for reading.
-                let proc = format!("/proc/self/fd/{}", path_fd.as_raw_fd());
-                will_need(rustix::fs::CWD, &proc);
-            }
-            Job::DirIds(dir, subdirs) => {
-                for sub in subdirs {
-                    let id_file = format!("{sub}/{}", crate::crypto::names::DIRID_FILE);
-                    will_need(dir.as_fd(), &id_file);
-                }
-            }
-        }
+fn run(rx: Receiver<Arc<OwnedFd>>) {
+    for path_fd in rx {
+        // O_PATH fds take no fadvise: open the pinned inode itself for reading.
+        let proc = format!("/proc/self/fd/{}", path_fd.as_raw_fd());
+        let Ok(fd) = rustix::fs::open(
+            proc.as_str(),
+            rustix::fs::OFlags::RDONLY | rustix::fs::OFlags::CLOEXEC | rustix::fs::OFlags::NOATIME,
+            rustix::fs::Mode::empty(),
+        )
+        .or_else(|_| {
+            // NOATIME needs ownership of the backing file (or root).
+            rustix::fs::open(
+                proc.as_str(),
+                rustix::fs::OFlags::RDONLY | rustix::fs::OFlags::CLOEXEC,
+                rustix::fs::Mode::empty(),
+            )
+        }) else {
+            continue;
+        };
+        let _ = rustix::fs::fadvise(
+            fd.as_fd(),
+            0,
+            std::num::NonZeroU64::new(BYTES_PER_FILE),
+            rustix::fs::Advice::WillNeed,
+        );
     }
-}
-
-/// Starts reading the first `BYTES_PER_FILE` of `path` (relative to `dir`).
-fn will_need(dir: impl AsFd, path: &str) {
-    use rustix::fs::{Mode, OFlags};
-    let flags = OFlags::RDONLY | OFlags::CLOEXEC | OFlags::NOFOLLOW;
-    // NOATIME needs ownership of the backing file (or root).
-    let Ok(fd) = rustix::fs::openat(dir.as_fd(), path, flags | OFlags::NOATIME, Mode::empty())
-        .or_else(|_| rustix::fs::openat(dir.as_fd(), path, flags, Mode::empty()))
-    else {
-        return;
-    };
-    let _ = rustix::fs::fadvise(
-        fd.as_fd(),
-        0,
-        std::num::NonZeroU64::new(BYTES_PER_FILE),
-        rustix::fs::Advice::WillNeed,
-    );
 }
