@@ -227,14 +227,7 @@ fn more_files_than_the_fd_budget() {
     assert_eq!(s, "contents of 5");
     assert_eq!(open.metadata().unwrap().len(), 13);
     drop(open);
-    let pid: i32 = fs::read_dir(v.state.join("vaultfs/mounts"))
-        .unwrap()
-        .next()
-        .map(|e| fs::read_to_string(e.unwrap().path()).unwrap())
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap();
+    let pid = v.daemon_pid();
     let fds = fs::read_dir(format!("/proc/{pid}/fd")).unwrap().count();
     assert!(fds < 400, "{fds} fds open in the daemon");
     v.unmount();

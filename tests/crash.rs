@@ -196,22 +196,6 @@ fn close(f: fs::File) -> std::io::Result<()> {
     }
 }
 
-fn daemon_pid(v: &TestVault) -> i32 {
-    let dir = v.state.join("vaultfs/mounts");
-    for _ in 0..100 {
-        if let Some(Ok(e)) = fs::read_dir(&dir).ok().and_then(|mut d| d.next())
-            && let Ok(pid) = fs::read_to_string(e.path())
-                .unwrap_or_default()
-                .trim()
-                .parse()
-        {
-            return pid;
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    panic!("no daemon pid file");
-}
-
 #[test]
 fn kill_9_at_random_moments_loses_nothing_completed() {
     if !fuse_available() {
@@ -222,7 +206,7 @@ fn kill_9_at_random_moments_loses_nothing_completed() {
         let cs = if round % 2 == 0 { 4096 } else { 65536 };
         let v = TestVault::new(cs as u32);
         v.mount();
-        let pid = daemon_pid(&v);
+        let pid = v.daemon_pid();
         let log = Arc::new(Mutex::new(Log::default()));
         let kill_after = Duration::from_millis(30 + (round * 37) % 300);
         std::thread::scope(|s| {

@@ -11,20 +11,6 @@ use std::time::{Duration, Instant};
 use common::{TestVault, fuse_available, vaultfs};
 use vaultfs::exitcodes;
 
-fn daemon_pid(v: &TestVault) -> i32 {
-    let dir = v.state.join("vaultfs/mounts");
-    let entry = fs::read_dir(&dir)
-        .unwrap()
-        .next()
-        .expect("a pid file")
-        .unwrap();
-    fs::read_to_string(entry.path())
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap()
-}
-
 fn wait_gone(pid: i32) -> bool {
     let deadline = Instant::now() + Duration::from_secs(20);
     while Instant::now() < deadline {
@@ -46,7 +32,7 @@ fn unmount_with_open_files_is_busy_then_lazy_works() {
     v.mount();
     fs::write(v.p("open.txt"), b"kept open").unwrap();
     let mut f = fs::File::open(v.p("open.txt")).unwrap();
-    let pid = daemon_pid(&v);
+    let pid = v.daemon_pid();
     let o = vaultfs(&v.state)
         .arg("unmount")
         .arg(&v.mnt)
@@ -97,7 +83,7 @@ fn sigterm_detaches_and_the_daemon_exits_cleanly() {
     let v = TestVault::new(4096);
     v.mount();
     fs::write(v.p("before-term"), vec![7u8; 100_000]).unwrap();
-    let pid = daemon_pid(&v);
+    let pid = v.daemon_pid();
     // SAFETY: sending SIGTERM to our own test daemon.
     unsafe { libc::kill(pid, libc::SIGTERM) };
     assert!(wait_gone(pid), "daemon exits after SIGTERM");
@@ -114,7 +100,7 @@ fn unmount_waits_for_the_daemon() {
     }
     let v = TestVault::new(4096);
     v.mount();
-    let pid = daemon_pid(&v);
+    let pid = v.daemon_pid();
     v.unmount();
     let stat = fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
     assert!(

@@ -14,16 +14,6 @@ use common::{TestVault, fuse_available};
 /// and a pinned fd) and one listing entry (about 150 bytes).
 const RSS_BOUND_KIB: u64 = 96 * 1024;
 
-fn daemon_pid(v: &TestVault) -> i32 {
-    let dir = v.state.join("vaultfs/mounts");
-    let entry = fs::read_dir(&dir).unwrap().next().unwrap().unwrap();
-    fs::read_to_string(entry.path())
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap()
-}
-
 fn vm_hwm_kib(pid: i32) -> u64 {
     let status = fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
     status
@@ -83,7 +73,7 @@ fn listing_100k_files_is_linear_and_memory_stays_bounded() {
     create(&dir, small, large);
     let ls_large = timed(&v, "ls -l big", large);
     let find_large = timed(&v, "find big", large);
-    let hwm = vm_hwm_kib(daemon_pid(&v));
+    let hwm = vm_hwm_kib(v.daemon_pid());
     // Four times the entries: linear is 4x the time. Allow up to 10x for a noisy machine;
     // a quadratic step would show as 16x.
     let per_entry = |t: f64, n: usize| Duration::from_secs_f64(t / n as f64);

@@ -399,6 +399,18 @@ impl VaultFs {
         Ok(fd)
     }
 
+    /// A node's type and backing fd.
+    pub(crate) fn node_kind_fd(&self, ino: u64) -> FsResult<(FileType, Arc<OwnedFd>)> {
+        let kind = self
+            .nodes
+            .lock()
+            .expect("lock")
+            .get(&ino)
+            .ok_or(ENOENT)?
+            .kind;
+        Ok((kind, self.node_fd(ino)?))
+    }
+
     /// Closes the fds of the longest-open non-directory nodes while more than the budget
     /// are open. Nodes that must keep theirs (open files, several links) stay.
     fn evict_loose_fds(&self) {
@@ -876,14 +888,7 @@ impl VaultFs {
 
     /// Current attributes of a node, from its pinned backing inode.
     pub(crate) fn getattr_ino(&self, ino: u64) -> FsResult<FileAttr> {
-        let kind = self
-            .nodes
-            .lock()
-            .expect("lock")
-            .get(&ino)
-            .ok_or(ENOENT)?
-            .kind;
-        let fd = self.node_fd(ino)?;
+        let (kind, fd) = self.node_kind_fd(ino)?;
         let st = backing::fstat(fd.as_fd()).map_err(errno)?;
         Ok(self.attr_of(ino, kind, &st))
     }
@@ -899,14 +904,7 @@ impl VaultFs {
         {
             return Ok(f);
         }
-        let kind = self
-            .nodes
-            .lock()
-            .expect("lock")
-            .get(&ino)
-            .ok_or(ENOENT)?
-            .kind;
-        let fd = self.node_fd(ino)?;
+        let (kind, fd) = self.node_kind_fd(ino)?;
         if kind != FileType::RegularFile {
             return Err(if kind == FileType::Directory {
                 libc::EISDIR

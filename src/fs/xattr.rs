@@ -8,7 +8,7 @@ use std::os::fd::{AsRawFd, BorrowedFd};
 use std::os::unix::ffi::OsStrExt;
 
 use fuser::FileType;
-use libc::{E2BIG, EEXIST, EIO, ENODATA, ENOENT, EOPNOTSUPP, EPERM, ERANGE};
+use libc::{E2BIG, EEXIST, EIO, ENODATA, EOPNOTSUPP, EPERM, ERANGE};
 
 use super::{FsResult, VaultFs};
 use crate::crypto::CryptoError;
@@ -69,14 +69,7 @@ impl VaultFs {
         &self,
         ino: u64,
     ) -> FsResult<(CString, FileType, std::sync::Arc<std::os::fd::OwnedFd>)> {
-        let kind = self
-            .nodes
-            .lock()
-            .expect("lock")
-            .get(&ino)
-            .ok_or(ENOENT)?
-            .kind;
-        let fd = self.node_fd(ino)?;
+        let (kind, fd) = self.node_kind_fd(ino)?;
         Ok((proc_path(std::os::fd::AsFd::as_fd(&*fd)), kind, fd))
     }
 

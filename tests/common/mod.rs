@@ -200,6 +200,23 @@ impl TestVault {
         c
     }
 
+    /// The pid of the daemon serving this vault's mount (from its pid file).
+    pub fn daemon_pid(&self) -> i32 {
+        let dir = self.state.join("vaultfs/mounts");
+        for _ in 0..100 {
+            if let Some(Ok(e)) = std::fs::read_dir(&dir).ok().and_then(|mut d| d.next())
+                && let Ok(pid) = std::fs::read_to_string(e.path())
+                    .unwrap_or_default()
+                    .trim()
+                    .parse()
+            {
+                return pid;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        panic!("no daemon pid file");
+    }
+
     pub fn p(&self, rel: &str) -> PathBuf {
         self.mnt.join(rel)
     }
