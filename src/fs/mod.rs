@@ -240,8 +240,8 @@ impl LooseFds {
         self.open.load(std::sync::atomic::Ordering::Relaxed) > self.budget
     }
 
-    /// How many queue entries an eviction pass may look at.
-    fn excess(&self) -> usize {
+    /// Entries in the queue (live or stale).
+    fn queued(&self) -> usize {
         self.queue.lock().expect("lock").len()
     }
 }
@@ -393,8 +393,7 @@ impl VaultFs {
             }
         };
         if stored {
-            self.loose.opened(ino);
-            self.evict_loose_fds();
+            self.loose_fd_opened(ino);
         }
         Ok(fd)
     }
@@ -411,10 +410,12 @@ impl VaultFs {
         Ok((kind, self.node_fd(ino)?))
     }
 
-    /// Closes the fds of the longest-open non-directory nodes while more than the budget
-    /// are open. Nodes that must keep theirs (open files, several links) stay.
-    fn evict_loose_fds(&self) {
-        if self.loose.excess() > 4 * self.loose.budget {
+    /// A non-directory node `ino` was given an fd: counts it, and closes the fds of the
+    /// longest-open such nodes while more than the budget are open. Nodes that must keep
+    /// theirs (open files, several links) stay.
+    fn loose_fd_opened(&self, ino: u64) {
+        self.loose.opened(ino);
+        if self.loose.queued() > 4 * self.loose.budget {
             // Forgotten nodes and requeued ones leave stale entries: keep each live one once.
             let nodes = self.nodes.lock().expect("lock");
             let mut seen = HashSet::new();
@@ -425,7 +426,7 @@ impl VaultFs {
                     && seen.insert(*ino)
             });
         }
-        let mut tries = self.loose.excess();
+        let mut tries = self.loose.queued();
         while tries > 0 && self.loose.over_budget() {
             tries -= 1;
             let Some(ino) = self.loose.oldest() else {
@@ -690,8 +691,7 @@ impl VaultFs {
                 }
                 drop(nodes);
                 if reopened {
-                    self.loose.opened(ino);
-                    self.evict_loose_fds();
+                    self.loose_fd_opened(ino);
                 }
                 return Ok((ino, self.attr_of(ino, kind, &st), false));
             }
@@ -745,8 +745,7 @@ impl VaultFs {
         let fresh = n.lookups == 1 && kind != FileType::Directory;
         drop(nodes);
         if fresh {
-            self.loose.opened(ino);
-            self.evict_loose_fds();
+            self.loose_fd_opened(ino);
         }
         Ok((ino, self.attr_of(ino, kind, &st), damaged))
     }
