@@ -193,6 +193,7 @@ pub fn mount(mut req: MountRequest, password: &[u8]) -> Result<()> {
         read_only: req.settings.read_only,
         shared_storage: req.settings.shared_storage,
         writeback_cache: !req.settings.shared_storage && !req.settings.no_writeback_cache,
+        kernel_checks_permissions: req.settings.kernel_checks_permissions(),
     };
     let root = backing::open_root(&vault)
         .map_err(VaultError::io(format!("cannot open {}", vault.display())))?;

@@ -187,25 +187,120 @@ fn mount_refusals_have_clear_errors_and_codes() {
     assert_eq!(o.status.code(), Some(exitcodes::NOT_MOUNTED));
 }
 
+fn mount_options_of(mnt: &Path) -> String {
+    let mi = fs::read_to_string("/proc/self/mountinfo").unwrap();
+    let mnt = fs::canonicalize(mnt).unwrap();
+    mi.lines()
+        .find(|l| l.split(' ').nth(4) == Some(mnt.to_str().unwrap()))
+        .unwrap()
+        .to_string()
+}
+
+/// Always nosuid,nodev; default_permissions wherever anyone but root can enter (as root
+/// without --allow-other only root can, and the kernel's check would cost a round trip per
+/// file created or removed).
 #[test]
-fn mounts_are_nosuid_nodev_with_default_permissions() {
+fn mounts_are_nosuid_nodev_and_check_permissions_where_others_enter() {
     if !fuse_available() {
         return;
     }
+    let root = rustix::process::geteuid().is_root();
     let v = TestVault::new(4096);
-    v.mount();
-    let mi = fs::read_to_string("/proc/self/mountinfo").unwrap();
-    let mnt = fs::canonicalize(&v.mnt).unwrap();
-    let line = mi
-        .lines()
-        .find(|l| l.split(' ').nth(4) == Some(mnt.to_str().unwrap()))
-        .unwrap()
-        .to_string();
-    assert!(line.contains("nosuid") && line.contains("nodev"), "{line}");
-    assert!(
-        line.contains("fuse.vaultfs") && line.contains("default_permissions"),
-        "{line}"
-    );
-    v.unmount();
+    for (args, checked) in [
+        (&[][..], !root),
+        (&["--allow-other"][..], true),
+        (&["-o", "default_permissions"][..], true),
+    ] {
+        if args.first() == Some(&"--allow-other") && !root {
+            continue; // needs user_allow_other in /etc/fuse.conf
+        }
+        let o = v.mount_args(args);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        let line = mount_options_of(Path::new(&v.mnt));
+        assert!(line.contains("nosuid") && line.contains("nodev"), "{line}");
+        assert!(line.contains("fuse.vaultfs"), "{line}");
+        assert_eq!(
+            line.contains("default_permissions"),
+            checked,
+            "{args:?}: {line}"
+        );
+        v.unmount();
+    }
     assert!(Path::new(&v.mnt).read_dir().unwrap().next().is_none());
+}
+
+/// Root passes permission bits, but executing still needs an x bit. Without
+/// default_permissions vaultfs answers access(2) itself: the answers must be the kernel's.
+#[test]
+fn root_gets_the_same_answers_with_and_without_default_permissions() {
+    if !fuse_available() {
+        return;
+    }
+    if !rustix::process::geteuid().is_root() {
+        eprintln!("\n*** SKIPPING: only root mounts leave out default_permissions ***\n");
+        return;
+    }
+    use std::os::unix::fs::PermissionsExt;
+    let v = TestVault::new(4096);
+    let access = |p: &Path, mode: i32| {
+        let c = std::ffi::CString::new(p.as_os_str().as_encoded_bytes()).unwrap();
+        // SAFETY: a valid NUL-terminated path.
+        if unsafe { libc::access(c.as_ptr(), mode) } == 0 {
+            0
+        } else {
+            std::io::Error::last_os_error().raw_os_error().unwrap()
+        }
+    };
+    let mut answers = Vec::new();
+    for args in [&[][..], &["-o", "default_permissions"][..]] {
+        let o = v.mount_args(args);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        let (file, dir) = (v.p("f"), v.p("d"));
+        fs::write(&file, b"#!/bin/sh\nexit 0\n").unwrap();
+        fs::create_dir(&dir).unwrap();
+        let mut seen = Vec::new();
+        for (file_mode, dir_mode) in [
+            (0o644, 0o000),
+            (0o000, 0o700),
+            (0o100, 0o000),
+            (0o001, 0o644),
+        ] {
+            fs::set_permissions(&file, fs::Permissions::from_mode(file_mode)).unwrap();
+            fs::set_permissions(&dir, fs::Permissions::from_mode(dir_mode)).unwrap();
+            let exec = std::process::Command::new(&file)
+                .status()
+                .map(|s| s.success())
+                .map_err(|e| e.raw_os_error());
+            seen.push((
+                file_mode,
+                access(&file, libc::R_OK),
+                access(&file, libc::W_OK),
+                access(&file, libc::X_OK),
+                access(&dir, libc::R_OK | libc::W_OK | libc::X_OK),
+                exec,
+                fs::read(&file).is_ok(),
+                fs::read_dir(&dir).is_ok(),
+            ));
+        }
+        fs::remove_file(&file).unwrap();
+        fs::remove_dir(&dir).unwrap();
+        v.unmount();
+        answers.push(seen);
+    }
+    assert_eq!(answers[0], answers[1]);
+    // And they are root's: everything but executing a file without an x bit.
+    let eacces = libc::EACCES;
+    assert_eq!(answers[0][0].3, eacces, "{:?}", answers[0]);
+    assert_eq!(answers[0][0].5, Err(Some(eacces)), "{:?}", answers[0]);
+    assert_eq!(
+        answers[0][1].1, 0,
+        "root reads a mode-000 file: {:?}",
+        answers[0]
+    );
+    assert_eq!(answers[0][2].5, Ok(true), "{:?}", answers[0]);
+    assert!(
+        answers[0].iter().all(|a| a.4 == 0 && a.7),
+        "{:?}",
+        answers[0]
+    );
 }

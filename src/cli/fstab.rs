@@ -92,27 +92,26 @@ fn parse_form(args: &[OsString]) -> Result<MountArgs> {
             ("allow_other", None) => a.allow_other = true,
             ("shared_storage", None) => a.shared_storage = true,
             (
-                "noexec" | "exec" | "noatime" | "atime" | "sync" | "async" | "dirsync"
-                | "writeback_cache" | "no_writeback_cache",
+                "noexec"
+                | "exec"
+                | "noatime"
+                | "atime"
+                | "sync"
+                | "async"
+                | "dirsync"
+                | "writeback_cache"
+                | "no_writeback_cache"
+                | "default_permissions",
                 None,
             ) => a.options.push(key.into()),
             // For mount(8), systemd and the admin, not for the filesystem; vaultfs mounts are
-            // always nosuid,nodev with kernel permission checks.
+            // always nosuid,nodev.
             (
                 "" | "defaults" | "auto" | "noauto" | "nofail" | "_netdev" | "user" | "users"
                 | "nouser" | "owner",
                 _,
             ) => {}
-            (
-                "nosuid"
-                | "nodev"
-                | "suid"
-                | "dev"
-                | "default_permissions"
-                | "relatime"
-                | "strictatime",
-                _,
-            ) => {}
+            ("nosuid" | "nodev" | "suid" | "dev" | "relatime" | "strictatime", _) => {}
             (k, _) if k.starts_with("x-") || k == "comment" => {}
             _ => {
                 return Err(VaultError::InvalidArgument(format!(
@@ -157,12 +156,15 @@ mod tests {
             "/v",
             "/m",
             "-o",
-            "shared_storage,no_writeback_cache",
+            "shared_storage,no_writeback_cache,default_permissions",
         ]))
         .unwrap()
         .unwrap();
         assert!(shared.shared_storage);
-        assert_eq!(shared.options, ["no_writeback_cache"]);
+        assert_eq!(
+            shared.options,
+            ["no_writeback_cache", "default_permissions"]
+        );
         let helper = parse(&args(&[
             "/sbin/mount.vaultfs",
             "/v",

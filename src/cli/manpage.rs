@@ -101,11 +101,11 @@ pub fn render() -> Vec<u8> {
     r.control("SH", ["MOUNTING"]);
     para(
         &mut r,
-        "Mounts are always nosuid and nodev, and the kernel checks permissions (default_permissions): FUSE requests do not carry supplementary groups, so vaultfs never checks permissions itself. As root, vaultfs mounts directly; other users mount through fusermount3 (package fuse3). --allow-other lets other users in (for non-root users it needs user_allow_other in /etc/fuse.conf).",
+        "Mounts are always nosuid and nodev. The kernel checks permissions (default_permissions) wherever a user other than root can enter, with --allow-other and on every mount made by a user: FUSE requests do not carry supplementary groups, so vaultfs never checks permissions itself. A root mount without --allow-other admits only root, whom permission bits do not stop, so the check (a round trip before every file created or removed) is left out; -o default_permissions restores it for root processes stripped of CAP_DAC_OVERRIDE. As root, vaultfs mounts directly; other users mount through fusermount3 (package fuse3). --allow-other lets other users in (for non-root users it needs user_allow_other in /etc/fuse.conf).",
     );
     para(
         &mut r,
-        "In /etc/fstab: /srv/vault /mnt/private fuse.vaultfs passfile=/root/vault.pass,noauto,nofail 0 0. Options of the mount.fuse form: passfile=FILE, keystore=PATH, ro, allow_other, idle=DURATION, shared_storage, no_writeback_cache, and noexec, noatime, sync; noauto, nofail, _netdev, defaults, rw and x-systemd.* are accepted and ignored.",
+        "In /etc/fstab: /srv/vault /mnt/private fuse.vaultfs passfile=/root/vault.pass,noauto,nofail 0 0. Options of the mount.fuse form: passfile=FILE, keystore=PATH, ro, allow_other, default_permissions, idle=DURATION, shared_storage, no_writeback_cache, and noexec, noatime, sync; noauto, nofail, _netdev, defaults, rw and x-systemd.* are accepted and ignored.",
     );
     para(
         &mut r,

@@ -240,8 +240,8 @@ pub struct MountArgs {
     /// file pages across opens (same as -o shared_storage)
     #[arg(long)]
     pub shared_storage: bool,
-    /// Extra mount options, comma-separated (ro, allow_other, shared_storage,
-    /// no_writeback_cache, noexec, noatime, sync, ...)
+    /// Extra mount options, comma-separated (ro, allow_other, default_permissions,
+    /// shared_storage, no_writeback_cache, noexec, noatime, sync, ...)
     #[arg(short = 'o', value_name = "OPTS", value_delimiter = ',')]
     pub options: Vec<String>,
     /// The vault (backing) directory
@@ -687,6 +687,7 @@ pub fn cmd_mount(a: MountArgs) -> Result<()> {
             allow_other: a.allow_other,
             shared_storage: a.shared_storage,
             no_writeback_cache: false,
+            default_permissions: false,
             options: a.options,
             fsname: String::new(),
         },

@@ -690,10 +690,14 @@ impl Filesystem for VaultFs {
         // `rm -rf`, `find` and `ls -l` then need no LOOKUP per entry.
         // POSIX_ACL: the kernel asks for an inode's ACLs once and caches the answer (vaultfs
         // stores none: ENODATA), where `ls -l` otherwise sends a GETXATTR per entry listed.
+        // The kernel turns default_permissions on with it, so it is asked for only where
+        // the kernel checks permissions anyway (`MountSettings::kernel_checks_permissions`).
         let mut wanted = InitFlags::FUSE_PARALLEL_DIROPS
             | InitFlags::FUSE_DO_READDIRPLUS
-            | InitFlags::FUSE_HANDLE_KILLPRIV_V2
-            | InitFlags::FUSE_POSIX_ACL;
+            | InitFlags::FUSE_HANDLE_KILLPRIV_V2;
+        if self.config.kernel_checks_permissions {
+            wanted |= InitFlags::FUSE_POSIX_ACL;
+        }
         if !self.config.shared_storage {
             wanted |= InitFlags::FUSE_CACHE_SYMLINKS;
         }
@@ -1309,9 +1313,24 @@ impl Filesystem for VaultFs {
         }
     }
 
-    fn access(&self, _req: &Request, _ino: INodeNo, _mask: fuser::AccessFlags, reply: ReplyEmpty) {
-        // The kernel checks permissions (default_permissions); existence is all that is left.
-        reply.ok();
+    fn access(&self, _req: &Request, ino: INodeNo, mask: fuser::AccessFlags, reply: ReplyEmpty) {
+        // With default_permissions the kernel has checked the bits and never asks. Without
+        // it only root can be here, and root passes every check but one: executing needs an
+        // x bit somewhere, except on a directory.
+        let result = self.getattr_ino(ino.0).and_then(|attr| {
+            let exec_denied = mask.contains(fuser::AccessFlags::X_OK)
+                && attr.kind != FileType::Directory
+                && attr.perm & 0o111 == 0;
+            if exec_denied && !self.config.kernel_checks_permissions {
+                Err(libc::EACCES)
+            } else {
+                Ok(())
+            }
+        });
+        match self.logged("access", ino.0, result) {
+            Ok(()) => reply.ok(),
+            Err(code) => reply.error(e(code)),
+        }
     }
 
     fn create(
