@@ -339,3 +339,66 @@ fn copy_file_range_and_sendfile() {
         assert_eq!(fs::read(v.p("sent")).unwrap(), data);
     });
 }
+
+/// vaultfs stores `user.*` only: other namespaces are "not supported", as from a filesystem
+/// with no handler for them, so `ls -l` stops asking for SELinux labels and ACLs after the
+/// first file. Where the kernel handles ACLs (POSIX_ACL, granted where it checks
+/// permissions), an ACL is "not there" instead: the kernel's permission checks ask for it.
+#[test]
+fn foreign_xattr_namespaces_are_unsupported() {
+    if !common::fuse_available() {
+        return;
+    }
+    let v = common::TestVault::new(4096);
+    let root = rustix::process::geteuid().is_root();
+    for args in [&[][..], &["--allow-other"][..]] {
+        if !args.is_empty() && !root {
+            continue; // --allow-other needs user_allow_other in /etc/fuse.conf
+        }
+        let o = v.mount_args(args);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        let f = v.p("file");
+        fs::write(&f, b"x").unwrap();
+        let kernel_acls = !args.is_empty() || !root;
+        for target in [f.clone(), v.p("")] {
+            for name in ["security.selinux", "security.capability", "trusted.x"] {
+                assert_eq!(
+                    getx(&target, name),
+                    Err(libc::EOPNOTSUPP),
+                    "{name} {args:?}"
+                );
+            }
+            let no_acl = if kernel_acls {
+                libc::ENODATA
+            } else {
+                libc::EOPNOTSUPP
+            };
+            for name in ["system.posix_acl_access", "system.posix_acl_default"] {
+                let got = getx(&target, name);
+                // The kernel answers a default ACL of a non-directory itself.
+                if name.ends_with("default") && target == f && kernel_acls {
+                    assert!(got.is_err(), "{got:?}");
+                    continue;
+                }
+                assert_eq!(got, Err(no_acl), "{name} {args:?}");
+            }
+            let n = CString::new("trusted.x").unwrap();
+            // SAFETY: valid strings.
+            let r = unsafe { libc::removexattr(cpath(&target).as_ptr(), n.as_ptr()) };
+            assert_eq!((r, last_errno()), (-1, libc::EOPNOTSUPP));
+        }
+        // ls -l copes (it stops asking once told "not supported").
+        let ls = std::process::Command::new("ls")
+            .arg("-l")
+            .arg(&v.mnt)
+            .output()
+            .unwrap();
+        assert!(
+            ls.status.success(),
+            "{}",
+            String::from_utf8_lossy(&ls.stderr)
+        );
+        fs::remove_file(&f).unwrap();
+        v.unmount();
+    }
+}

@@ -160,6 +160,8 @@ pub struct VaultFs {
     /// Backing paths whose damage was already logged (each is logged once).
     reported: Mutex<HashSet<String>>,
     pub(crate) is_root: bool,
+    /// The kernel handles POSIX ACLs itself (FUSE_POSIX_ACL was granted at init).
+    pub(crate) kernel_acls: bool,
     pub(crate) activity: Arc<Activity>,
     /// Closes the fds of nodes the kernel forgot (started at FUSE init).
     pub(crate) closer: closer::Closer<Node>,
@@ -315,6 +317,7 @@ impl VaultFs {
             next_fh: 1.into(),
             reported: Mutex::default(),
             is_root: rustix::process::geteuid().is_root(),
+            kernel_acls: false,
             activity,
             closer: closer::Closer::new(),
             loose: LooseFds::new(loose_fd_budget()),

@@ -708,6 +708,8 @@ impl Filesystem for VaultFs {
         for flag in wanted.iter() {
             if config.add_capabilities(flag).is_err() {
                 log::info!("the kernel does not offer {flag:?}");
+            } else if flag == InitFlags::FUSE_POSIX_ACL {
+                self.kernel_acls = true;
             }
         }
         Ok(())

@@ -90,9 +90,27 @@ impl VaultFs {
         name.as_bytes().starts_with(XATTR_USER_PREFIX.as_bytes())
     }
 
+    /// The answer for a name outside `user.*`, which vaultfs does not store: "not supported",
+    /// as from a filesystem with no handler for that namespace. `ls -l` then stops asking for
+    /// SELinux labels and ACLs on the whole mount after its first file, where "no such
+    /// attribute" cost two round trips per file listed. Where the kernel handles ACLs itself
+    /// (POSIX_ACL), a POSIX ACL name gets "no such attribute": the kernel caches that as "no
+    /// ACL", and its permission checks would fail on "not supported".
+    fn foreign_xattr(&self, name: &OsStr) -> i32 {
+        let acl = matches!(
+            name.as_bytes(),
+            b"system.posix_acl_access" | b"system.posix_acl_default"
+        );
+        if acl && self.kernel_acls {
+            ENODATA
+        } else {
+            EOPNOTSUPP
+        }
+    }
+
     pub(crate) fn do_getxattr(&self, ino: u64, name: &OsStr) -> FsResult<Vec<u8>> {
         if !Self::is_user(name) {
-            return Err(ENODATA);
+            return Err(self.foreign_xattr(name));
         }
         let (path, kind, _fd) = self.xattr_target(ino)?;
         if !matches!(kind, FileType::RegularFile | FileType::Directory) {
@@ -184,7 +202,7 @@ impl VaultFs {
     pub(crate) fn do_removexattr(&self, ino: u64, name: &OsStr) -> FsResult<()> {
         self.writable_xattr()?;
         if !Self::is_user(name) {
-            return Err(ENODATA);
+            return Err(self.foreign_xattr(name));
         }
         let (path, kind, fd) = self.xattr_target(ino)?;
         if !matches!(kind, FileType::RegularFile | FileType::Directory) {
