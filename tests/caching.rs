@@ -1,4 +1,5 @@
-//! What the kernel caches and what it must not: `--shared-storage` sees changes another
+//! What the kernel caches and what it must not: listings it keeps follow every change;
+//! `--shared-storage` sees changes another
 //! writer makes to the backing directory; READDIRPLUS lists a damaged directory without
 //! making it usable; set-ID bits drop on unprivileged writes and truncates (vaultfs does
 //! that itself under HANDLE_KILLPRIV_V2).
@@ -231,4 +232,111 @@ fn more_files_than_the_fd_budget() {
     let fds = fs::read_dir(format!("/proc/{pid}/fd")).unwrap().count();
     assert!(fds < 400, "{fds} fds open in the daemon");
     v.unmount();
+}
+
+/// Names in a directory, read through libc with a fresh handle: up to `limit` entries, from
+/// `seek` (a telldir() cookie) if given; returns them with the cookie after the last.
+fn read_names(dir: &std::path::Path, seek: Option<i64>, limit: usize) -> (Vec<String>, i64) {
+    let c = std::ffi::CString::new(dir.as_os_str().as_encoded_bytes()).unwrap();
+    // SAFETY: a valid path; the DIR is closed below and its entries copied before that.
+    unsafe {
+        let d = libc::opendir(c.as_ptr());
+        assert!(!d.is_null(), "opendir {}", dir.display());
+        if let Some(pos) = seek {
+            libc::seekdir(d, pos);
+        }
+        let mut names = Vec::new();
+        while names.len() < limit {
+            let e = libc::readdir(d);
+            if e.is_null() {
+                break;
+            }
+            let name = std::ffi::CStr::from_ptr((*e).d_name.as_ptr());
+            let name = name.to_string_lossy().into_owned();
+            if name != "." && name != ".." {
+                names.push(name);
+            }
+        }
+        let pos = libc::telldir(d);
+        libc::closedir(d);
+        (names, pos)
+    }
+}
+
+/// The kernel keeps directory listings across opens (FOPEN_CACHE_DIR): every change made
+/// through the mount shows in the next listing, and a telldir() cookie works on a fresh
+/// handle whether the kernel or the daemon answers.
+#[test]
+fn cached_directory_listings_follow_changes() {
+    if !fuse_available() {
+        return;
+    }
+    let v = TestVault::new(4096);
+    v.mount();
+    let d = v.p("d");
+    fs::create_dir(&d).unwrap();
+    let mut want: Vec<String> = (0..1500).map(|i| format!("file-{i:04}")).collect();
+    for n in &want {
+        fs::write(d.join(n), b"").unwrap();
+    }
+    let full = |d: &std::path::Path| {
+        let mut names = read_names(d, None, usize::MAX).0;
+        names.sort();
+        names
+    };
+    // Compares listings, naming only the differences (listings are long).
+    let same = |got: Vec<String>, want: &[String], what: &str| {
+        let extra: Vec<_> = got.iter().filter(|n| !want.contains(n)).collect();
+        let missing: Vec<_> = want.iter().filter(|n| !got.contains(n)).collect();
+        assert!(
+            extra.is_empty() && missing.is_empty() && got.len() == want.len(),
+            "{what}: extra {:?}, missing {:?} (first 5 of {} and {}), {} listed for {}",
+            &extra[..extra.len().min(5)],
+            &missing[..missing.len().min(5)],
+            extra.len(),
+            missing.len(),
+            got.len(),
+            want.len()
+        );
+    };
+    for round in 0..3 {
+        // Resuming a listing on a fresh handle from a telldir() cookie, while the kernel
+        // has no complete listing cached (the directory just changed): the daemon is asked
+        // to start past 0 on a handle that never listed.
+        let (first, pos) = read_names(&d, None, 300);
+        let (rest, _) = read_names(&d, Some(pos), usize::MAX);
+        let mut both: Vec<String> = first.into_iter().chain(rest).collect();
+        both.sort();
+        same(both, &want, &format!("round {round}, resumed"));
+        // A reader that stops after a few entries, then whole listings (the second from
+        // the kernel's cache).
+        let (some, _) = read_names(&d, None, 7);
+        assert_eq!(some.len(), 7);
+        same(full(&d), &want, &format!("round {round}"));
+        same(full(&d), &want, &format!("round {round}, from the cache"));
+        // Changes of every kind, then the next listing must show them.
+        fs::remove_file(d.join(&want[round])).unwrap();
+        fs::rename(
+            d.join(&want[10 + round]),
+            d.join(format!("renamed-{round}")),
+        )
+        .unwrap();
+        fs::write(d.join(format!("new-{round}")), b"x").unwrap();
+        fs::create_dir(d.join(format!("sub-{round}"))).unwrap();
+        let moved = want[20 + round].clone();
+        fs::rename(d.join(&moved), v.p(&moved)).unwrap();
+        let gone = [want[round].clone(), want[10 + round].clone(), moved];
+        want.retain(|n| !gone.contains(n));
+        want.extend([
+            format!("renamed-{round}"),
+            format!("new-{round}"),
+            format!("sub-{round}"),
+        ]);
+        want.sort();
+        same(full(&d), &want, &format!("round {round}, after changes"));
+    }
+    // A remount starts with nothing cached and lists the same.
+    v.unmount();
+    v.mount();
+    same(full(&d), &want, "after a remount");
 }

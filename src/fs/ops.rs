@@ -96,7 +96,15 @@ impl VaultFs {
     /// Offset 0 is a first read or a rewinddir: lists the backing directory afresh (outside
     /// any lock) into the handle; later offsets page through that snapshot.
     fn snapshot(&self, ino: u64, fh: u64, offset: u64) -> FsResult<()> {
-        if offset != 0 {
+        // A handle's first read may start past 0: the kernel serves a directory's start
+        // from its cache (FOPEN_CACHE_DIR) and asks only for the rest, or a program seeks
+        // to a telldir() offset. Offsets index the listing, which is the same until the
+        // directory changes (and a change drops the kernel's cache).
+        let taken = matches!(
+            self.handles.lock().expect("lock").get(&fh),
+            Some(Handle::Dir(l)) if !l.is_empty()
+        );
+        if offset != 0 && taken {
             return Ok(());
         }
         let listing = self.listing(ino)?;
@@ -1054,8 +1062,15 @@ impl Filesystem for VaultFs {
         let result = self
             .dir(ino.0)
             .map(|_| self.add_handle(Handle::Dir(Vec::new())));
+        // The kernel may keep listings in the directory's page cache across opens: every
+        // change goes through it and drops them, unless others also write the backing tree.
+        let flags = if self.config.shared_storage {
+            FopenFlags::empty()
+        } else {
+            FopenFlags::FOPEN_CACHE_DIR | FopenFlags::FOPEN_KEEP_CACHE
+        };
         match self.logged("opendir", ino.0, result) {
-            Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::empty()),
+            Ok(fh) => reply.opened(FileHandle(fh), flags),
             Err(code) => reply.error(e(code)),
         }
     }
