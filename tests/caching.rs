@@ -1,8 +1,7 @@
 //! What the kernel caches and what it must not: listings it keeps follow every change;
-//! `--shared-storage` sees changes another
-//! writer makes to the backing directory; READDIRPLUS lists a damaged directory without
-//! making it usable; set-ID bits drop on unprivileged writes and truncates (vaultfs does
-//! that itself under HANDLE_KILLPRIV_V2).
+//! `--shared-storage` sees changes another writer makes to the backing directory;
+//! READDIRPLUS lists a damaged directory without making it usable; set-ID bits drop on
+//! unprivileged writes and truncates (vaultfs does that itself under HANDLE_KILLPRIV_V2).
 
 mod common;
 
