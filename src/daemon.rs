@@ -345,12 +345,13 @@ fn serve(
     // a dead mount behind; one that arrives early detaches the mount as soon as it is up.
     let terminate = spawn_signal_thread(mountpoint.to_path_buf());
     // Root mounts directly; others go through fusermount3.
-    let session = if rustix::process::geteuid().is_root() {
-        fuser::Session::new(fs, mountpoint, config)
+    let dev_fuse = if rustix::process::geteuid().is_root() {
+        crate::fs::mount::mount_direct(mountpoint, settings)
     } else {
         crate::fs::mount::mount_with_fusermount(mountpoint, settings)
-            .and_then(|fd| fuser::Session::from_fd(fs, fd, config.acl, config.clone()))
     };
+    let session = dev_fuse
+        .and_then(|fd| fuser::Session::from_fd(fs, fd, settings.session_acl(), config.clone()));
     let session = match session {
         Ok(s) => s,
         Err(e) => {

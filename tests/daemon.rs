@@ -304,3 +304,59 @@ fn root_gets_the_same_answers_with_and_without_default_permissions() {
         answers[0]
     );
 }
+
+/// A file the owner opened and handed to another user (a shell redirect into a command run
+/// as someone else, a log file systemd opens for a service) closes without error: the kernel
+/// sends FLUSH with the closing process's credentials, and where it checks permissions
+/// itself vaultfs lets no filter of its own turn that away.
+#[test]
+fn a_file_handed_to_another_user_closes_cleanly() {
+    if !fuse_available() {
+        return;
+    }
+    if !rustix::process::geteuid().is_root() {
+        eprintln!("\n*** SKIPPING: needs root to hand a file to another user ***\n");
+        return;
+    }
+    use std::os::fd::AsRawFd;
+    let v = TestVault::new(4096);
+    for args in [&["-o", "default_permissions"][..], &["--allow-other"][..]] {
+        let o = v.mount_args(args);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        let out = fs::File::create(v.p("handed")).unwrap();
+        let fd = out.as_raw_fd();
+        // SAFETY: the child makes only async-signal-safe calls (setgid, setuid, write,
+        // close, _exit) before it exits.
+        let pid = unsafe { libc::fork() };
+        assert!(pid >= 0);
+        if pid == 0 {
+            unsafe {
+                let msg = b"from another user\n";
+                let ok = libc::setgroups(0, std::ptr::null()) == 0
+                    && libc::setgid(65534) == 0
+                    && libc::setuid(65534) == 0
+                    && libc::write(fd, msg.as_ptr().cast(), msg.len()) == msg.len() as isize;
+                // The close is what sends FLUSH.
+                let closed = libc::close(fd) == 0;
+                libc::_exit(if !ok {
+                    2
+                } else if !closed {
+                    3
+                } else {
+                    0
+                });
+            }
+        }
+        drop(out);
+        let mut status = 0;
+        // SAFETY: waiting for our own child.
+        unsafe { libc::waitpid(pid, &mut status, 0) };
+        assert!(
+            libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
+            "{args:?}: child status {status:#x} (2: setuid or write failed, 3: close failed)"
+        );
+        assert_eq!(fs::read(v.p("handed")).unwrap(), b"from another user\n");
+        fs::remove_file(v.p("handed")).unwrap();
+        v.unmount();
+    }
+}

@@ -1,7 +1,8 @@
 //! Mount options: what every vaultfs mount gets (nosuid, nodev, and default_permissions
 //! wherever anyone but root can enter) and the few `-o` options a user may add.
 
-use fuser::{Config, MountOption, SessionACL};
+use fuser::Config;
+use rustix::mount::MountFlags;
 
 use crate::vault::{Result, VaultError};
 
@@ -24,8 +25,7 @@ pub struct MountSettings {
 
 impl MountSettings {
     /// Folds `-o` options into the settings; unknown options are refused by name.
-    pub fn apply_options(&mut self) -> Result<Vec<MountOption>> {
-        let mut extra = Vec::new();
+    pub fn apply_options(&mut self) -> Result<()> {
         for opt in self.options.clone() {
             match opt.as_str() {
                 "" => {}
@@ -37,13 +37,8 @@ impl MountSettings {
                 "no_writeback_cache" => self.no_writeback_cache = true,
                 "default_permissions" => self.default_permissions = true,
                 "nosuid" | "nodev" => {}
-                "noexec" => extra.push(MountOption::NoExec),
-                "exec" => extra.push(MountOption::Exec),
-                "noatime" => extra.push(MountOption::NoAtime),
-                "atime" => extra.push(MountOption::Atime),
-                "sync" => extra.push(MountOption::Sync),
-                "async" => extra.push(MountOption::Async),
-                "dirsync" => extra.push(MountOption::DirSync),
+                // Mount flags (`mount_flags`).
+                "noexec" | "exec" | "noatime" | "atime" | "sync" | "async" | "dirsync" => {}
                 "suid" | "dev" => {
                     return Err(VaultError::InvalidArgument(format!(
                         "-o {opt}: vaultfs mounts are always nosuid,nodev (the backing storage is not trusted)"
@@ -56,15 +51,35 @@ impl MountSettings {
                 }
             }
         }
-        Ok(extra)
+        Ok(())
+    }
+
+    /// The mount(2) flags: always nosuid and nodev, and what `-o` adds.
+    pub fn mount_flags(&self) -> MountFlags {
+        let mut flags = MountFlags::NOSUID | MountFlags::NODEV;
+        if self.read_only {
+            flags |= MountFlags::RDONLY;
+        }
+        for opt in &self.options {
+            flags |= match opt.as_str() {
+                "noexec" => MountFlags::NOEXEC,
+                "noatime" => MountFlags::NOATIME,
+                "sync" => MountFlags::SYNCHRONOUS,
+                "dirsync" => MountFlags::DIRSYNC,
+                _ => MountFlags::empty(),
+            };
+        }
+        flags
     }
 
     /// Whether the mount gets `default_permissions`, so the kernel checks permission bits.
     /// FUSE requests lack supplementary groups, so vaultfs never checks them itself (SPEC
     /// section 4); the kernel must wherever a user other than root can enter: with
     /// `allow_other`, and on every mount made by a user (through fusermount3). A root mount
-    /// without `allow_other` admits only processes whose every uid and gid is 0, which the
-    /// permission bits do not stop, so the check is left out there: with it, the kernel
+    /// without `allow_other` admits only processes whose uids are all 0 (and gids root's),
+    /// and fuser's owner filter (`session_acl`) turns away requests made with another
+    /// filesystem uid (nfsd, daemons using setfsuid); the permission bits do not stop such a
+    /// caller, so the check is left out there: with it, the kernel
     /// re-fetches a directory's attributes before each create or unlink in it, one more
     /// round trip per file (measured: rm -rf of 10,000 files, 2 requests per file against
     /// gocryptfs's 1). The exception is a root process stripped of CAP_DAC_OVERRIDE, which
@@ -73,31 +88,23 @@ impl MountSettings {
         self.allow_other || self.default_permissions || !rustix::process::geteuid().is_root()
     }
 
-    pub fn fuser_config(&mut self) -> Result<Config> {
-        let extra = self.apply_options()?;
-        let mut opts = vec![
-            MountOption::FSName(self.fsname.clone()),
-            // Shows as type fuse.vaultfs; fuser's own Subtype option only names the source.
-            MountOption::CUSTOM("subtype=vaultfs".into()),
-            MountOption::NoSuid,
-            MountOption::NoDev,
-            if self.read_only {
-                MountOption::RO
-            } else {
-                MountOption::RW
-            },
-        ];
+    /// fuser's per-request filter. Where the kernel checks permissions it is not needed, and
+    /// it would turn away a FLUSH (sent with the closing process's credentials) from a user
+    /// who was handed a file the owner opened (`sudo cmd > file` on a user's mount). Where
+    /// the kernel does not check, it is what keeps requests made with a filesystem uid other
+    /// than root's (nfsd, setfsuid daemons) from going unchecked: such a FLUSH fails with
+    /// EACCES, and `-o default_permissions` lifts that.
+    pub fn session_acl(&self) -> fuser::SessionACL {
         if self.kernel_checks_permissions() {
-            opts.push(MountOption::DefaultPermissions);
-        }
-        opts.extend(extra);
-        let mut config = Config::default();
-        config.mount_options = opts;
-        config.acl = if self.allow_other {
-            SessionACL::All
+            fuser::SessionACL::All
         } else {
-            SessionACL::Owner
-        };
+            fuser::SessionACL::Owner
+        }
+    }
+
+    pub fn fuser_config(&mut self) -> Result<Config> {
+        self.apply_options()?;
+        let mut config = Config::default();
         // Two FUSE workers per core: a worker blocked on backing I/O leaves another ready on
         // every core. Measured with fio 4 KiB random reads at QD1 on 2 cores: 28-41k IOPS
         // with 2 workers, 55-62k with 4, 49-51k with 8.
@@ -108,6 +115,46 @@ impl MountSettings {
         );
         Ok(config)
     }
+}
+
+/// Mounts with mount(2), as root may, and returns the /dev/fuse fd to serve.
+///
+/// vaultfs mounts by itself rather than through fuser's `Session::new`, which ties the
+/// `allow_other` mount option to fuser's per-request filter: the two are chosen apart here
+/// (`MountSettings::session_acl`).
+pub fn mount_direct(
+    mountpoint: &std::path::Path,
+    settings: &MountSettings,
+) -> std::io::Result<std::os::fd::OwnedFd> {
+    use std::os::fd::AsRawFd;
+    let dev = rustix::fs::open(
+        "/dev/fuse",
+        rustix::fs::OFlags::RDWR | rustix::fs::OFlags::CLOEXEC,
+        rustix::fs::Mode::empty(),
+    )?;
+    let root_mode = rustix::fs::stat(mountpoint)?.st_mode;
+    let mut data = format!(
+        "fd={},rootmode={:o},user_id={},group_id={},subtype=vaultfs",
+        dev.as_raw_fd(),
+        root_mode,
+        rustix::process::getuid().as_raw(),
+        rustix::process::getgid().as_raw(),
+    );
+    if settings.kernel_checks_permissions() {
+        data.push_str(",default_permissions");
+    }
+    if settings.allow_other {
+        data.push_str(",allow_other");
+    }
+    let data = std::ffi::CString::new(data).map_err(std::io::Error::other)?;
+    rustix::mount::mount(
+        settings.fsname.as_str(),
+        mountpoint,
+        "fuse",
+        settings.mount_flags(),
+        data.as_c_str(),
+    )?;
+    Ok(dev)
 }
 
 /// Mounts through the setuid `fusermount3` helper, for users who may not mount(2) or open
