@@ -1,4 +1,4 @@
-//! What the kernel caches and what it must not: listings it keeps follow every change;
+//! What the kernel caches and what it must not: listings follow every change;
 //! `--shared-storage` sees changes another writer makes to the backing directory;
 //! READDIRPLUS lists a damaged directory without making it usable; set-ID bits drop on
 //! unprivileged writes and truncates (vaultfs does that itself under HANDLE_KILLPRIV_V2).
@@ -262,11 +262,10 @@ fn read_names(dir: &std::path::Path, seek: Option<i64>, limit: usize) -> (Vec<St
     }
 }
 
-/// The kernel keeps directory listings across opens (FOPEN_CACHE_DIR): every change made
-/// through the mount shows in the next listing, and a telldir() cookie works on a fresh
-/// handle whether the kernel or the daemon answers.
+/// Listings follow every change made through the mount, and a telldir() cookie works on a
+/// fresh directory stream (its first read then starts past 0).
 #[test]
-fn cached_directory_listings_follow_changes() {
+fn listings_follow_changes_and_telldir_cookies_work_on_fresh_streams() {
     if !fuse_available() {
         return;
     }
@@ -299,20 +298,18 @@ fn cached_directory_listings_follow_changes() {
         );
     };
     for round in 0..3 {
-        // Resuming a listing on a fresh handle from a telldir() cookie, while the kernel
-        // has no complete listing cached (the directory just changed): the daemon is asked
+        // Resuming a listing on a fresh handle from a telldir() cookie: the daemon is asked
         // to start past 0 on a handle that never listed.
         let (first, pos) = read_names(&d, None, 300);
         let (rest, _) = read_names(&d, Some(pos), usize::MAX);
         let mut both: Vec<String> = first.into_iter().chain(rest).collect();
         both.sort();
         same(both, &want, &format!("round {round}, resumed"));
-        // A reader that stops after a few entries, then whole listings (the second from
-        // the kernel's cache).
+        // A reader that stops after a few entries, then whole listings.
         let (some, _) = read_names(&d, None, 7);
         assert_eq!(some.len(), 7);
         same(full(&d), &want, &format!("round {round}"));
-        same(full(&d), &want, &format!("round {round}, from the cache"));
+        same(full(&d), &want, &format!("round {round}, again"));
         // Changes of every kind, then the next listing must show them.
         fs::remove_file(d.join(&want[round])).unwrap();
         fs::rename(
@@ -334,7 +331,7 @@ fn cached_directory_listings_follow_changes() {
         want.sort();
         same(full(&d), &want, &format!("round {round}, after changes"));
     }
-    // A remount starts with nothing cached and lists the same.
+    // A remount lists the same.
     v.unmount();
     v.mount();
     same(full(&d), &want, "after a remount");

@@ -101,7 +101,7 @@ pub fn render() -> Vec<u8> {
     r.control("SH", ["MOUNTING"]);
     para(
         &mut r,
-        "Mounts are always nosuid and nodev. The kernel checks permissions (default_permissions) wherever a user other than root can enter, with --allow-other and on every mount made by a user: FUSE requests do not carry supplementary groups, so vaultfs never checks permissions itself. A root mount without --allow-other admits only root, whom permission bits do not stop, so the check (a round trip before every file created or removed) is left out; -o default_permissions restores it for root processes stripped of CAP_DAC_OVERRIDE. As root, vaultfs mounts directly; other users mount through fusermount3 (package fuse3). --allow-other lets other users in (for non-root users it needs user_allow_other in /etc/fuse.conf).",
+        "Mounts are always nosuid and nodev. The kernel checks permissions (default_permissions) wherever a user other than root can enter, with --allow-other and on every mount made by a user: FUSE requests do not carry supplementary groups, so vaultfs never checks other users' permissions itself. A root mount without --allow-other admits only root, whom permission bits do not stop, so the check (a round trip before every file created or removed) is left out; -o default_permissions restores it for root processes stripped of CAP_DAC_OVERRIDE. As root, vaultfs mounts directly; other users mount through fusermount3 (package fuse3). --allow-other lets other users in (for non-root users it needs user_allow_other in /etc/fuse.conf).",
     );
     para(
         &mut r,
@@ -109,7 +109,7 @@ pub fn render() -> Vec<u8> {
     );
     para(
         &mut r,
-        "Caching: a mount is taken to be the only writer of its vault, so the kernel caches names and attributes for an hour, keeps directory listings until they change, keeps a file's pages across opens while the backing file is unchanged, and gathers writes in its writeback cache. A write then reaches the vault when the kernel writes it back, at the latest at fsync or close, and errors such as ENOSPC are reported there; a daemon killed before then loses it, as a crashed kernel would. -o no_writeback_cache sends each write at once. --shared-storage (-o shared_storage) is for vaults that others also write (a folder synced from another machine, a network share): no writeback cache and nothing cached across opens, so their changes show at once; O_APPEND is then atomic only among writers on one mount.",
+        "Caching: a mount is taken to be the only writer of its vault, so the kernel caches names and attributes for an hour, keeps a file's pages across opens while the backing file is unchanged, and gathers writes in its writeback cache. A write then reaches the vault when the kernel writes it back, at the latest at fsync or close, and errors such as ENOSPC are reported there; a daemon killed before then loses it, as a crashed kernel would. -o no_writeback_cache sends each write at once. --shared-storage (-o shared_storage) is for vaults that others also write (a folder synced from another machine, a network share): no writeback cache and nothing cached across opens, so their changes show at once; O_APPEND is then atomic only among writers on one mount.",
     );
 
     r.control("SH", ["THREAT MODEL"]);

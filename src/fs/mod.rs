@@ -56,8 +56,8 @@ pub struct FsConfig {
     /// they reach the daemon (and their errors, such as ENOSPC, the application) only at
     /// writeback, close or fsync.
     pub writeback_cache: bool,
-    /// The kernel checks permission bits (`default_permissions`); without it only root
-    /// (every uid and gid 0) can enter, and vaultfs answers access(2) as root's.
+    /// The kernel checks permission bits (`default_permissions`); without it only root (all
+    /// uids 0, gids root's) can enter, and vaultfs answers access(2) as root's.
     pub kernel_checks_permissions: bool,
 }
 

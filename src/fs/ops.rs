@@ -96,10 +96,9 @@ impl VaultFs {
     /// Offset 0 is a first read or a rewinddir: lists the backing directory afresh (outside
     /// any lock) into the handle; later offsets page through that snapshot.
     fn snapshot(&self, ino: u64, fh: u64, offset: u64) -> FsResult<()> {
-        // A handle's first read may start past 0: the kernel serves a directory's start
-        // from its cache (FOPEN_CACHE_DIR) and asks only for the rest, or a program seeks
-        // to a telldir() offset. Offsets index the listing, which is the same until the
-        // directory changes (and a change drops the kernel's cache).
+        // A handle's first read may start past 0: a program seeks a new directory stream
+        // to a telldir() offset. Offsets index the listing, which is the same as long as
+        // the directory does not change in between.
         let taken = matches!(
             self.handles.lock().expect("lock").get(&fh),
             Some(Handle::Dir(l)) if !l.is_empty()
@@ -1065,15 +1064,12 @@ impl Filesystem for VaultFs {
         let result = self
             .dir(ino.0)
             .map(|_| self.add_handle(Handle::Dir(Vec::new())));
-        // The kernel may keep listings in the directory's page cache across opens: every
-        // change goes through it and drops them, unless others also write the backing tree.
-        let flags = if self.config.shared_storage {
-            FopenFlags::empty()
-        } else {
-            FopenFlags::FOPEN_CACHE_DIR | FopenFlags::FOPEN_KEEP_CACHE
-        };
+        // No FOPEN_CACHE_DIR: a reader the kernel served from its cached listing comes to
+        // the daemon mid-way once the directory changes, with an offset into the listing the
+        // cache was filled from; offsets here index one listing, so entries could be skipped
+        // or repeated. Caching listings needs offsets that stay valid across listings.
         match self.logged("opendir", ino.0, result) {
-            Ok(fh) => reply.opened(FileHandle(fh), flags),
+            Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::empty()),
             Err(code) => reply.error(e(code)),
         }
     }
@@ -1337,16 +1333,18 @@ impl Filesystem for VaultFs {
         // With default_permissions the kernel has checked the bits and never asks. Without
         // it only root can be here, and root passes every check but one: executing needs an
         // x bit somewhere, except on a directory.
-        let result = self.getattr_ino(ino.0).and_then(|attr| {
-            let exec_denied = mask.contains(fuser::AccessFlags::X_OK)
-                && attr.kind != FileType::Directory
-                && attr.perm & 0o111 == 0;
-            if exec_denied && !self.config.kernel_checks_permissions {
-                Err(libc::EACCES)
-            } else {
+        let result =
+            if self.config.kernel_checks_permissions || !mask.contains(fuser::AccessFlags::X_OK) {
                 Ok(())
-            }
-        });
+            } else {
+                self.getattr_ino(ino.0).and_then(|attr| {
+                    if attr.kind != FileType::Directory && attr.perm & 0o111 == 0 {
+                        Err(libc::EACCES)
+                    } else {
+                        Ok(())
+                    }
+                })
+            };
         match self.logged("access", ino.0, result) {
             Ok(()) => reply.ok(),
             Err(code) => reply.error(e(code)),
