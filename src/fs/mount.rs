@@ -6,6 +6,24 @@ use rustix::mount::MountFlags;
 
 use crate::vault::{Result, VaultError};
 
+/// The `-o` options that are mount(2) flags, by name (also passed by name to fusermount3).
+const FLAG_OPTIONS: [(&str, MountFlags); 7] = [
+    ("noexec", MountFlags::NOEXEC),
+    ("exec", MountFlags::empty()),
+    ("noatime", MountFlags::NOATIME),
+    ("atime", MountFlags::empty()),
+    ("sync", MountFlags::SYNCHRONOUS),
+    ("async", MountFlags::empty()),
+    ("dirsync", MountFlags::DIRSYNC),
+];
+
+fn flag_option(name: &str) -> Option<MountFlags> {
+    FLAG_OPTIONS
+        .iter()
+        .find(|(n, _)| *n == name)
+        .map(|(_, flag)| *flag)
+}
+
 #[derive(Debug, Clone, Default)]
 pub struct MountSettings {
     pub read_only: bool,
@@ -37,8 +55,7 @@ impl MountSettings {
                 "no_writeback_cache" => self.no_writeback_cache = true,
                 "default_permissions" => self.default_permissions = true,
                 "nosuid" | "nodev" => {}
-                // Mount flags (`mount_flags`).
-                "noexec" | "exec" | "noatime" | "atime" | "sync" | "async" | "dirsync" => {}
+                flag if flag_option(flag).is_some() => {}
                 "suid" | "dev" => {
                     return Err(VaultError::InvalidArgument(format!(
                         "-o {opt}: vaultfs mounts are always nosuid,nodev (the backing storage is not trusted)"
@@ -61,13 +78,7 @@ impl MountSettings {
             flags |= MountFlags::RDONLY;
         }
         for opt in &self.options {
-            flags |= match opt.as_str() {
-                "noexec" => MountFlags::NOEXEC,
-                "noatime" => MountFlags::NOATIME,
-                "sync" => MountFlags::SYNCHRONOUS,
-                "dirsync" => MountFlags::DIRSYNC,
-                _ => MountFlags::empty(),
-            };
+            flags |= flag_option(opt).unwrap_or(MountFlags::empty());
         }
         flags
     }
@@ -174,22 +185,20 @@ pub fn mount_with_fusermount(
         "subtype=vaultfs".to_string(),
         "nosuid".into(),
         "nodev".into(),
-        // Never root here: the kernel checks permissions (`kernel_checks_permissions`).
-        "default_permissions".into(),
         if settings.read_only {
             "ro".into()
         } else {
             "rw".into()
         },
     ];
+    if settings.kernel_checks_permissions() {
+        opts.push("default_permissions".into());
+    }
     if settings.allow_other {
         opts.push("allow_other".into());
     }
     for o in &settings.options {
-        if matches!(
-            o.as_str(),
-            "noexec" | "exec" | "noatime" | "atime" | "sync" | "async" | "dirsync"
-        ) {
+        if flag_option(o).is_some() {
             opts.push(o.clone());
         }
     }

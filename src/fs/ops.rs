@@ -93,8 +93,8 @@ impl VaultFs {
         Ok(listing)
     }
 
-    /// Offset 0 is a first read or a rewinddir: lists the backing directory afresh (outside
-    /// any lock) into the handle; later offsets page through that snapshot.
+    /// A handle's first read, or a rewinddir (offset 0), lists the backing directory afresh
+    /// (outside any lock) into the handle; later reads page through that snapshot.
     fn snapshot(&self, ino: u64, fh: u64, offset: u64) -> FsResult<()> {
         // A handle's first read may start past 0: a program seeks a new directory stream
         // to a telldir() offset. Offsets index the listing, which is the same as long as
@@ -695,10 +695,10 @@ impl Filesystem for VaultFs {
         // before every write.
         // READDIRPLUS for every listing (not only the first page, as READDIRPLUS_AUTO would):
         // `rm -rf`, `find` and `ls -l` then need no LOOKUP per entry.
-        // POSIX_ACL: the kernel asks for an inode's ACLs once and caches the answer (vaultfs
-        // stores none: ENODATA), where `ls -l` otherwise sends a GETXATTR per entry listed.
-        // The kernel turns default_permissions on with it, so it is asked for only where
-        // the kernel checks permissions anyway (`MountSettings::kernel_checks_permissions`).
+        // POSIX_ACL: the kernel enforces ACLs and caches each inode's (vaultfs stores none:
+        // ENODATA, see `foreign_xattr`). The kernel turns default_permissions on with it, so
+        // it is asked for only where the kernel checks permissions anyway
+        // (`MountSettings::kernel_checks_permissions`).
         let mut wanted = InitFlags::FUSE_PARALLEL_DIROPS
             | InitFlags::FUSE_DO_READDIRPLUS
             | InitFlags::FUSE_HANDLE_KILLPRIV_V2;
