@@ -360,3 +360,114 @@ fn a_file_handed_to_another_user_closes_cleanly() {
         v.unmount();
     }
 }
+
+/// What `stat` says of an entry: (uid, gid, mode bits, file type bits).
+fn owner_and_mode(p: &Path) -> (u32, u32, u32, u32) {
+    use std::os::unix::fs::MetadataExt;
+    let m = fs::symlink_metadata(p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+    (m.uid(), m.gid(), m.mode() & 0o7777, m.mode() & libc::S_IFMT)
+}
+
+/// New entries belong to whoever made them, take a set-group-ID directory's group, and keep
+/// every mode bit asked for (set-ID bits too), on the mount and, after a remount, in the
+/// backing store: made by root (the daemon's own uid, which needs no chown) and by another
+/// user, as files, FIFOs and symlinks.
+#[test]
+fn new_entries_get_their_makers_owner_group_and_mode() {
+    if !fuse_available() {
+        return;
+    }
+    if !rustix::process::geteuid().is_root() {
+        eprintln!("\n*** SKIPPING: needs root to make entries as another user ***\n");
+        return;
+    }
+    use std::ffi::CString;
+    use std::os::unix::ffi::OsStrExt;
+    use std::os::unix::fs::PermissionsExt;
+    let v = TestVault::new(4096);
+    // The other user must reach the mount point.
+    fs::set_permissions(v.tmp.path(), fs::Permissions::from_mode(0o755)).unwrap();
+    let o = v.mount_args(&["--allow-other"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    fs::set_permissions(&v.mnt, fs::Permissions::from_mode(0o755)).unwrap();
+    fs::create_dir(v.p("open")).unwrap();
+    fs::create_dir(v.p("sgid")).unwrap();
+    std::os::unix::fs::chown(v.p("sgid"), Some(0), Some(1234)).unwrap();
+    fs::set_permissions(v.p("open"), fs::Permissions::from_mode(0o777)).unwrap();
+    fs::set_permissions(v.p("sgid"), fs::Permissions::from_mode(0o2777)).unwrap();
+
+    // (maker uid = gid, path, kind, mode); made in a forked child with umask 0.
+    let made: Vec<(u32, &str, char, u32)> = vec![
+        (0, "open/root-file", 'f', 0o640),
+        (0, "open/root-suid", 'f', 0o4755),
+        (0, "sgid/root-file", 'f', 0o600),
+        (0, "open/root-fifo", 'p', 0o620),
+        (65534, "open/user-file", 'f', 0o604),
+        (65534, "open/user-sticky", 'f', 0o1644),
+        (65534, "sgid/user-file", 'f', 0o644),
+        (65534, "open/user-fifo", 'p', 0o660),
+        (65534, "open/user-link", 'l', 0o777),
+    ];
+    for &(uid, rel, kind, mode) in &made {
+        let path = CString::new(v.p(rel).as_os_str().as_bytes()).unwrap();
+        let target = CString::new("somewhere").unwrap();
+        // SAFETY: the child makes only async-signal-safe calls (umask, setgroups, setgid,
+        // setuid, open, close, mknod, symlink, _exit) on strings made before the fork.
+        let pid = unsafe { libc::fork() };
+        assert!(pid >= 0);
+        if pid == 0 {
+            unsafe {
+                libc::umask(0);
+                let ok = uid == 0
+                    || (libc::setgroups(0, std::ptr::null()) == 0
+                        && libc::setgid(uid) == 0
+                        && libc::setuid(uid) == 0);
+                let done = ok
+                    && match kind {
+                        'f' => {
+                            let fd = libc::open(
+                                path.as_ptr(),
+                                libc::O_CREAT | libc::O_EXCL | libc::O_WRONLY,
+                                mode,
+                            );
+                            fd >= 0 && libc::close(fd) == 0
+                        }
+                        'p' => libc::mknod(path.as_ptr(), libc::S_IFIFO | mode, 0) == 0,
+                        _ => libc::symlink(target.as_ptr(), path.as_ptr()) == 0,
+                    };
+                libc::_exit(if done { 0 } else { *libc::__errno_location() });
+            }
+        }
+        let mut status = 0;
+        // SAFETY: waiting for our own child.
+        unsafe { libc::waitpid(pid, &mut status, 0) };
+        assert!(
+            libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
+            "{rel}: the child could not make it: errno {}",
+            libc::WEXITSTATUS(status)
+        );
+    }
+    let expected = |uid: u32, rel: &str, kind: char, mode: u32| {
+        let gid = if rel.starts_with("sgid/") { 1234 } else { uid };
+        let ftype = match kind {
+            'f' => libc::S_IFREG,
+            'p' => libc::S_IFIFO,
+            _ => libc::S_IFLNK,
+        };
+        (uid, gid, mode, ftype)
+    };
+    for round in ["mounted", "remounted"] {
+        for &(uid, rel, kind, mode) in &made {
+            assert_eq!(
+                owner_and_mode(&v.p(rel)),
+                expected(uid, rel, kind, mode),
+                "{rel} ({round})"
+            );
+        }
+        v.unmount();
+        if round == "mounted" {
+            let o = v.mount_args(&["--allow-other"]);
+            assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        }
+    }
+}

@@ -160,6 +160,8 @@ pub struct VaultFs {
     /// Backing paths whose damage was already logged (each is logged once).
     reported: Mutex<HashSet<String>>,
     pub(crate) is_root: bool,
+    /// The daemon's effective uid and gid: the owner a new backing entry gets by itself.
+    pub(crate) daemon_owner: (u32, u32),
     /// The kernel handles POSIX ACLs itself (FUSE_POSIX_ACL was granted at init).
     pub(crate) kernel_acls: bool,
     pub(crate) activity: Arc<Activity>,
@@ -317,6 +319,10 @@ impl VaultFs {
             next_fh: 1.into(),
             reported: Mutex::default(),
             is_root: rustix::process::geteuid().is_root(),
+            daemon_owner: (
+                rustix::process::geteuid().as_raw(),
+                rustix::process::getegid().as_raw(),
+            ),
             kernel_acls: false,
             activity,
             closer: closer::Closer::new(),
@@ -537,11 +543,29 @@ impl VaultFs {
         dir_id: &DirId,
         name: &OsStr,
     ) -> FsResult<BackingName> {
-        match self.find_entry(dir_fd, dir_id, name) {
-            Ok(_) => Err(libc::EEXIST),
-            Err(ENOENT) => Ok(self.candidate_names(dir_id, name)?.remove(0)),
-            Err(e) => Err(e),
+        let mut names = self.candidate_names(dir_id, name)?;
+        for bn in &names {
+            match backing::lstat(dir_fd, bn.entry()) {
+                Ok(_) => return Err(libc::EEXIST),
+                Err(e) if e.raw_os_error() == Some(ENOENT) => continue,
+                Err(e) => return Err(errno(e)),
+            }
         }
+        Ok(names.swap_remove(0))
+    }
+
+    /// `new_entry_name` for a maker that fails with EEXIST by itself (O_EXCL, mknod,
+    /// symlink, link): with one key generation live there is no other name to check first.
+    pub(crate) fn exclusive_entry_name(
+        &self,
+        dir_fd: BorrowedFd<'_>,
+        dir_id: &DirId,
+        name: &OsStr,
+    ) -> FsResult<BackingName> {
+        if self.keyring.live().count() == 1 {
+            return Ok(self.candidate_names(dir_id, name)?.swap_remove(0));
+        }
+        self.new_entry_name(dir_fd, dir_id, name)
     }
 
     /// Writes a long name's side file (before its entry appears).

@@ -243,15 +243,18 @@ impl VaultFs {
     }
 
     /// Creates a non-directory entry with `make(dir_fd, entry)`, then sets owner and mode.
+    /// `mode` is None for entries without one of their own (symlinks); `made_with_mode`
+    /// says `make` gave the entry `mode`'s permission bits already, which a chown keeps.
     fn make_node(
         &self,
         req: &Request,
         parent: u64,
         name: &OsStr,
         mode: Option<u32>,
+        made_with_mode: bool,
         make: impl Fn(std::os::fd::BorrowedFd<'_>, &str) -> FsResult<Option<OpenFile>>,
     ) -> FsResult<(u64, fuser::FileAttr, Option<Arc<OpenFile>>)> {
-        self.retry_enospc(|| self.make_node_once(req, parent, name, mode, &make))
+        self.retry_enospc(|| self.make_node_once(req, parent, name, mode, made_with_mode, &make))
     }
 
     fn make_node_once(
@@ -260,13 +263,14 @@ impl VaultFs {
         parent: u64,
         name: &OsStr,
         mode: Option<u32>,
+        made_with_mode: bool,
         make: &impl Fn(std::os::fd::BorrowedFd<'_>, &str) -> FsResult<Option<OpenFile>>,
     ) -> FsResult<(u64, fuser::FileAttr, Option<Arc<OpenFile>>)> {
         self.writable()?;
         Self::check_name(name)?;
         let (pfd, pid, lock) = self.dir(parent)?;
         let _g = lock.lock().expect("lock");
-        let bn = self.new_entry_name(pfd.as_fd(), &pid, name)?;
+        let bn = self.exclusive_entry_name(pfd.as_fd(), &pid, name)?;
         self.write_side_file(pfd.as_fd(), &bn)?;
         let made = match make(pfd.as_fd(), bn.entry()) {
             Ok(f) => f,
@@ -277,12 +281,18 @@ impl VaultFs {
                 return Err(code);
             }
         };
-        let (uid, gid, _) = self.owner_for(req, pfd.as_fd());
+        let (uid, gid, sgid) = self.owner_for(req, pfd.as_fd());
+        // What the entry got by itself: the daemon's uid, and its gid or, below a set-group-ID
+        // directory, the directory's (which `owner_for` gave as `gid` then).
+        let (own_uid, own_gid) = self.daemon_owner;
+        let got_owner = (own_uid, if sgid { gid } else { own_gid });
         let setup = (|| -> FsResult<()> {
-            if self.is_root {
+            if self.is_root && (uid, gid) != got_owner {
                 backing::chown(pfd.as_fd(), bn.entry(), Some(uid), Some(gid)).map_err(errno)?;
             }
-            if let Some(mode) = mode {
+            if let Some(mode) = mode
+                && (!made_with_mode || mode & 0o7000 != 0)
+            {
                 backing::chmod(pfd.as_fd(), bn.entry(), mode & 0o7777).map_err(errno)?;
             }
             Ok(())
@@ -292,7 +302,17 @@ impl VaultFs {
             self.remove_side_file(pfd.as_fd(), &bn);
             return Err(code);
         }
-        let (ino, _) = self.register(parent, pfd.as_fd(), &pid, bn.entry())?;
+        // A new file's node takes a copy of its fd: no second path walk to the new name.
+        let registered = match &made {
+            Some(f) => f
+                .store()
+                .try_clone()
+                .map_err(errno)
+                .and_then(|fd| self.register_fd(parent, &pid, bn.entry(), fd, false))
+                .map(|(ino, attr, _)| (ino, attr)),
+            None => self.register(parent, pfd.as_fd(), &pid, bn.entry()),
+        };
+        let (ino, attr) = registered?;
         let file = made.map(|f| {
             let f = Arc::new(f);
             self.open_files
@@ -301,49 +321,77 @@ impl VaultFs {
                 .insert(ino, Arc::downgrade(&f));
             f
         });
-        let attr = self.getattr_ino(ino)?;
         Ok((ino, attr, file))
     }
 
-    fn do_unlink(&self, parent: u64, name: &OsStr, want_dir: bool) -> FsResult<()> {
+    /// `make_node`'s maker for a regular file: created with `mode`'s permission bits, with
+    /// its header written (or gone again).
+    fn make_regular(
+        &self,
+        mode: u32,
+    ) -> impl Fn(std::os::fd::BorrowedFd<'_>, &str) -> FsResult<Option<OpenFile>> + '_ {
+        move |dfd, entry| {
+            let fd = backing::create_regular(dfd, entry, mode & 0o777).map_err(errno)?;
+            // A half-made file (no header) must not stay behind.
+            OpenFile::create(fd, &self.keyring, self.layout)
+                .map(Some)
+                .inspect_err(|_| {
+                    let _ = backing::unlink(dfd, entry);
+                })
+        }
+    }
+
+    fn do_unlink(&self, parent: u64, name: &OsStr) -> FsResult<()> {
+        self.writable()?;
+        Self::check_name(name)?;
+        let (pfd, pid, lock) = self.dir(parent)?;
+        let _g = lock.lock().expect("lock");
+        // unlinkat itself tells which generation's name exists and refuses a directory
+        // (EISDIR): no stat first.
+        for bn in self.candidate_names(&pid, name)? {
+            match backing::unlink(pfd.as_fd(), bn.entry()) {
+                Ok(()) => {
+                    self.remove_side_file(pfd.as_fd(), &bn);
+                    return Ok(());
+                }
+                Err(err) if err.raw_os_error() == Some(ENOENT) => continue,
+                Err(err) => return Err(errno(err)),
+            }
+        }
+        Err(ENOENT)
+    }
+
+    fn do_rmdir(&self, parent: u64, name: &OsStr) -> FsResult<()> {
         self.writable()?;
         Self::check_name(name)?;
         let (pfd, pid, lock) = self.dir(parent)?;
         let _g = lock.lock().expect("lock");
         let (bn, st) = self.find_entry(pfd.as_fd(), &pid, name)?;
-        let is_dir = st.st_mode & libc::S_IFMT == libc::S_IFDIR;
-        if want_dir {
-            if !is_dir {
-                return Err(ENOTDIR);
-            }
-            let child = backing::open_dir_path(pfd.as_fd(), bn.entry()).map_err(errno)?;
-            let child_ino = self.fuse_ino(st.st_ino);
-            let child_lock = self
-                .nodes
-                .lock()
-                .expect("lock")
-                .get(&child_ino)
-                .map(|n| n.dir_lock.clone());
-            let _cg = child_lock.as_ref().map(|l| l.lock().expect("lock"));
-            let saved = self.retry_with_access(child.as_fd(), 0o700, || {
-                let saved = backing::read_small(child.as_fd(), DIRID_FILE, 64).map_err(errno)?;
-                self.remove_dir_id_if_empty(child.as_fd())?;
-                Ok(saved)
-            })?;
-            if let Err(err) = backing::rmdir(pfd.as_fd(), bn.entry()) {
-                // Put the ID back: a directory without it would read as damaged.
-                let temp = self.temp_name();
-                let _ = self.retry_with_access(child.as_fd(), 0o300, || {
-                    backing::write_durable(child.as_fd(), DIRID_FILE, &temp, &saved, 0o600)
-                        .map_err(errno)
-                });
-                return Err(errno(err));
-            }
-        } else {
-            if is_dir {
-                return Err(EISDIR);
-            }
-            backing::unlink(pfd.as_fd(), bn.entry()).map_err(errno)?;
+        if st.st_mode & libc::S_IFMT != libc::S_IFDIR {
+            return Err(ENOTDIR);
+        }
+        let child = backing::open_dir_path(pfd.as_fd(), bn.entry()).map_err(errno)?;
+        let child_ino = self.fuse_ino(st.st_ino);
+        let child_lock = self
+            .nodes
+            .lock()
+            .expect("lock")
+            .get(&child_ino)
+            .map(|n| n.dir_lock.clone());
+        let _cg = child_lock.as_ref().map(|l| l.lock().expect("lock"));
+        let saved = self.retry_with_access(child.as_fd(), 0o700, || {
+            let saved = backing::read_small(child.as_fd(), DIRID_FILE, 64).map_err(errno)?;
+            self.remove_dir_id_if_empty(child.as_fd())?;
+            Ok(saved)
+        })?;
+        if let Err(err) = backing::rmdir(pfd.as_fd(), bn.entry()) {
+            // Put the ID back: a directory without it would read as damaged.
+            let temp = self.temp_name();
+            let _ = self.retry_with_access(child.as_fd(), 0o300, || {
+                backing::write_durable(child.as_fd(), DIRID_FILE, &temp, &saved, 0o600)
+                    .map_err(errno)
+            });
+            return Err(errno(err));
         }
         self.remove_side_file(pfd.as_fd(), &bn);
         Ok(())
@@ -652,15 +700,27 @@ impl VaultFs {
         }
         // With the writeback cache the kernel keeps times itself and sends them back, mostly
         // unchanged (on every unlink, rename and link of a file): skip the backing write then.
-        let unchanged = atime.is_none()
+        let unchanged_times = if atime.is_none()
             && kind == FileType::RegularFile
             && self.config.writeback_cache
-            && match set_time(mtime) {
-                SetTime::At(sec, nsec) => backing::fstat(fd.as_fd())
-                    .is_ok_and(|st| (st.st_mtime, st.st_mtime_nsec as u32) == (sec, nsec)),
-                _ => false,
-            };
-        if (atime.is_some() || mtime.is_some()) && !unchanged {
+            && let SetTime::At(sec, nsec) = set_time(mtime)
+        {
+            backing::fstat(fd.as_fd())
+                .ok()
+                .filter(|st| (st.st_mtime, st.st_mtime_nsec as u32) == (sec, nsec))
+        } else {
+            None
+        };
+        if let Some(st) = unchanged_times
+            && size.is_none()
+            && mode.is_none()
+            && uid.is_none()
+            && gid.is_none()
+        {
+            // Nothing changed since that fstat: it is the answer.
+            return Ok(self.attr_of(ino, kind, &st));
+        }
+        if (atime.is_some() || mtime.is_some()) && unchanged_times.is_none() {
             let (a, m) = (set_time(atime), set_time(mtime));
             if kind == FileType::Symlink {
                 // By name (Linux has no fd-based utimens for a symlink itself), after checking
@@ -802,20 +862,20 @@ impl Filesystem for VaultFs {
         let kind = mode & libc::S_IFMT;
         if kind == libc::S_IFREG || kind == 0 {
             // A regular file through mknod: same as create, then closed.
-            let result = self.make_node(req, parent.0, name, Some(mode), |dfd, entry| {
-                let fd = backing::create_regular(dfd, entry, 0o600).map_err(errno)?;
-                OpenFile::create(fd, &self.keyring, self.layout)
-                    .map(Some)
-                    .inspect_err(|_| {
-                        let _ = backing::unlink(dfd, entry);
-                    })
-            });
+            let result = self.make_node(
+                req,
+                parent.0,
+                name,
+                Some(mode),
+                true,
+                self.make_regular(mode),
+            );
             return match self.logged("mknod", parent.0, result) {
                 Ok((_, attr, _)) => reply.entry(&self.config.ttl(), &attr, Generation(0)),
                 Err(code) => reply.error(e(code)),
             };
         }
-        let result = self.make_node(req, parent.0, name, Some(mode), |dfd, entry| {
+        let result = self.make_node(req, parent.0, name, Some(mode), false, |dfd, entry| {
             backing::mknod(dfd, entry, mode, rdev.into())
                 .map_err(errno)
                 .map(|_| None)
@@ -846,14 +906,14 @@ impl Filesystem for VaultFs {
     }
 
     fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        match self.logged("unlink", parent.0, self.do_unlink(parent.0, name, false)) {
+        match self.logged("unlink", parent.0, self.do_unlink(parent.0, name)) {
             Ok(()) => reply.ok(),
             Err(code) => reply.error(e(code)),
         }
     }
 
     fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        match self.logged("rmdir", parent.0, self.do_unlink(parent.0, name, true)) {
+        match self.logged("rmdir", parent.0, self.do_rmdir(parent.0, name)) {
             Ok(()) => reply.ok(),
             Err(code) => reply.error(e(code)),
         }
@@ -873,7 +933,7 @@ impl Filesystem for VaultFs {
             Err(crate::crypto::CryptoError::TooLong) => return reply.error(e(libc::ENAMETOOLONG)),
             Err(_) => return reply.error(e(EINVAL)),
         };
-        let result = self.make_node(req, parent.0, link_name, None, |dfd, entry| {
+        let result = self.make_node(req, parent.0, link_name, None, false, |dfd, entry| {
             backing::symlink(&sealed, dfd, entry)
                 .map_err(errno)
                 .map(|_| None)
@@ -1361,15 +1421,14 @@ impl Filesystem for VaultFs {
         flags: i32,
         reply: ReplyCreate,
     ) {
-        let result = self.make_node(req, parent.0, name, Some(mode), |dfd, entry| {
-            let fd = backing::create_regular(dfd, entry, 0o600).map_err(errno)?;
-            // A half-made file (no header) must not stay behind.
-            OpenFile::create(fd, &self.keyring, self.layout)
-                .map(Some)
-                .inspect_err(|_| {
-                    let _ = backing::unlink(dfd, entry);
-                })
-        });
+        let result = self.make_node(
+            req,
+            parent.0,
+            name,
+            Some(mode),
+            true,
+            self.make_regular(mode),
+        );
         let _ = flags;
         match self.logged("create", parent.0, result) {
             Ok((_, attr, Some(f))) => {
