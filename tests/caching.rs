@@ -336,3 +336,95 @@ fn listings_follow_changes_and_telldir_cookies_work_on_fresh_streams() {
     v.mount();
     same(full(&d), &want, "after a remount");
 }
+
+/// Reads up to `limit` names (without "." and "..") from an open directory stream.
+///
+/// # Safety
+/// `d` must be an open stream.
+unsafe fn next_names(d: *mut libc::DIR, limit: usize) -> Vec<String> {
+    let mut names = Vec::new();
+    while names.len() < limit {
+        // SAFETY: per the contract, `d` is open; the entry is copied before the next call.
+        let e = unsafe { libc::readdir(d) };
+        if e.is_null() {
+            break;
+        }
+        // SAFETY: readdir returned a valid entry with a NUL-terminated name.
+        let name = unsafe { std::ffi::CStr::from_ptr((*e).d_name.as_ptr()) };
+        let name = name.to_string_lossy().into_owned();
+        if name != "." && name != ".." {
+            names.push(name);
+        }
+    }
+    names
+}
+
+/// The kernel keeps listings (FOPEN_CACHE_DIR): a stream it started from its cache and
+/// that continues at the daemon after the directory changed (another reader's opendir
+/// dropped the old cache) resumes after the same entry: nothing it already returned comes
+/// again and nothing that stayed is skipped. With offsets that counted positions in one
+/// listing, removing entries the stream had passed shifted it past as many others.
+#[test]
+fn a_stream_served_from_the_kernel_cache_resumes_after_changes() {
+    if !fuse_available() {
+        return;
+    }
+    let v = TestVault::new(4096);
+    v.mount();
+    // Each case removes 300 entries the stream has returned, 300 it has not, or both.
+    for case in ["passed", "ahead", "both"] {
+        let d = v.p(case);
+        fs::create_dir(&d).unwrap();
+        for i in 0..2000 {
+            fs::write(d.join(format!("entry-{i:04}")), b"").unwrap();
+        }
+        // Fill the kernel's cache with a whole listing; the stream starts from it.
+        let had = read_names(&d, None, usize::MAX).0;
+        assert_eq!(had.len(), 2000);
+        let c = std::ffi::CString::new(d.as_os_str().as_encoded_bytes()).unwrap();
+        // SAFETY: a valid path; the stream is closed below.
+        let stream = unsafe { libc::opendir(c.as_ptr()) };
+        assert!(!stream.is_null());
+        // SAFETY: `stream` is open.
+        let mut seen = unsafe { next_names(stream, 1000) };
+        let ahead: Vec<String> = had.iter().filter(|n| !seen.contains(n)).cloned().collect();
+        let mut gone = Vec::new();
+        if case != "ahead" {
+            gone.extend_from_slice(&seen[..300]);
+        }
+        if case != "passed" {
+            gone.extend_from_slice(&ahead[..300]);
+        }
+        for n in &gone {
+            fs::remove_file(d.join(n)).unwrap();
+        }
+        for i in 0..300 {
+            fs::write(d.join(format!("added-{i:03}")), b"").unwrap();
+        }
+        // Another reader's opendir finds the cache stale and refills it.
+        let now = read_names(&d, None, usize::MAX).0;
+        assert_eq!(
+            now.len(),
+            2000 - gone.len() + 300,
+            "{case}: the other reader"
+        );
+        // SAFETY: `stream` is open; closed right after.
+        seen.extend(unsafe { next_names(stream, usize::MAX) });
+        // SAFETY: opened above.
+        unsafe { libc::closedir(stream) };
+        let mut sorted = seen.clone();
+        sorted.sort();
+        sorted.dedup();
+        assert_eq!(sorted.len(), seen.len(), "{case}: an entry came twice");
+        let missing: Vec<&String> = had
+            .iter()
+            .filter(|n| !gone.contains(n) && sorted.binary_search(n).is_err())
+            .collect();
+        assert!(
+            missing.is_empty(),
+            "{case}: {} entries that stayed were skipped, e.g. {:?}",
+            missing.len(),
+            &missing[..missing.len().min(5)]
+        );
+    }
+}

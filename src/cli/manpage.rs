@@ -109,7 +109,7 @@ pub fn render() -> Vec<u8> {
     );
     para(
         &mut r,
-        "Caching: a mount is taken to be the only writer of its vault, so the kernel caches names and attributes for an hour, keeps a file's pages across opens while the backing file is unchanged, and gathers writes in its writeback cache. A write then reaches the vault when the kernel writes it back, at the latest at fsync or close, and errors such as ENOSPC are reported there; a daemon killed before then loses it, as a crashed kernel would. -o no_writeback_cache sends each write at once. --shared-storage (-o shared_storage) is for vaults that others also write (a folder synced from another machine, a network share): no writeback cache and nothing cached across opens, so their changes show at once; O_APPEND is then atomic only among writers on one mount.",
+        "Caching: a mount is taken to be the only writer of its vault, so the kernel caches names and attributes for an hour, keeps directory listings until a directory changes, keeps a file's pages across opens while the backing file is unchanged, and gathers writes in its writeback cache. A write then reaches the vault when the kernel writes it back, at the latest at fsync or close, and errors such as ENOSPC are reported there; a daemon killed before then loses it, as a crashed kernel would. -o no_writeback_cache sends each write at once. --shared-storage (-o shared_storage) is for vaults that others also write (a folder synced from another machine, a network share): no writeback cache and nothing cached across opens, so their changes show at once; O_APPEND is then atomic only among writers on one mount.",
     );
 
     r.control("SH", ["THREAT MODEL"]);

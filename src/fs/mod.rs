@@ -183,6 +183,38 @@ pub(crate) struct DirListing {
     pub entry: String,
     pub ino: u64,
     pub kind: FileType,
+    /// Where a reader resumes after this entry: see `entry_offset`.
+    pub off: u64,
+}
+
+/// The directory offset (telldir cookie) of a backing entry: a hash of its name, the same in
+/// every listing of the directory, so that a reader resuming at an offset continues after
+/// the same entry however the directory changed meanwhile (the kernel's listing cache
+/// resumes at the daemon with offsets from an older listing). 1 and 2 are "." and "..";
+/// listings are sorted by offset.
+pub(crate) fn entry_offset(entry: &str) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    entry.hash(&mut h);
+    // Below 2^62 + 3: positive as the kernel's signed offsets, with room above for
+    // `order_listing` to step past a collision.
+    3 + (h.finish() >> 2)
+}
+
+/// Sorts a listing by offset, moving each offset that collides with its predecessor's one
+/// up (two names with one 62-bit hash: practically never, but a reader must not lose one).
+pub(crate) fn order_listing(listing: &mut [DirListing]) {
+    listing.sort_unstable_by_key(|l| l.off);
+    for i in 1..listing.len() {
+        if listing[i].off <= listing[i - 1].off {
+            listing[i].off = listing[i - 1].off + 1;
+        }
+    }
+}
+
+/// Index of the first entry of a sorted listing that comes after offset `off`.
+pub(crate) fn resume_at(listing: &[DirListing], off: u64) -> usize {
+    listing.partition_point(|l| l.off <= off)
 }
 
 pub(crate) const ROOT: u64 = 1;
@@ -1037,6 +1069,7 @@ impl VaultFs {
                     };
                     out.push(DirListing {
                         name,
+                        off: entry_offset(&e.name),
                         entry: e.name.clone(),
                         ino: self.fuse_ino(e.ino),
                         kind,
@@ -1052,5 +1085,39 @@ impl VaultFs {
             }
         }
         Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(name: &str, off: u64) -> DirListing {
+        DirListing {
+            name: name.as_bytes().to_vec(),
+            entry: name.to_string(),
+            ino: 0,
+            kind: FileType::RegularFile,
+            off,
+        }
+    }
+
+    #[test]
+    fn offsets_are_per_entry_and_collisions_still_order_strictly() {
+        assert_eq!(entry_offset("abc"), entry_offset("abc"));
+        assert_ne!(entry_offset("abc"), entry_offset("abd"));
+        assert!((3..(1 << 62) + 3).contains(&entry_offset("x")));
+        let mut l = vec![entry("c", 9), entry("a", 5), entry("b", 5), entry("d", 6)];
+        order_listing(&mut l);
+        let offs: Vec<u64> = l.iter().map(|e| e.off).collect();
+        assert_eq!(offs, [5, 6, 7, 9], "a collision steps past its neighbour");
+        assert_eq!(resume_at(&l, 0), 0);
+        assert_eq!(resume_at(&l, 6), 2);
+        assert_eq!(
+            resume_at(&l, 8),
+            3,
+            "an offset no longer listed resumes after it"
+        );
+        assert_eq!(resume_at(&l, 9), 4);
     }
 }

@@ -18,7 +18,7 @@ use libc::{EEXIST, EINVAL, EIO, EISDIR, ENOENT, ENOTDIR, ENOTEMPTY, EROFS};
 
 use super::backing::{self, SetTime};
 use super::file::OpenFile;
-use super::{DirListing, FsResult, Handle, ROOT, VaultFs, errno};
+use super::{DirListing, FsResult, Handle, ROOT, VaultFs, errno, order_listing, resume_at};
 use crate::crypto::dirid::seal_dir_id;
 use crate::crypto::names::{BackingName, DIRID_FILE, DIRID_NEXT_FILE, NAME_MAX};
 use crate::crypto::{blob, keys};
@@ -66,7 +66,7 @@ fn lock_two<'a>(
 }
 
 impl VaultFs {
-    /// A directory's entries, "." and ".." first.
+    /// A directory's entries, "." and ".." first, in offset order.
     fn listing(&self, ino: u64) -> FsResult<Vec<DirListing>> {
         let parent = self
             .nodes
@@ -81,15 +81,18 @@ impl VaultFs {
                 entry: String::new(),
                 ino,
                 kind: FileType::Directory,
+                off: 1,
             },
             DirListing {
                 name: b"..".to_vec(),
                 entry: String::new(),
                 ino: parent,
                 kind: FileType::Directory,
+                off: 2,
             },
         ];
         listing.extend(self.list_dir(ino)?);
+        order_listing(&mut listing);
         Ok(listing)
     }
 
@@ -97,8 +100,8 @@ impl VaultFs {
     /// (outside any lock) into the handle; later reads page through that snapshot.
     fn snapshot(&self, ino: u64, fh: u64, offset: u64) -> FsResult<()> {
         // A handle's first read may start past 0: a program seeks a new directory stream
-        // to a telldir() offset. Offsets index the listing, which is the same as long as
-        // the directory does not change in between.
+        // to a telldir() offset, or the kernel's listing cache has served the start. Offsets
+        // are per entry (`entry_offset`), so the fresh listing resumes after the same entry.
         let taken = matches!(
             self.handles.lock().expect("lock").get(&fh),
             Some(Handle::Dir(l)) if !l.is_empty()
@@ -1124,12 +1127,17 @@ impl Filesystem for VaultFs {
         let result = self
             .dir(ino.0)
             .map(|_| self.add_handle(Handle::Dir(Vec::new())));
-        // No FOPEN_CACHE_DIR: a reader the kernel served from its cached listing comes to
-        // the daemon mid-way once the directory changes, with an offset into the listing the
-        // cache was filled from; offsets here index one listing, so entries could be skipped
-        // or repeated. Caching listings needs offsets that stay valid across listings.
+        // The kernel may keep listings (and keep them across opens): it drops one when the
+        // directory changes through the mount or its mtime moves, and a reader it served
+        // from one resumes here at an offset that stays valid (`entry_offset`). Not for
+        // shared storage, where others change directories behind the kernel's back.
+        let flags = if self.config.shared_storage {
+            FopenFlags::empty()
+        } else {
+            FopenFlags::FOPEN_CACHE_DIR | FopenFlags::FOPEN_KEEP_CACHE
+        };
         match self.logged("opendir", ino.0, result) {
-            Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::empty()),
+            Ok(fh) => reply.opened(FileHandle(fh), flags),
             Err(code) => reply.error(e(code)),
         }
     }
@@ -1149,10 +1157,10 @@ impl Filesystem for VaultFs {
         let Some(Handle::Dir(listing)) = handles.get(&fh.0) else {
             return reply.error(e(libc::EBADF));
         };
-        for (i, entry) in listing.iter().enumerate().skip(offset as usize) {
+        for entry in &listing[resume_at(listing, offset)..] {
             if reply.add(
                 INodeNo(entry.ino),
-                i as u64 + 1,
+                entry.off,
                 entry.kind,
                 OsStr::from_bytes(&entry.name),
             ) {
@@ -1175,20 +1183,20 @@ impl Filesystem for VaultFs {
             match handles.get(&fh.0) {
                 // At most what one reply can hold (a name takes at least 8 of its 4 KiB),
                 // and the regular file the previous page ended with (to chain the order).
-                Some(Handle::Dir(listing)) => Ok((
-                    listing
-                        .iter()
-                        .enumerate()
-                        .skip(offset as usize)
-                        .take(512)
-                        .map(|(i, l)| (i as u64 + 1, l.name.clone(), l.entry.clone(), l.ino))
-                        .collect::<Vec<_>>(),
-                    (offset as usize)
-                        .checked_sub(1)
-                        .and_then(|i| listing.get(i))
-                        .filter(|l| l.kind == FileType::RegularFile)
-                        .map(|l| l.ino),
-                )),
+                Some(Handle::Dir(listing)) => {
+                    let at = resume_at(listing, offset);
+                    Ok((
+                        listing[at..]
+                            .iter()
+                            .take(512)
+                            .map(|l| (l.off, l.name.clone(), l.entry.clone(), l.ino))
+                            .collect::<Vec<_>>(),
+                        at.checked_sub(1)
+                            .and_then(|i| listing.get(i))
+                            .filter(|l| l.kind == FileType::RegularFile)
+                            .map(|l| l.ino),
+                    ))
+                }
                 _ => Err(libc::EBADF),
             }
         });
