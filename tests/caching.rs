@@ -428,3 +428,127 @@ fn a_stream_served_from_the_kernel_cache_resumes_after_changes() {
         );
     }
 }
+
+/// One getdents64 call on `fd` with a `size`-byte buffer: (name, offset after it) of each
+/// entry returned ("." and ".." included); empty at the end.
+fn getdents(fd: i32, size: usize) -> Vec<(String, i64)> {
+    let mut buf = vec![0u8; size];
+    // SAFETY: a valid fd and a buffer of `size` bytes.
+    let n = unsafe { libc::syscall(libc::SYS_getdents64, fd, buf.as_mut_ptr(), size) };
+    assert!(n >= 0, "getdents64: {}", std::io::Error::last_os_error());
+    let mut out = Vec::new();
+    let mut at = 0;
+    while at < n as usize {
+        // linux_dirent64: u64 ino, i64 off, u16 reclen, u8 type, NUL-terminated name.
+        let off = i64::from_ne_bytes(buf[at + 8..at + 16].try_into().unwrap());
+        let reclen = u16::from_ne_bytes(buf[at + 16..at + 18].try_into().unwrap()) as usize;
+        let name = &buf[at + 19..at + reclen];
+        let name = &name[..name.iter().position(|&b| b == 0).unwrap()];
+        out.push((String::from_utf8_lossy(name).into_owned(), off));
+        at += reclen;
+    }
+    out
+}
+
+fn open_dir(d: &std::path::Path) -> i32 {
+    let c = std::ffi::CString::new(d.as_os_str().as_encoded_bytes()).unwrap();
+    // SAFETY: a valid path.
+    let fd = unsafe { libc::open(c.as_ptr(), libc::O_RDONLY | libc::O_DIRECTORY) };
+    assert!(fd >= 0, "open {}", d.display());
+    fd
+}
+
+/// A stream listed before a change and resumed after it must not fill the kernel's listing
+/// cache with its old listing: stream A reads a first chunk; a whole listing completes the
+/// cache; files are created after A's position; stream D's opendir finds the cache stale
+/// and restarts it with a first chunk ending where A's did; A reads on from there. If A were
+/// served its old listing, the kernel would complete the new cache with it, and every later
+/// listing would lack the new files.
+#[test]
+fn a_stream_listed_before_a_change_does_not_fill_the_cache_after_it() {
+    if !fuse_available() {
+        return;
+    }
+    let v = TestVault::new(4096);
+    v.mount();
+    let d = v.p("d");
+    fs::create_dir(&d).unwrap();
+    for i in 0..2000 {
+        fs::write(d.join(format!("entry-{i:04}")), b"").unwrap();
+    }
+    // Learn the offsets the new names will have (offsets belong to names), then remove them.
+    let new: Vec<String> = (0..100).map(|i| format!("new-{i:03}")).collect();
+    for n in &new {
+        fs::write(d.join(n), b"").unwrap();
+    }
+    let fd = open_dir(&d);
+    let mut offsets = std::collections::HashMap::new();
+    loop {
+        let chunk = getdents(fd, 32768);
+        if chunk.is_empty() {
+            break;
+        }
+        offsets.extend(chunk);
+    }
+    // SAFETY: opened above.
+    unsafe { libc::close(fd) };
+    for n in &new {
+        fs::remove_file(d.join(n)).unwrap();
+    }
+    // A reads a first small chunk: it ends at offset x.
+    let a = open_dir(&d);
+    let first = getdents(a, 1024);
+    let x = first.last().unwrap().1;
+    // A whole listing completes the kernel's cache.
+    assert_eq!(read_names(&d, None, usize::MAX).0.len(), 2000);
+    // Files that sort after A's position appear.
+    let after: Vec<&String> = new.iter().filter(|n| offsets[*n] > x).collect();
+    assert!(
+        after.len() > 50,
+        "{} of 100 new names sort after {x}",
+        after.len()
+    );
+    for n in &after {
+        fs::write(d.join(n), b"").unwrap();
+    }
+    // D restarts the cache; its first chunk ends where A's did.
+    let dd = open_dir(&d);
+    assert_eq!(getdents(dd, 1024), first, "D's first chunk");
+    // A reads on to the end.
+    let mut rest = Vec::new();
+    loop {
+        let chunk = getdents(a, 32768);
+        if chunk.is_empty() {
+            break;
+        }
+        rest.extend(chunk.into_iter().map(|(n, _)| n));
+    }
+    // SAFETY: opened above.
+    unsafe {
+        libc::close(a);
+        libc::close(dd);
+    }
+    // Whatever A saw, listings from now on show the new files. (Raw reads: glibc's
+    // opendir fstats the directory, and a new mtime would make the kernel drop its cache.)
+    let e = open_dir(&d);
+    let mut names = Vec::new();
+    loop {
+        let chunk = getdents(e, 32768);
+        if chunk.is_empty() {
+            break;
+        }
+        names.extend(chunk.into_iter().map(|(n, _)| n));
+    }
+    // SAFETY: opened above.
+    unsafe { libc::close(e) };
+    names.retain(|n| n != "." && n != "..");
+    let missing: Vec<&&String> = after.iter().filter(|n| !names.contains(n)).collect();
+    assert!(
+        missing.is_empty(),
+        "{} of {} new files missing from a later listing (A saw {} entries after {x})",
+        missing.len(),
+        after.len(),
+        rest.len()
+    );
+    assert_eq!(names.len(), 2000 + after.len());
+}

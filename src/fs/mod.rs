@@ -118,8 +118,8 @@ pub(crate) struct Node {
     pub links: u64,
     pub dir_id: Option<DirId>,
     pub lookups: u64,
-    /// Serializes changes to a directory's entries (create, unlink, rename, rmdir).
-    pub dir_lock: Arc<Mutex<()>>,
+    /// Serializes and counts changes to a directory's entries.
+    pub dir_lock: Arc<DirLock>,
     /// A directory whose ID does not check out, registered only because READDIRPLUS must
     /// name a node for every entry it lists: each use of it as a directory gives EIO, and
     /// each lookup checks its ID again.
@@ -160,8 +160,6 @@ pub struct VaultFs {
     /// Backing paths whose damage was already logged (each is logged once).
     reported: Mutex<HashSet<String>>,
     pub(crate) is_root: bool,
-    /// The daemon's effective uid and gid: the owner a new backing entry gets by itself.
-    pub(crate) daemon_owner: (u32, u32),
     /// The kernel handles POSIX ACLs itself (FUSE_POSIX_ACL was granted at init).
     pub(crate) kernel_acls: bool,
     pub(crate) activity: Arc<Activity>,
@@ -174,7 +172,71 @@ pub struct VaultFs {
 
 pub(crate) enum Handle {
     File(Arc<OpenFile>),
-    Dir(Vec<DirListing>),
+    Dir(DirStream),
+}
+
+/// An open directory stream: the listing its reads page through.
+#[derive(Default)]
+pub(crate) struct DirStream {
+    pub listing: Vec<DirListing>,
+    /// The directory's change count (`DirLock::changes`) before it was listed.
+    pub changes: u64,
+}
+
+/// Serializes changes to a directory's entries (create, unlink, rename, rmdir, link) and
+/// counts them, to tell which open streams list an older directory than a listing the
+/// kernel may have started caching since (`DirLock::outdated`).
+#[derive(Default)]
+pub(crate) struct DirLock {
+    entries: Mutex<()>,
+    changes: std::sync::atomic::AtomicU64,
+    /// The most changes any listing from the start has seen: the kernel starts a listing
+    /// cache only with a read from offset 0.
+    started_at: std::sync::atomic::AtomicU64,
+}
+
+/// A directory locked for a change; counted when released, once the change is made.
+pub(crate) struct DirChange<'a> {
+    _entries: std::sync::MutexGuard<'a, ()>,
+    changes: &'a std::sync::atomic::AtomicU64,
+}
+
+impl Drop for DirChange<'_> {
+    fn drop(&mut self) {
+        self.changes
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+impl DirLock {
+    /// Locks the directory's entries for a change.
+    pub(crate) fn change(&self) -> DirChange<'_> {
+        DirChange {
+            _entries: self.entries.lock().expect("lock"),
+            changes: &self.changes,
+        }
+    }
+
+    /// How many changes were made so far.
+    pub(crate) fn changes(&self) -> u64 {
+        self.changes.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// A listing from offset 0 is made after `changes` changes.
+    pub(crate) fn listing_from_start(&self, changes: u64) {
+        self.started_at
+            .fetch_max(changes, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// Whether a stream listed after `changes` changes must list again before it goes on:
+    /// a listing from the start has seen more changes since, and the kernel, which caches
+    /// a listing from its start onwards whatever stream the rest comes from, could complete
+    /// that newer cache with this older listing (the entries made in between would then be
+    /// missing from every cached listing). A stream that only sees changes it makes itself
+    /// (read, unlink, read on) goes on with its own listing.
+    pub(crate) fn outdated(&self, changes: u64) -> bool {
+        self.started_at.load(std::sync::atomic::Ordering::SeqCst) > changes
+    }
 }
 
 pub(crate) struct DirListing {
@@ -204,7 +266,7 @@ pub(crate) fn entry_offset(entry: &str) -> u64 {
 /// Sorts a listing by offset, moving each offset that collides with its predecessor's one
 /// up (two names with one 62-bit hash: practically never, but a reader must not lose one).
 pub(crate) fn order_listing(listing: &mut [DirListing]) {
-    listing.sort_unstable_by_key(|l| l.off);
+    listing.sort_unstable_by(|a, b| (a.off, &a.entry).cmp(&(b.off, &b.entry)));
     for i in 1..listing.len() {
         if listing[i].off <= listing[i - 1].off {
             listing[i].off = listing[i - 1].off + 1;
@@ -351,10 +413,6 @@ impl VaultFs {
             next_fh: 1.into(),
             reported: Mutex::default(),
             is_root: rustix::process::geteuid().is_root(),
-            daemon_owner: (
-                rustix::process::geteuid().as_raw(),
-                rustix::process::getegid().as_raw(),
-            ),
             kernel_acls: false,
             activity,
             closer: closer::Closer::new(),
@@ -502,7 +560,7 @@ impl VaultFs {
     }
 
     /// A directory node's fd, ID and entry lock.
-    pub(crate) fn dir(&self, ino: u64) -> FsResult<(Arc<OwnedFd>, DirId, Arc<Mutex<()>>)> {
+    pub(crate) fn dir(&self, ino: u64) -> FsResult<(Arc<OwnedFd>, DirId, Arc<DirLock>)> {
         let nodes = self.nodes.lock().expect("lock");
         let n = nodes.get(&ino).ok_or(ENOENT)?;
         match (n.kind, n.dir_id) {
@@ -595,7 +653,12 @@ impl VaultFs {
         name: &OsStr,
     ) -> FsResult<BackingName> {
         if self.keyring.live().count() == 1 {
-            return Ok(self.candidate_names(dir_id, name)?.swap_remove(0));
+            let bn = self.candidate_names(dir_id, name)?.swap_remove(0);
+            // A long name's side file is written before its maker runs: check first, so
+            // an existing entry's side file is not rewritten on the way to EEXIST.
+            if bn.side_file().is_none() {
+                return Ok(bn);
+            }
         }
         self.new_entry_name(dir_fd, dir_id, name)
     }
@@ -729,6 +792,19 @@ impl VaultFs {
         keep_damaged: bool,
     ) -> FsResult<(u64, FileAttr, bool)> {
         let st = backing::fstat(path_fd.as_fd()).map_err(errno)?;
+        self.register_stat(parent, parent_id, entry, path_fd, st, keep_damaged)
+    }
+
+    /// `register_fd` with the fd's stat already made.
+    pub(crate) fn register_stat(
+        &self,
+        parent: u64,
+        parent_id: &DirId,
+        entry: &str,
+        path_fd: OwnedFd,
+        st: Stat,
+        keep_damaged: bool,
+    ) -> FsResult<(u64, FileAttr, bool)> {
         if st.st_dev != self.root_dev {
             log::error!(
                 "{}/{entry}: on another filesystem; refusing to cross into it",

@@ -18,7 +18,9 @@ use libc::{EEXIST, EINVAL, EIO, EISDIR, ENOENT, ENOTDIR, ENOTEMPTY, EROFS};
 
 use super::backing::{self, SetTime};
 use super::file::OpenFile;
-use super::{DirListing, FsResult, Handle, ROOT, VaultFs, errno, order_listing, resume_at};
+use super::{
+    DirListing, DirStream, FsResult, Handle, ROOT, VaultFs, errno, order_listing, resume_at,
+};
 use crate::crypto::dirid::seal_dir_id;
 use crate::crypto::names::{BackingName, DIRID_FILE, DIRID_NEXT_FILE, NAME_MAX};
 use crate::crypto::{blob, keys};
@@ -46,22 +48,19 @@ fn set_time(t: Option<TimeOrNow>) -> SetTime {
     }
 }
 
-/// Lock two directory locks in inode order (one if they are the same).
+/// Locks two directories for a change, in inode order (one if they are the same).
 fn lock_two<'a>(
-    a: (u64, &'a std::sync::Mutex<()>),
-    b: (u64, &'a std::sync::Mutex<()>),
-) -> (
-    std::sync::MutexGuard<'a, ()>,
-    Option<std::sync::MutexGuard<'a, ()>>,
-) {
+    a: (u64, &'a super::DirLock),
+    b: (u64, &'a super::DirLock),
+) -> (super::DirChange<'a>, Option<super::DirChange<'a>>) {
     if a.0 == b.0 {
-        (a.1.lock().expect("lock"), None)
+        (a.1.change(), None)
     } else if a.0 < b.0 {
-        let ga = a.1.lock().expect("lock");
-        (ga, Some(b.1.lock().expect("lock")))
+        let ga = a.1.change();
+        (ga, Some(b.1.change()))
     } else {
-        let gb = b.1.lock().expect("lock");
-        (gb, Some(a.1.lock().expect("lock")))
+        let gb = b.1.change();
+        (gb, Some(a.1.change()))
     }
 }
 
@@ -102,17 +101,22 @@ impl VaultFs {
         // A handle's first read may start past 0: a program seeks a new directory stream
         // to a telldir() offset, or the kernel's listing cache has served the start. Offsets
         // are per entry (`entry_offset`), so the fresh listing resumes after the same entry.
-        let taken = matches!(
+        let (_, _, lock) = self.dir(ino)?;
+        let changes = lock.changes();
+        let current = matches!(
             self.handles.lock().expect("lock").get(&fh),
-            Some(Handle::Dir(l)) if !l.is_empty()
+            Some(Handle::Dir(s)) if !s.listing.is_empty() && !lock.outdated(s.changes)
         );
-        if offset != 0 && taken {
+        if offset != 0 && current {
             return Ok(());
+        }
+        if offset == 0 {
+            lock.listing_from_start(changes);
         }
         let listing = self.listing(ino)?;
         match self.handles.lock().expect("lock").get_mut(&fh) {
             Some(Handle::Dir(slot)) => {
-                *slot = listing;
+                *slot = DirStream { listing, changes };
                 Ok(())
             }
             _ => Err(libc::EBADF),
@@ -201,7 +205,7 @@ impl VaultFs {
         self.writable()?;
         Self::check_name(name)?;
         let (pfd, pid, lock) = self.dir(parent)?;
-        let _g = lock.lock().expect("lock");
+        let _g = lock.change();
         let bn = self.new_entry_name(pfd.as_fd(), &pid, name)?;
         let temp = self.temp_name();
         backing::mkdir(pfd.as_fd(), &temp, 0o700).map_err(errno)?;
@@ -245,19 +249,17 @@ impl VaultFs {
         self.register(parent, pfd.as_fd(), &pid, bn.entry())
     }
 
-    /// Creates a non-directory entry with `make(dir_fd, entry)`, then sets owner and mode.
-    /// `mode` is None for entries without one of their own (symlinks); `made_with_mode`
-    /// says `make` gave the entry `mode`'s permission bits already, which a chown keeps.
+    /// Creates a non-directory entry with `make(dir_fd, entry)`, then sets owner and mode
+    /// (None for entries without one of their own: symlinks) where they differ.
     fn make_node(
         &self,
         req: &Request,
         parent: u64,
         name: &OsStr,
         mode: Option<u32>,
-        made_with_mode: bool,
         make: impl Fn(std::os::fd::BorrowedFd<'_>, &str) -> FsResult<Option<OpenFile>>,
     ) -> FsResult<(u64, fuser::FileAttr, Option<Arc<OpenFile>>)> {
-        self.retry_enospc(|| self.make_node_once(req, parent, name, mode, made_with_mode, &make))
+        self.retry_enospc(|| self.make_node_once(req, parent, name, mode, &make))
     }
 
     fn make_node_once(
@@ -266,13 +268,12 @@ impl VaultFs {
         parent: u64,
         name: &OsStr,
         mode: Option<u32>,
-        made_with_mode: bool,
         make: &impl Fn(std::os::fd::BorrowedFd<'_>, &str) -> FsResult<Option<OpenFile>>,
     ) -> FsResult<(u64, fuser::FileAttr, Option<Arc<OpenFile>>)> {
         self.writable()?;
         Self::check_name(name)?;
         let (pfd, pid, lock) = self.dir(parent)?;
-        let _g = lock.lock().expect("lock");
+        let _g = lock.change();
         let bn = self.exclusive_entry_name(pfd.as_fd(), &pid, name)?;
         self.write_side_file(pfd.as_fd(), &bn)?;
         let made = match make(pfd.as_fd(), bn.entry()) {
@@ -284,38 +285,42 @@ impl VaultFs {
                 return Err(code);
             }
         };
-        let (uid, gid, sgid) = self.owner_for(req, pfd.as_fd());
-        // What the entry got by itself: the daemon's uid, and its gid or, below a set-group-ID
-        // directory, the directory's (which `owner_for` gave as `gid` then).
-        let (own_uid, own_gid) = self.daemon_owner;
-        let got_owner = (own_uid, if sgid { gid } else { own_gid });
-        let setup = (|| -> FsResult<()> {
-            if self.is_root && (uid, gid) != got_owner {
-                backing::chown(pfd.as_fd(), bn.entry(), Some(uid), Some(gid)).map_err(errno)?;
+        let (uid, gid, _) = self.owner_for(req, pfd.as_fd());
+        let setup = (|| -> FsResult<(std::os::fd::OwnedFd, rustix::fs::Stat)> {
+            // The new entry pinned (a new file through its own fd, no second path walk),
+            // and its owner and mode set only where what it got differs from what is asked
+            // (the backing filesystem's group rules and default ACLs decide what it got).
+            let fd = match &made {
+                Some(f) => {
+                    backing::reopen(f.store().as_fd(), rustix::fs::OFlags::PATH).map_err(errno)?
+                }
+                None => super::open_path(pfd.as_fd(), bn.entry())?,
+            };
+            let mut st = backing::fstat(fd.as_fd()).map_err(errno)?;
+            let chown = self.is_root && (st.st_uid, st.st_gid) != (uid, gid);
+            if chown {
+                backing::chown_fd(fd.as_fd(), Some(uid), Some(gid)).map_err(errno)?;
             }
-            if let Some(mode) = mode
-                && (!made_with_mode || mode & 0o7000 != 0)
-            {
-                backing::chmod(pfd.as_fd(), bn.entry(), mode & 0o7777).map_err(errno)?;
+            // A chown clears set-ID bits, so they are set after it.
+            let chmod = mode
+                .is_some_and(|m| st.st_mode & 0o7777 != m & 0o7777 || (chown && m & 0o6000 != 0));
+            if let Some(m) = mode.filter(|_| chmod) {
+                backing::chmod_fd(fd.as_fd(), m & 0o7777).map_err(errno)?;
             }
-            Ok(())
+            if chown || chmod {
+                st = backing::fstat(fd.as_fd()).map_err(errno)?;
+            }
+            Ok((fd, st))
         })();
-        if let Err(code) = setup {
-            let _ = backing::unlink(pfd.as_fd(), bn.entry());
-            self.remove_side_file(pfd.as_fd(), &bn);
-            return Err(code);
-        }
-        // A new file's node takes a copy of its fd: no second path walk to the new name.
-        let registered = match &made {
-            Some(f) => f
-                .store()
-                .try_clone()
-                .map_err(errno)
-                .and_then(|fd| self.register_fd(parent, &pid, bn.entry(), fd, false))
-                .map(|(ino, attr, _)| (ino, attr)),
-            None => self.register(parent, pfd.as_fd(), &pid, bn.entry()),
+        let (fd, st) = match setup {
+            Ok(done) => done,
+            Err(code) => {
+                let _ = backing::unlink(pfd.as_fd(), bn.entry());
+                self.remove_side_file(pfd.as_fd(), &bn);
+                return Err(code);
+            }
         };
-        let (ino, attr) = registered?;
+        let (ino, attr, _) = self.register_stat(parent, &pid, bn.entry(), fd, st, false)?;
         let file = made.map(|f| {
             let f = Arc::new(f);
             self.open_files
@@ -348,7 +353,7 @@ impl VaultFs {
         self.writable()?;
         Self::check_name(name)?;
         let (pfd, pid, lock) = self.dir(parent)?;
-        let _g = lock.lock().expect("lock");
+        let _g = lock.change();
         // unlinkat itself tells which generation's name exists and refuses a directory
         // (EISDIR): no stat first.
         for bn in self.candidate_names(&pid, name)? {
@@ -368,7 +373,7 @@ impl VaultFs {
         self.writable()?;
         Self::check_name(name)?;
         let (pfd, pid, lock) = self.dir(parent)?;
-        let _g = lock.lock().expect("lock");
+        let _g = lock.change();
         let (bn, st) = self.find_entry(pfd.as_fd(), &pid, name)?;
         if st.st_mode & libc::S_IFMT != libc::S_IFDIR {
             return Err(ENOTDIR);
@@ -381,7 +386,7 @@ impl VaultFs {
             .expect("lock")
             .get(&child_ino)
             .map(|n| n.dir_lock.clone());
-        let _cg = child_lock.as_ref().map(|l| l.lock().expect("lock"));
+        let _cg = child_lock.as_ref().map(|l| l.change());
         let saved = self.retry_with_access(child.as_fd(), 0o700, || {
             let saved = backing::read_small(child.as_fd(), DIRID_FILE, 64).map_err(errno)?;
             self.remove_dir_id_if_empty(child.as_fd())?;
@@ -488,7 +493,7 @@ impl VaultFs {
         let noreplace = flags.contains(RenameFlags::RENAME_NOREPLACE);
         let (pfd, pid, plock) = self.dir(parent)?;
         let (npfd, npid, nplock) = self.dir(newparent)?;
-        let _guards = lock_two((parent, &plock), (newparent, &nplock));
+        let _guards = lock_two((parent, &*plock), (newparent, &*nplock));
         let (src_bn, src_st) = self.find_entry(pfd.as_fd(), &pid, name)?;
         let dst = match self.find_entry(npfd.as_fd(), &npid, newname) {
             Ok(found) => Some(found),
@@ -865,20 +870,13 @@ impl Filesystem for VaultFs {
         let kind = mode & libc::S_IFMT;
         if kind == libc::S_IFREG || kind == 0 {
             // A regular file through mknod: same as create, then closed.
-            let result = self.make_node(
-                req,
-                parent.0,
-                name,
-                Some(mode),
-                true,
-                self.make_regular(mode),
-            );
+            let result = self.make_node(req, parent.0, name, Some(mode), self.make_regular(mode));
             return match self.logged("mknod", parent.0, result) {
                 Ok((_, attr, _)) => reply.entry(&self.config.ttl(), &attr, Generation(0)),
                 Err(code) => reply.error(e(code)),
             };
         }
-        let result = self.make_node(req, parent.0, name, Some(mode), false, |dfd, entry| {
+        let result = self.make_node(req, parent.0, name, Some(mode), |dfd, entry| {
             backing::mknod(dfd, entry, mode, rdev.into())
                 .map_err(errno)
                 .map(|_| None)
@@ -936,7 +934,7 @@ impl Filesystem for VaultFs {
             Err(crate::crypto::CryptoError::TooLong) => return reply.error(e(libc::ENAMETOOLONG)),
             Err(_) => return reply.error(e(EINVAL)),
         };
-        let result = self.make_node(req, parent.0, link_name, None, false, |dfd, entry| {
+        let result = self.make_node(req, parent.0, link_name, None, |dfd, entry| {
             backing::symlink(&sealed, dfd, entry)
                 .map_err(errno)
                 .map(|_| None)
@@ -980,7 +978,7 @@ impl Filesystem for VaultFs {
             Self::check_name(newname)?;
             let fd = self.node_fd(ino.0)?;
             let (pfd, pid, lock) = self.dir(newparent.0)?;
-            let _g = lock.lock().expect("lock");
+            let _g = lock.change();
             let bn: BackingName = self.new_entry_name(pfd.as_fd(), &pid, newname)?;
             self.write_side_file(pfd.as_fd(), &bn)?;
             if let Err(err) = backing::link_fd(fd.as_fd(), pfd.as_fd(), bn.entry()) {
@@ -1126,7 +1124,7 @@ impl Filesystem for VaultFs {
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
         let result = self
             .dir(ino.0)
-            .map(|_| self.add_handle(Handle::Dir(Vec::new())));
+            .map(|_| self.add_handle(Handle::Dir(DirStream::default())));
         // The kernel may keep listings (and keep them across opens): it drops one when the
         // directory changes through the mount or its mtime moves, and a reader it served
         // from one resumes here at an offset that stays valid (`entry_offset`). Not for
@@ -1154,7 +1152,7 @@ impl Filesystem for VaultFs {
             return reply.error(e(code));
         }
         let handles = self.handles.lock().expect("lock");
-        let Some(Handle::Dir(listing)) = handles.get(&fh.0) else {
+        let Some(Handle::Dir(DirStream { listing, .. })) = handles.get(&fh.0) else {
             return reply.error(e(libc::EBADF));
         };
         for entry in &listing[resume_at(listing, offset)..] {
@@ -1183,7 +1181,7 @@ impl Filesystem for VaultFs {
             match handles.get(&fh.0) {
                 // At most what one reply can hold (a name takes at least 8 of its 4 KiB),
                 // and the regular file the previous page ended with (to chain the order).
-                Some(Handle::Dir(listing)) => {
+                Some(Handle::Dir(DirStream { listing, .. })) => {
                     let at = resume_at(listing, offset);
                     Ok((
                         listing[at..]
@@ -1429,14 +1427,7 @@ impl Filesystem for VaultFs {
         flags: i32,
         reply: ReplyCreate,
     ) {
-        let result = self.make_node(
-            req,
-            parent.0,
-            name,
-            Some(mode),
-            true,
-            self.make_regular(mode),
-        );
+        let result = self.make_node(req, parent.0, name, Some(mode), self.make_regular(mode));
         let _ = flags;
         match self.logged("create", parent.0, result) {
             Ok((_, attr, Some(f))) => {
