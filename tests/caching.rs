@@ -450,6 +450,18 @@ fn getdents(fd: i32, size: usize) -> Vec<(String, i64)> {
     out
 }
 
+/// getdents64 on `fd` until the end of the directory.
+fn getdents_to_end(fd: i32) -> Vec<(String, i64)> {
+    let mut all = Vec::new();
+    loop {
+        let chunk = getdents(fd, 32768);
+        if chunk.is_empty() {
+            return all;
+        }
+        all.extend(chunk);
+    }
+}
+
 fn open_dir(d: &std::path::Path) -> i32 {
     let c = std::ffi::CString::new(d.as_os_str().as_encoded_bytes()).unwrap();
     // SAFETY: a valid path.
@@ -482,14 +494,7 @@ fn a_stream_listed_before_a_change_does_not_fill_the_cache_after_it() {
         fs::write(d.join(n), b"").unwrap();
     }
     let fd = open_dir(&d);
-    let mut offsets = std::collections::HashMap::new();
-    loop {
-        let chunk = getdents(fd, 32768);
-        if chunk.is_empty() {
-            break;
-        }
-        offsets.extend(chunk);
-    }
+    let offsets: std::collections::HashMap<String, i64> = getdents_to_end(fd).into_iter().collect();
     // SAFETY: opened above.
     unsafe { libc::close(fd) };
     for n in &new {
@@ -515,14 +520,7 @@ fn a_stream_listed_before_a_change_does_not_fill_the_cache_after_it() {
     let dd = open_dir(&d);
     assert_eq!(getdents(dd, 1024), first, "D's first chunk");
     // A reads on to the end.
-    let mut rest = Vec::new();
-    loop {
-        let chunk = getdents(a, 32768);
-        if chunk.is_empty() {
-            break;
-        }
-        rest.extend(chunk.into_iter().map(|(n, _)| n));
-    }
+    let rest = getdents_to_end(a);
     // SAFETY: opened above.
     unsafe {
         libc::close(a);
@@ -531,17 +529,13 @@ fn a_stream_listed_before_a_change_does_not_fill_the_cache_after_it() {
     // Whatever A saw, listings from now on show the new files. (Raw reads: glibc's
     // opendir fstats the directory, and a new mtime would make the kernel drop its cache.)
     let e = open_dir(&d);
-    let mut names = Vec::new();
-    loop {
-        let chunk = getdents(e, 32768);
-        if chunk.is_empty() {
-            break;
-        }
-        names.extend(chunk.into_iter().map(|(n, _)| n));
-    }
+    let names: Vec<String> = getdents_to_end(e)
+        .into_iter()
+        .map(|(n, _)| n)
+        .filter(|n| n != "." && n != "..")
+        .collect();
     // SAFETY: opened above.
     unsafe { libc::close(e) };
-    names.retain(|n| n != "." && n != "..");
     let missing: Vec<&&String> = after.iter().filter(|n| !names.contains(n)).collect();
     assert!(
         missing.is_empty(),
