@@ -4,7 +4,6 @@
 //! directories are opened one component at a time), opens use O_NONBLOCK so a planted FIFO
 //! cannot hang a request, and the type is checked before any I/O.
 
-use std::ffi::CString;
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::path::Path;
@@ -221,41 +220,6 @@ pub fn chown(
         gid.map(rustix::fs::Gid::from_raw),
     );
     rustix::fs::chownat(dir, name, uid, gid, AtFlags::SYMLINK_NOFOLLOW).map_err(err)
-}
-
-/// chmod without following a symlink: fchmodat2(AT_SYMLINK_NOFOLLOW) where the kernel has it
-/// (6.6+), else through an O_PATH fd, which pins the inode so no symlink swap can redirect it.
-pub fn chmod(dir: BorrowedFd<'_>, name: &str, mode: u32) -> io::Result<()> {
-    let cname = CString::new(name).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
-    // SAFETY: valid dirfd and NUL-terminated name; fchmodat2 takes (int, char*, mode_t, int).
-    let r = unsafe {
-        libc::syscall(
-            libc::SYS_fchmodat2,
-            dir.as_raw_fd(),
-            cname.as_ptr(),
-            mode as libc::mode_t,
-            libc::AT_SYMLINK_NOFOLLOW,
-        )
-    };
-    if r == 0 {
-        return Ok(());
-    }
-    let e = io::Error::last_os_error();
-    if e.raw_os_error() != Some(libc::ENOSYS) {
-        return Err(e);
-    }
-    let fd = rustix::fs::openat(
-        dir,
-        name,
-        OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-        Mode::empty(),
-    )
-    .map_err(err)?;
-    if FileType::from_raw_mode(fstat(fd.as_fd())?.st_mode) == FileType::Symlink {
-        return Err(io::Error::from_raw_os_error(libc::EOPNOTSUPP));
-    }
-    let proc_path = format!("/proc/self/fd/{}", fd.as_raw_fd());
-    rustix::fs::chmod(proc_path.as_str(), Mode::from_raw_mode(mode)).map_err(err)
 }
 
 /// A time for `utimens`: a specific time, now, or unchanged.

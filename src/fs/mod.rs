@@ -348,6 +348,18 @@ impl LooseFds {
 }
 
 /// An O_PATH fd on the backing entry itself (never what a symlink points to).
+/// The first of `names` that exists in `dir` (its index and lstat), if any.
+fn first_existing(dir: BorrowedFd<'_>, names: &[BackingName]) -> FsResult<Option<(usize, Stat)>> {
+    for (i, bn) in names.iter().enumerate() {
+        match backing::lstat(dir, bn.entry()) {
+            Ok(st) => return Ok(Some((i, st))),
+            Err(e) if e.raw_os_error() == Some(ENOENT) => continue,
+            Err(e) => return Err(errno(e)),
+        }
+    }
+    Ok(None)
+}
+
 fn open_path(dir: BorrowedFd<'_>, entry: &str) -> FsResult<OwnedFd> {
     rustix::fs::openat(
         dir,
@@ -597,14 +609,9 @@ impl VaultFs {
         dir_id: &DirId,
         name: &OsStr,
     ) -> FsResult<(BackingName, Stat)> {
-        for bn in self.candidate_names(dir_id, name)? {
-            match backing::lstat(dir_fd, bn.entry()) {
-                Ok(st) => return Ok((bn, st)),
-                Err(e) if e.raw_os_error() == Some(ENOENT) => continue,
-                Err(e) => return Err(errno(e)),
-            }
-        }
-        Err(ENOENT)
+        let mut names = self.candidate_names(dir_id, name)?;
+        let (i, st) = first_existing(dir_fd, &names)?.ok_or(ENOENT)?;
+        Ok((names.swap_remove(i), st))
     }
 
     /// Opens (O_PATH) the existing backing entry of `name` in a directory: a lookup's one
@@ -634,18 +641,14 @@ impl VaultFs {
         name: &OsStr,
     ) -> FsResult<BackingName> {
         let mut names = self.candidate_names(dir_id, name)?;
-        for bn in &names {
-            match backing::lstat(dir_fd, bn.entry()) {
-                Ok(_) => return Err(libc::EEXIST),
-                Err(e) if e.raw_os_error() == Some(ENOENT) => continue,
-                Err(e) => return Err(errno(e)),
-            }
+        if first_existing(dir_fd, &names)?.is_some() {
+            return Err(libc::EEXIST);
         }
         Ok(names.swap_remove(0))
     }
 
-    /// `new_entry_name` for a maker that fails with EEXIST by itself (O_EXCL, mknod,
-    /// symlink, link): with one key generation live there is no other name to check first.
+    /// `new_entry_name` for a maker that fails with EEXIST by itself (O_EXCL create, mknod,
+    /// symlink): with one key generation live there is no other name to check first.
     pub(crate) fn exclusive_entry_name(
         &self,
         dir_fd: BorrowedFd<'_>,
