@@ -14,7 +14,9 @@ fi
 work=$(mktemp -d /tmp/vaultfs-demo.XXXXXX)
 export XDG_STATE_HOME=$work/state
 cleanup() {
-    "$bin" unmount --lazy "$work/mnt" 2>/dev/null || true
+    # A plain unmount waits for the daemon to exit, so nothing writes into $work while it
+    # is removed; lazy only if something still holds the mount.
+    "$bin" unmount "$work/mnt" 2>/dev/null || "$bin" unmount --lazy "$work/mnt" 2>/dev/null || true
     rm -rf "$work"
 }
 trap cleanup EXIT

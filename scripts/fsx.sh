@@ -17,7 +17,9 @@ bin=$PWD/target/debug/vaultfs
 work=$(mktemp -d /tmp/vaultfs-fsx.XXXXXX)
 export XDG_STATE_HOME=$work/state
 cleanup() {
-    "$bin" unmount --lazy "$work/mnt" 2>/dev/null || true
+    # A plain unmount waits for the daemon to exit, so nothing writes into $work while it
+    # is removed; lazy only if something still holds the mount.
+    "$bin" unmount "$work/mnt" 2>/dev/null || "$bin" unmount --lazy "$work/mnt" 2>/dev/null || true
     rm -rf "$work"
 }
 trap cleanup EXIT
