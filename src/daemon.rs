@@ -72,22 +72,17 @@ fn is_mounted(path: &Path) -> Option<String> {
         .map(|(_, t)| t)
 }
 
-/// `$XDG_STATE_HOME/vaultfs/mounts/<sha256 of the mount point>`: the daemon's pid.
-fn pidfile(mountpoint: &Path) -> Result<PathBuf> {
-    let dir = local_state::state_root()?.join("mounts");
-    fs::create_dir_all(&dir).map_err(VaultError::io(format!("cannot create {}", dir.display())))?;
-    let hash = HEXLOWER.encode(&Sha256::digest(mountpoint.as_os_str().as_encoded_bytes())[..16]);
-    Ok(dir.join(hash))
+/// `$XDG_STATE_HOME/vaultfs/mounts/<sha256 of the mount point>` holds the daemon's pid.
+fn pidfile_name(mountpoint: &Path) -> String {
+    HEXLOWER.encode(&Sha256::digest(mountpoint.as_os_str().as_encoded_bytes())[..16])
 }
 
 /// Makes key memory hard to leak: no core dumps or ptrace by others, no swapping where the
 /// system allows it, and no death by SIGPIPE.
 fn harden_process() {
-    // SAFETY: plain prctl/mlockall/signal/umask calls with constant arguments.
+    // SAFETY: plain prctl/mlockall/signal calls with constant arguments.
     unsafe {
         libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0);
-        // Modes of new backing entries are set explicitly; the daemon's umask must not mask them.
-        libc::umask(0);
         if libc::mlockall(libc::MCL_CURRENT | libc::MCL_FUTURE | libc::MCL_ONFAULT) != 0 {
             log::info!(
                 "cannot lock memory ({}); keys may be swapped out",
@@ -123,14 +118,7 @@ fn raise_fd_limit() {
 }
 
 fn init_daemon_log(vault_id: &[u8; 16]) -> Result<()> {
-    let dir = local_state::state_root()?.join(HEXLOWER.encode(vault_id));
-    fs::create_dir_all(&dir).map_err(VaultError::io(format!("cannot create {}", dir.display())))?;
-    let path = dir.join("daemon.log");
-    let file = fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&path)
-        .map_err(VaultError::io(format!("cannot open {}", path.display())))?;
+    let file = local_state::StateDir::vault(vault_id)?.append("daemon.log")?;
     let _ = log_builder()
         .target(env_logger::Target::Pipe(Box::new(file)))
         .try_init();
@@ -372,10 +360,16 @@ fn serve(
     if rustix::process::geteuid().is_root() {
         crate::fs::mount::raise_readahead(mountpoint, READAHEAD_KIB);
     }
-    let pid_path = pidfile(mountpoint).ok();
-    if let Some(p) = &pid_path {
-        let _ = fs::write(p, format!("{}\n", std::process::id()));
+    let pid_dir = local_state::StateDir::mounts().ok();
+    let pid_name = pidfile_name(mountpoint);
+    if let Some(dir) = &pid_dir {
+        let _ = dir.write_atomic(&pid_name, format!("{}\n", std::process::id()).as_bytes());
     }
+    // From here on the process creates backing entries with the modes FUSE asks for (the
+    // kernel has already applied the caller's umask); its own umask must not mask them again.
+    // Every state file above and below is created with an explicit 0600/0700 mode.
+    // SAFETY: umask has no failure mode.
+    unsafe { libc::umask(0) };
     if terminate.load(std::sync::atomic::Ordering::SeqCst) {
         let _ = detach(mountpoint, true);
     }
@@ -386,8 +380,8 @@ fn serve(
     drop(ready);
     let result = session.run();
     let _ = local_state::record_local_audit(vault_id, "unmount", &mountpoint.display().to_string());
-    if let Some(p) = &pid_path {
-        let _ = fs::remove_file(p);
+    if let Some(dir) = &pid_dir {
+        let _ = dir.remove(&pid_name);
     }
     result.map_err(|e| mount_failed(format!("FUSE session ended with an error: {e}")))
 }
@@ -518,10 +512,11 @@ pub fn unmount(mountpoint: &Path, lazy: bool) -> Result<()> {
             )));
         }
     }
-    let pid = pidfile(&abs)
+    let pid = local_state::StateDir::mounts()
+        .and_then(|d| d.read(&pidfile_name(&abs)))
         .ok()
-        .and_then(|p| fs::read_to_string(p).ok())
-        .and_then(|s| s.trim().parse::<i32>().ok());
+        .flatten()
+        .and_then(|b| String::from_utf8_lossy(&b).trim().parse::<i32>().ok());
     detach(&abs, lazy).map_err(|e| {
         if e.raw_os_error() == Some(libc::EBUSY) {
             VaultError::Busy(format!(

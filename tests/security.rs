@@ -1,0 +1,165 @@
+//! Attack tests for the security review of issue 14: each test plays one attacker from
+//! docs/SECURITY.md and fails on a vaultfs without the defence it names.
+
+mod common;
+
+use std::fs;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::Path;
+use std::process::Command;
+
+use common::*;
+
+fn is_root() -> bool {
+    rustix::process::geteuid().is_root()
+}
+
+/// `sh -c SCRIPT` as uid/gid 65534 (nobody), with no supplementary groups.
+fn as_nobody(script: &str) -> std::process::Output {
+    Command::new("setpriv")
+        .args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "sh",
+            "-c",
+            script,
+        ])
+        .output()
+        .unwrap()
+}
+
+/// Mode bits of everything under `dir`, recursively (symlinks not followed).
+fn modes_under(dir: &Path) -> Vec<(String, u32, bool)> {
+    let mut out = Vec::new();
+    for e in fs::read_dir(dir).unwrap() {
+        let e = e.unwrap();
+        let md = fs::symlink_metadata(e.path()).unwrap();
+        out.push((
+            e.path().display().to_string(),
+            md.mode() & 0o7777,
+            md.is_dir(),
+        ));
+        if md.is_dir() {
+            out.extend(modes_under(&e.path()));
+        }
+    }
+    out
+}
+
+/// Finding 2: everything vaultfs (and its root daemon) creates under the state directory is
+/// private: directories 0700, files 0600, whatever the umask.
+#[test]
+fn state_directory_is_private_to_its_owner() {
+    if !fuse_available() {
+        return;
+    }
+    let v = TestVault::new(4096);
+    v.mount();
+    fs::write(v.p("f"), b"x").unwrap();
+    let _ = v.daemon_pid();
+    let entries = modes_under(&v.state);
+    v.unmount();
+    let names: Vec<_> = entries.iter().map(|(n, _, _)| n.clone()).collect();
+    for want in ["mounts", "daemon.log", "audit.jsonl", "epoch"] {
+        assert!(
+            names.iter().any(|n| n.ends_with(want)),
+            "{want} missing in {names:?}"
+        );
+    }
+    for (name, mode, is_dir) in &entries {
+        let want = if *is_dir { 0o700 } else { 0o600 };
+        assert_eq!(*mode, want, "{name} has mode {mode:o}");
+    }
+}
+
+/// Finding 2: a local user who can write the directory that holds the state directory plants
+/// their own `vaultfs/mounts/<pidfile>` as a symlink to a file of root's. The root daemon
+/// must neither write through it nor accept a state directory that user controls.
+#[test]
+fn a_local_user_cannot_redirect_the_root_daemons_state_writes() {
+    if !fuse_available() || !is_root() {
+        eprintln!("needs root and FUSE");
+        return;
+    }
+    let v = TestVault::new(4096);
+    // A shared, sticky, world-writable parent (like /tmp, or a careless /var/lib/...).
+    let shared = v.tmp.path().join("shared");
+    fs::create_dir(&shared).unwrap();
+    fs::set_permissions(&shared, fs::Permissions::from_mode(0o1777)).unwrap();
+    fs::set_permissions(v.tmp.path(), fs::Permissions::from_mode(0o755)).unwrap();
+    let victim = v.tmp.path().join("root-owned-victim");
+    fs::write(&victim, b"root's data\n").unwrap();
+    // The pidfile name is a hash of the mount point: the attacker plants every candidate by
+    // linking the whole mounts directory.
+    let out = as_nobody(&format!(
+        "mkdir -m 0777 {s}/vaultfs && ln -s {victim_dir} {s}/vaultfs/mounts",
+        s = shared.display(),
+        victim_dir = v.tmp.path().display(),
+    ));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let o = vaultfs(&shared)
+        .arg("mount")
+        .arg("--passfile")
+        .arg(&v.passfile)
+        .arg(&v.vault)
+        .arg(&v.mnt)
+        .output()
+        .unwrap();
+    let mounted = v.is_mounted();
+    if mounted {
+        let _ = vaultfs(&shared).arg("unmount").arg(&v.mnt).output();
+    }
+    assert_eq!(fs::read(&victim).unwrap(), b"root's data\n");
+    assert!(
+        !mounted && !o.status.success(),
+        "mount accepted a state directory owned by another user"
+    );
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("not private to you"), "{err}");
+    // Nothing was created through the attacker's symlink.
+    let leaked: Vec<_> = fs::read_dir(v.tmp.path())
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.len() == 32)
+        .collect();
+    assert!(leaked.is_empty(), "root wrote {leaked:?} through the link");
+}
+
+/// Finding 2: another local user can neither add a line to the local audit log (which the
+/// next key-changing command merges into the MAC'd chain) nor plant files in the state
+/// directories of a vault mounted by root.
+#[test]
+fn a_local_user_cannot_add_audit_events() {
+    if !fuse_available() || !is_root() {
+        eprintln!("needs root and FUSE");
+        return;
+    }
+    let v = TestVault::new(4096);
+    fs::set_permissions(v.tmp.path(), fs::Permissions::from_mode(0o755)).unwrap();
+    fs::set_permissions(&v.state, fs::Permissions::from_mode(0o755)).unwrap();
+    v.mount();
+    let vault_dir = fs::read_dir(v.state.join("vaultfs"))
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .find(|e| e.file_name().len() == 32)
+        .unwrap()
+        .path();
+    let out = as_nobody(&format!(
+        "echo '{{\"time\":1,\"event\":\"forged\",\"detail\":\"x\"}}' >> {d}/audit.jsonl; \
+         touch {d}/planted; touch {m}/planted; exit 0",
+        d = vault_dir.display(),
+        m = v.state.join("vaultfs/mounts").display()
+    ));
+    assert!(out.status.success());
+    v.unmount();
+    assert!(!vault_dir.join("planted").exists());
+    assert!(!v.state.join("vaultfs/mounts/planted").exists());
+    let audit = fs::read_to_string(vault_dir.join("audit.jsonl")).unwrap_or_default();
+    assert!(!audit.contains("forged"), "{audit}");
+}
