@@ -163,3 +163,90 @@ fn a_local_user_cannot_add_audit_events() {
     let audit = fs::read_to_string(vault_dir.join("audit.jsonl")).unwrap_or_default();
     assert!(!audit.contains("forged"), "{audit}");
 }
+
+/// Inserts `n` password keyslots with the given scrypt parameters straight into the key
+/// database, as a writer of the database who holds no slot can.
+fn plant_slots(v: &TestVault, n: u32, (log_n, r, p): (i64, i64, i64)) {
+    let db = rusqlite::Connection::open(v.vault.join("vaultfs.db")).unwrap();
+    for i in 0..n {
+        db.execute(
+            "INSERT INTO keyslots (slot_id, label, kind, created, public_key, kdf_log_n, kdf_r, kdf_p, salt, wrapped)
+             VALUES (?1, ?2, 'password', 0, ?3, ?4, ?5, ?6, ?7, ?8)",
+            rusqlite::params![
+                1000 + i,
+                format!("planted-{i}"),
+                vec![9u8; 32],
+                log_n,
+                r,
+                p,
+                vec![1u8; 32],
+                vec![2u8; 80]
+            ],
+        )
+        .unwrap();
+    }
+}
+
+/// `vaultfs mount` under a 4 GB address-space limit, timed.
+fn mount_limited(v: &TestVault) -> (std::process::Output, std::time::Duration) {
+    let start = std::time::Instant::now();
+    let out = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "ulimit -v 4000000; exec {} mount --passfile {} {} {}",
+            env!("CARGO_BIN_EXE_vaultfs"),
+            v.passfile.display(),
+            v.vault.display(),
+            v.mnt.display()
+        ))
+        .env("XDG_STATE_HOME", &v.state)
+        .output()
+        .unwrap();
+    (out, start.elapsed())
+}
+
+/// Finding 5: a planted slot whose scrypt parameters need 16 GiB made `mount` abort
+/// ("memory allocation failed", SIGABRT) before any authentication. Over the memory or work
+/// cap, the database is refused with one line and its exit status, before scrypt runs.
+#[test]
+fn planted_kdf_parameters_are_refused_before_scrypt_runs() {
+    if !fuse_available() {
+        return;
+    }
+    for params in [(22, 32, 16), (22, 8, 1), (18, 8, 16)] {
+        let v = TestVault::new(4096);
+        plant_slots(&v, 1, params);
+        let (o, took) = mount_limited(&v);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(
+            o.status.code(),
+            Some(vaultfs::exitcodes::KEYSTORE_REFUSED),
+            "{params:?}: {:?} {err}",
+            o.status
+        );
+        assert!(err.contains("scrypt parameters"), "{err}");
+        assert_eq!(err.trim().lines().count(), 1, "{err}");
+        assert!(took.as_secs() < 5, "{params:?} took {took:?}");
+        assert!(!v.is_mounted());
+    }
+}
+
+/// Finding 5: many planted slots, each within the caps, may not add up to minutes of scrypt
+/// per unlock either.
+#[test]
+fn total_kdf_work_per_unlock_is_bounded() {
+    if !fuse_available() {
+        return;
+    }
+    let v = TestVault::new(4096);
+    plant_slots(&v, 200, (17, 8, 1));
+    let (o, took) = mount_limited(&v);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(
+        o.status.code(),
+        Some(vaultfs::exitcodes::KEYSTORE_REFUSED),
+        "{err}"
+    );
+    assert!(err.contains("scrypt work"), "{err}");
+    assert!(took.as_secs() < 5, "took {took:?}");
+}

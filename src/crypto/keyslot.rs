@@ -39,17 +39,47 @@ impl KdfParams {
     pub const R_RANGE: std::ops::RangeInclusive<u32> = 1..=32;
     pub const P_RANGE: std::ops::RangeInclusive<u32> = 1..=16;
 
+    /// Most memory one scrypt run may take (128 * r * N bytes): 1 GiB.
+    pub const MAX_MEMORY: u64 = 1 << 30;
+    /// Most work one slot may cost, in units of N * r * p (the default is 2^20, about 0.3 s
+    /// here): 16 times the default.
+    pub const MAX_WORK: u64 = 1 << 24;
+    /// Most work one unlock may cost over every slot it tries: 128 times the default (about
+    /// 40 s here; a vault with that many default-cost members would wait as long anyway).
+    pub const MAX_UNLOCK_WORK: u64 = 1 << 27;
+
+    /// Bytes of memory scrypt allocates for these parameters (V, plus B and XY).
+    pub fn memory(&self) -> u64 {
+        128 * u64::from(self.r) * ((1u64 << self.log_n) + u64::from(self.p) + 2)
+    }
+
+    /// N * r * p: what scrypt's running time is proportional to.
+    pub fn work(&self) -> u64 {
+        (1u64 << self.log_n) * u64::from(self.r) * u64::from(self.p)
+    }
+
+    /// The ranges, then the memory and work caps: a tampered database can neither make an
+    /// unlock abort on a failed allocation nor run for hours.
     pub fn validate(&self) -> Result<(), CryptoError> {
-        if Self::LOG_N_RANGE.contains(&self.log_n)
+        if !(Self::LOG_N_RANGE.contains(&self.log_n)
             && Self::R_RANGE.contains(&self.r)
-            && Self::P_RANGE.contains(&self.p)
+            && Self::P_RANGE.contains(&self.p))
         {
-            Ok(())
-        } else {
-            Err(CryptoError::Malformed(
+            return Err(CryptoError::Malformed(
                 "scrypt parameters outside logN 10-22, r 1-32, p 1-16",
-            ))
+            ));
         }
+        if self.memory() > Self::MAX_MEMORY + 128 * 32 * 18 {
+            return Err(CryptoError::Malformed(
+                "scrypt parameters need more than 1 GiB of memory (128 * r * 2^logN)",
+            ));
+        }
+        if self.work() > Self::MAX_WORK {
+            return Err(CryptoError::Malformed(
+                "scrypt parameters cost more than 16 times the default (2^logN * r * p > 2^24)",
+            ));
+        }
+        Ok(())
     }
 
     fn encode(&self) -> [u8; 9] {
@@ -190,12 +220,48 @@ mod tests {
     fn kdf_ranges() {
         assert!(KdfParams::DEFAULT.validate().is_ok());
         assert!(FAST.validate().is_ok());
+        // The largest accepted: exactly 1 GiB of V, and 16x the default's work.
+        for ok in [
+            KdfParams {
+                log_n: 20,
+                r: 8,
+                p: 2,
+            },
+            KdfParams {
+                log_n: 22,
+                r: 2,
+                p: 2,
+            },
+            KdfParams {
+                log_n: 17,
+                r: 32,
+                p: 4,
+            },
+        ] {
+            assert!(ok.validate().is_ok(), "{ok:?}");
+        }
         for bad in [
             KdfParams { log_n: 9, ..FAST },
             KdfParams { log_n: 23, ..FAST },
             KdfParams { r: 0, ..FAST },
             KdfParams { r: 33, ..FAST },
             KdfParams { p: 17, ..FAST },
+            // Inside the ranges but over the caps: 4 GiB, 16 GiB, 64x the default work.
+            KdfParams {
+                log_n: 22,
+                r: 8,
+                p: 1,
+            },
+            KdfParams {
+                log_n: 22,
+                r: 32,
+                p: 16,
+            },
+            KdfParams {
+                log_n: 18,
+                r: 8,
+                p: 16,
+            },
         ] {
             assert!(bad.validate().is_err(), "{bad:?}");
         }

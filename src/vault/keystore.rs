@@ -10,7 +10,7 @@ use super::local_state;
 use super::state::{SlotKind, VaultState};
 use crate::crypto::chunk::ChunkLayout;
 use crate::crypto::keys::Key256;
-use crate::crypto::keyslot::{PasswordSlotBinding, RecoverySlotBinding, SlotSecrets};
+use crate::crypto::keyslot::{KdfParams, PasswordSlotBinding, RecoverySlotBinding, SlotSecrets};
 use crate::crypto::{CryptoError, GenerationKeys, Keyring, seal};
 
 /// An opened key database whose state has been read and checked for structure, but not yet
@@ -75,6 +75,24 @@ impl Keystore {
                 Some(l) => format!("no password keyslot labelled '{l}'; see `vaultfs status`"),
                 None => "this vault has no password keyslot".into(),
             }));
+        }
+        // Each slot's parameters passed the per-slot caps on load; bound their sum too, before
+        // any scrypt runs, so planted slots cannot make one unlock run for minutes.
+        let work: u64 = candidates
+            .iter()
+            .filter_map(|s| s.kdf.map(|k| k.work()))
+            .sum();
+        if work > KdfParams::MAX_UNLOCK_WORK {
+            return Err(VaultError::refused(
+                &self.paths.keystore,
+                format!(
+                    "trying its {} password keyslots would cost {}x the default scrypt work, \
+                     more than one unlock may (128x): slots planted by someone? \
+                     `vaultfs keyslot list` shows them",
+                    candidates.len(),
+                    work / KdfParams::DEFAULT.work()
+                ),
+            ));
         }
         for slot in candidates {
             let (Some(kdf), Some(salt)) = (slot.kdf, slot.salt) else {
