@@ -250,3 +250,79 @@ fn total_kdf_work_per_unlock_is_bounded() {
     assert!(err.contains("scrypt work"), "{err}");
     assert!(took.as_secs() < 5, "took {took:?}");
 }
+
+/// Finding 8: a key database with anything the migrations did not make (a trigger that
+/// fires on the next write, a view, a table, an extra column, a dropped trigger) is refused
+/// by every command that opens it, before anything in it is used.
+#[test]
+fn a_planted_schema_object_refuses_the_database() {
+    let plants = [
+        "CREATE TRIGGER planted AFTER INSERT ON audit BEGIN INSERT INTO keyslots SELECT * FROM keyslots WHERE 0; END",
+        "CREATE VIEW planted AS SELECT * FROM keyslots",
+        "CREATE TABLE planted (x)",
+        "CREATE INDEX planted ON keyslots (label)",
+        "ALTER TABLE keyslots ADD COLUMN planted TEXT",
+        "DROP TRIGGER audit_no_delete",
+    ];
+    for plant in plants {
+        let v = TestVault::new(4096);
+        rusqlite::Connection::open(v.vault.join("vaultfs.db"))
+            .unwrap()
+            .execute_batch(plant)
+            .unwrap();
+        for args in [vec!["status"], vec!["fsck"]] {
+            let mut c = if args[0] == "status" {
+                let mut c = vaultfs(&v.state);
+                c.args(&args).arg(&v.vault);
+                c
+            } else {
+                v.with_password(&args)
+            };
+            let o = c.output().unwrap();
+            let err = String::from_utf8_lossy(&o.stderr);
+            assert_eq!(
+                o.status.code(),
+                Some(vaultfs::exitcodes::KEYSTORE_REFUSED),
+                "{plant}: {args:?} {err}"
+            );
+            assert!(err.contains("schema"), "{plant}: {err}");
+        }
+        let pw = v.tmp.path().join("pw2");
+        fs::write(&pw, "another password\n").unwrap();
+        let o = v
+            .with_password(&["passwd", "--new-passfile", pw.to_str().unwrap()])
+            .output()
+            .unwrap();
+        assert_eq!(
+            o.status.code(),
+            Some(vaultfs::exitcodes::KEYSTORE_REFUSED),
+            "{plant}: passwd {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+    }
+}
+
+/// Finding 8: SQLite's own defences are on for every open of the key database.
+#[test]
+fn the_key_database_is_opened_defensive_and_with_an_untrusted_schema() {
+    use rusqlite::config::DbConfig;
+    let v = TestVault::new(4096);
+    for writable in [false, true] {
+        let db = vaultfs::vault::db::KeyDb::open(&v.vault.join("vaultfs.db"), writable).unwrap();
+        assert!(
+            db.conn
+                .db_config(DbConfig::SQLITE_DBCONFIG_DEFENSIVE)
+                .unwrap()
+        );
+        assert!(
+            !db.conn
+                .db_config(DbConfig::SQLITE_DBCONFIG_TRUSTED_SCHEMA)
+                .unwrap()
+        );
+        // Defensive mode: the schema cannot be rewritten in place.
+        let r = db
+            .conn
+            .execute_batch("PRAGMA writable_schema=ON; UPDATE sqlite_schema SET sql = sql");
+        assert!(r.is_err(), "writable_schema accepted (writable={writable})");
+    }
+}

@@ -86,6 +86,57 @@ CREATE TRIGGER audit_no_delete BEFORE DELETE ON audit
 
 const SQLITE_MAGIC: &[u8; 16] = b"SQLite format 3\0";
 
+/// SQLite's own defences against a hostile database file, set before anything in it is
+/// read: defensive mode (no writable_schema tricks, no direct shadow-table writes) and an
+/// untrusted schema (no SQL functions with side effects from triggers or views).
+fn harden(conn: &Connection, path: &Path) -> Result<()> {
+    use rusqlite::config::DbConfig;
+    conn.set_db_config(DbConfig::SQLITE_DBCONFIG_DEFENSIVE, true)
+        .and_then(|_| conn.set_db_config(DbConfig::SQLITE_DBCONFIG_TRUSTED_SCHEMA, false))
+        .map(|_| ())
+        .map_err(sql_err(path))
+}
+
+/// One row of `sqlite_schema`: (type, name, tbl_name, sql).
+type SchemaObject = (String, String, String, Option<String>);
+
+/// Every table, index, trigger and view, as SQLite stores them.
+fn schema_of(conn: &Connection) -> rusqlite::Result<Vec<SchemaObject>> {
+    conn.prepare("SELECT type, name, tbl_name, sql FROM sqlite_schema ORDER BY type, name")?
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?
+        .collect()
+}
+
+/// Refuses a database whose schema is not exactly what the migrations up to `version` make:
+/// a planted trigger (e.g. one that rewrites rows as they are read back), view, table, index
+/// or extra column is never run or trusted.
+fn check_schema(conn: &Connection, path: &Path, version: i64) -> Result<()> {
+    let expected = {
+        let mem = Connection::open_in_memory().map_err(sql_err(path))?;
+        for step in MIGRATIONS.iter().take(version as usize) {
+            mem.execute_batch(step).map_err(sql_err(path))?;
+        }
+        schema_of(&mem).map_err(sql_err(path))?
+    };
+    let found = schema_of(conn).map_err(sql_err(path))?;
+    if let Some(extra) = found.iter().find(|o| !expected.contains(o)) {
+        return Err(VaultError::refused(
+            path,
+            format!(
+                "its schema has an unexpected {} '{}' (planted, or changed by hand)",
+                extra.0, extra.1
+            ),
+        ));
+    }
+    if let Some(missing) = expected.iter().find(|o| !found.contains(o)) {
+        return Err(VaultError::refused(
+            path,
+            format!("its schema lacks the {} '{}'", missing.0, missing.1),
+        ));
+    }
+    Ok(())
+}
+
 /// An open key database.
 pub struct KeyDb {
     pub conn: Connection,
@@ -135,6 +186,7 @@ impl KeyDb {
             | OpenFlags::SQLITE_OPEN_CREATE
             | OpenFlags::SQLITE_OPEN_NO_MUTEX;
         let conn = Connection::open_with_flags(path, flags).map_err(sql_err(path))?;
+        harden(&conn, path)?;
         // Owner-only: the slots are scrypt-protected, but nobody else needs to read them.
         use std::os::unix::fs::PermissionsExt;
         std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(
@@ -199,6 +251,7 @@ impl KeyDb {
                     ),
                 )
             })?;
+            harden(&rw, path)?;
             rw.query_row("PRAGMA quick_check", [], |r| r.get::<_, String>(0))
                 .map_err(|e| {
                     VaultError::refused(
@@ -213,6 +266,7 @@ impl KeyDb {
             OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX
         };
         let conn = Connection::open_with_flags(path, flags).map_err(sql_err(path))?;
+        harden(&conn, path)?;
         let mut db = KeyDb {
             conn,
             path: path.to_path_buf(),
@@ -248,6 +302,7 @@ impl KeyDb {
                 "schema version 0: not an initialized vaultfs key database",
             ));
         }
+        check_schema(&db.conn, path, version)?;
         db.apply_pragmas(writable)?;
         if version < SCHEMA_VERSION {
             if !writable {
