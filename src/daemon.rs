@@ -338,6 +338,7 @@ fn serve(
     } else {
         crate::fs::mount::mount_with_fusermount(mountpoint, settings)
     };
+    let notifier = fs.notifier_slot();
     let session = dev_fuse
         .and_then(|fd| fuser::Session::from_fd(fs, fd, settings.session_acl(), config.clone()));
     let session = match session {
@@ -357,6 +358,7 @@ fn serve(
             return Err(mount_failed(why));
         }
     };
+    let _ = notifier.set(session.notifier());
     if rustix::process::geteuid().is_root() {
         crate::fs::mount::raise_readahead(mountpoint, READAHEAD_KIB);
     }

@@ -150,9 +150,18 @@ fn unprivileged_write_and_truncate_drop_set_id_bits() {
     as_nobody("printf 'echo hi\\n' >> \"$1\"");
     assert_eq!(
         mode(),
-        0o2767,
-        "set-group-ID without group execute is a lock mark: kept"
+        0o0767,
+        "set-group-ID without group execute, writer outside the group: dropped"
     );
+    std::os::unix::fs::chown(&f, None, Some(65534)).unwrap();
+    set(0o6767);
+    as_nobody("printf 'echo hi\\n' >> \"$1\"");
+    assert_eq!(
+        mode(),
+        0o2767,
+        "set-group-ID without group execute, writer in the group: kept"
+    );
+    std::os::unix::fs::chown(&f, None, Some(0)).unwrap();
     set(0o6777);
     as_nobody("truncate -s 3 \"$1\"");
     assert_eq!(mode(), 0o0777, "a truncate by another user drops both");

@@ -326,3 +326,70 @@ fn the_key_database_is_opened_defensive_and_with_an_untrusted_schema() {
         assert!(r.is_err(), "writable_schema accepted (writable={writable})");
     }
 }
+
+/// Finding 7 (xfstests generic/355, 683, 684): a write, fallocate or punched hole by a user
+/// without CAP_FSETID drops set-user-ID, and set-group-ID where group-executable or where the
+/// writer is not in the file's group, as local filesystems do; the change shows at once
+/// through the mount (the kernel's cached mode is invalidated), and root keeps the bits.
+#[test]
+fn set_id_bits_drop_when_another_user_changes_the_file() {
+    if !fuse_available() || !is_root() {
+        eprintln!("needs root and FUSE");
+        return;
+    }
+    let v = TestVault::new(4096);
+    let o = v.mount_args(&["--allow-other"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    fs::set_permissions(&v.mnt, fs::Permissions::from_mode(0o777)).unwrap();
+    let f = v.p("f");
+    let ops = [
+        (
+            "direct write",
+            "dd if=/dev/zero of=F bs=4096 count=1 conv=notrunc oflag=direct status=none",
+        ),
+        (
+            "buffered write",
+            "dd if=/dev/zero of=F bs=100 count=1 conv=notrunc status=none",
+        ),
+        ("fallocate", "fallocate -o 0 -l 65536 F"),
+        ("punch hole", "fallocate -p -o 0 -l 4096 F"),
+    ];
+    // (owner, group, mode before, mode after a change by nobody)
+    let cases = [
+        (65534, 65534, 0o6644, 0o2644),
+        (65534, 65534, 0o6654, 0o0654),
+        (0, 0, 0o6666, 0o0666),
+        (0, 0, 0o2676, 0o0676),
+    ];
+    for (what, cmd) in ops {
+        for (uid, gid, before, after) in cases {
+            let _ = fs::remove_file(&f);
+            fs::write(&f, vec![b'x'; 8192]).unwrap();
+            std::os::unix::fs::chown(&f, Some(uid), Some(gid)).unwrap();
+            fs::set_permissions(&f, fs::Permissions::from_mode(before)).unwrap();
+            assert_eq!(fs::metadata(&f).unwrap().mode() & 0o7777, before);
+            let out = as_nobody(&cmd.replace('F', f.to_str().unwrap()));
+            assert!(
+                out.status.success(),
+                "{what}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            let seen = fs::metadata(&f).unwrap().mode() & 0o7777;
+            assert_eq!(
+                seen, after,
+                "{what} by nobody on {uid}:{gid} {before:o}: {seen:o}"
+            );
+            // Root (CAP_FSETID) keeps them.
+            fs::set_permissions(&f, fs::Permissions::from_mode(before)).unwrap();
+            let out = Command::new("sh")
+                .arg("-c")
+                .arg(cmd.replace('F', f.to_str().unwrap()))
+                .output()
+                .unwrap();
+            assert!(out.status.success());
+            let seen = fs::metadata(&f).unwrap().mode() & 0o7777;
+            assert_eq!(seen, before, "{what} by root: {seen:o}");
+        }
+    }
+    v.unmount();
+}

@@ -15,6 +15,7 @@ pub mod file;
 pub mod mount;
 mod ops;
 mod prefetch;
+pub(crate) mod setid;
 mod xattr;
 
 use std::collections::{HashMap, HashSet};
@@ -168,6 +169,8 @@ pub struct VaultFs {
     /// Which non-directory nodes hold an fd, and how many may.
     loose: LooseFds,
     pub(crate) prefetcher: prefetch::Prefetcher,
+    /// The session's notifier, once the daemon has a session (`setid`).
+    notifier: setid::NotifierSlot,
 }
 
 pub(crate) enum Handle {
@@ -430,6 +433,7 @@ impl VaultFs {
             closer: closer::Closer::new(),
             loose: LooseFds::new(loose_fd_budget()),
             prefetcher: prefetch::Prefetcher::new(),
+            notifier: Arc::default(),
         })
     }
 

@@ -18,6 +18,7 @@ use libc::{EEXIST, EINVAL, EIO, EISDIR, ENOENT, ENOTDIR, ENOTEMPTY, EROFS};
 
 use super::backing::{self, SetTime};
 use super::file::OpenFile;
+use super::setid::Caller;
 use super::{
     DirListing, DirStream, FsResult, Handle, ROOT, VaultFs, errno, order_listing, resume_at,
 };
@@ -646,21 +647,6 @@ impl VaultFs {
         Ok(())
     }
 
-    /// Drops set-user-ID, and set-group-ID with group execute, as a write or truncate by an
-    /// unprivileged user must.
-    fn kill_suid_sgid(&self, ino: u64) -> FsResult<fuser::FileAttr> {
-        let fd = self.node_fd(ino)?;
-        let mode = backing::fstat(fd.as_fd()).map_err(errno)?.st_mode;
-        let mut kill = libc::S_ISUID;
-        if mode & libc::S_IXGRP != 0 {
-            kill |= libc::S_ISGID;
-        }
-        if mode & kill != 0 && mode & libc::S_IFMT == libc::S_IFREG {
-            backing::chmod_fd(fd.as_fd(), mode & 0o7777 & !kill).map_err(errno)?;
-        }
-        self.getattr_ino(ino)
-    }
-
     #[allow(clippy::too_many_arguments)] // mirrors FUSE's setattr
     fn do_setattr(
         &self,
@@ -831,8 +817,9 @@ impl Filesystem for VaultFs {
         let result = self
             .retry_enospc(|| self.do_setattr(ino.0, mode, uid, gid, size, atime, mtime))
             .and_then(|attr| {
-                if size.is_some() && mode.is_none() && req.uid() != 0 {
-                    self.kill_suid_sgid(ino.0)
+                if size.is_some() && mode.is_none() {
+                    self.drop_setid_for(ino.0, &Caller::of(req), false)?;
+                    self.getattr_ino(ino.0)
                 } else {
                     Ok(attr)
                 }
@@ -1039,7 +1026,7 @@ impl Filesystem for VaultFs {
 
     fn write(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
         fh: FileHandle,
         offset: u64,
@@ -1049,12 +1036,13 @@ impl Filesystem for VaultFs {
         _lock: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
+        let caller = Caller::of(req);
         let result = self
             .file_handle(fh.0)
             .and_then(|f| self.retry_enospc(|| f.write(&self.keyring, offset, data)))
             .and_then(|()| {
                 if wf.contains(WriteFlags::FUSE_WRITE_KILL_SUIDGID) {
-                    self.kill_suid_sgid(ino.0).map(|_| ())
+                    self.drop_setid_for(ino.0, &caller, true)
                 } else {
                     Ok(())
                 }
@@ -1348,7 +1336,7 @@ impl Filesystem for VaultFs {
 
     fn fallocate(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
         fh: FileHandle,
         offset: u64,
@@ -1356,10 +1344,13 @@ impl Filesystem for VaultFs {
         mode: i32,
         reply: ReplyEmpty,
     ) {
+        // Any fallocate changes the file as a write does (the kernel's file_modified), so
+        // it drops set-ID bits too; the kernel sends no flag for it.
         let result = self
             .writable()
             .and_then(|_| self.file_handle(fh.0))
-            .and_then(|f| self.retry_enospc(|| f.fallocate(&self.keyring, offset, length, mode)));
+            .and_then(|f| self.retry_enospc(|| f.fallocate(&self.keyring, offset, length, mode)))
+            .and_then(|()| self.drop_setid_for(ino.0, &Caller::of(req), false));
         match self.logged("fallocate", ino.0, result) {
             Ok(()) => reply.ok(),
             Err(EIO) => reply.error(e(self.damaged(
