@@ -24,6 +24,7 @@ fn chunks(c: &mut Criterion) {
             [2u8; 16],
             &Key256::random().unwrap(),
             ChunkLayout::new(chunk_size).unwrap(),
+            false,
         );
         let plain = vec![0x5au8; RUN];
         let mut sealed = vec![0u8; cipher.sealed_run_len(RUN)];

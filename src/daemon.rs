@@ -177,6 +177,10 @@ pub fn mount(mut req: MountRequest, password: &[u8]) -> Result<()> {
     }
     let unlocked = ks.unlock_with_password(password, None)?;
     let vault_id = unlocked.keystore.state.config.vault_id;
+    if !req.settings.read_only {
+        // New files get version-2 headers: an older vaultfs must refuse the vault first.
+        crate::vault::layout::upgrade_marker(&vault)?;
+    }
     let config = FsConfig {
         read_only: req.settings.read_only,
         shared_storage: req.settings.shared_storage,

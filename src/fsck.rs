@@ -252,7 +252,7 @@ impl Checker<'_> {
             .map_err(|e| e.to_string())?
             .st_size as u64;
         let size = l.plaintext_size(backing_size).map_err(|e| e.to_string())?;
-        let cipher = ContentCipher::new(header.file_id, &key, l);
+        let cipher = ContentCipher::for_header(&header, &key, l);
         let final_chunk = l.last_chunk_index(size);
         let per_batch = ((1 << 20) / l.chunk_size()).max(1) as u64;
         let mut i = 0;

@@ -47,7 +47,7 @@ fn init_then_status_json() {
     let o = vaultfs(tmp.path(), &["status", "--json", v]);
     assert!(o.status.success(), "{}", stderr(&o));
     let s: Value = serde_json::from_slice(&o.stdout).unwrap();
-    assert_eq!(s["format_version"], 1);
+    assert_eq!(s["format_version"], 2);
     assert_eq!(s["chunk_size"], 65536);
     let slots = s["keyslots"].as_array().unwrap();
     assert_eq!(slots.len(), 2);

@@ -393,3 +393,183 @@ fn set_id_bits_drop_when_another_user_changes_the_file() {
     }
     v.unmount();
 }
+
+/// Finding 3: in a file that never had a hole, a chunk zeroed or punched in the backing
+/// store reads as EIO, never as zeros; setting the header's HOLES flag by hand breaks the
+/// header. (A file that has had holes keeps reading all-zero chunks as holes: SECURITY.md.)
+#[test]
+fn a_zeroed_or_punched_chunk_reads_eio() {
+    use std::os::unix::fs::FileExt;
+    each_chunk_size(|v, cs| {
+        let ct = cs as u64 + 28;
+        let data: Vec<u8> = (0..cs * 4).map(|i| (i % 251) as u8 + 1).collect();
+        for (name, attack) in [("zeroed", 0), ("punched", 1), ("flagged", 2)] {
+            let p = v.p(name);
+            fs::write(&p, &data).unwrap();
+            v.unmount();
+            let backing = backing_of(v, name);
+            let f = fs::OpenOptions::new().write(true).open(&backing).unwrap();
+            match attack {
+                0 => f.write_all_at(&vec![0u8; ct as usize], 144 + ct).unwrap(),
+                1 => rustix::fs::fallocate(
+                    &f,
+                    rustix::fs::FallocateFlags::PUNCH_HOLE | rustix::fs::FallocateFlags::KEEP_SIZE,
+                    144 + ct,
+                    ct,
+                )
+                .unwrap(),
+                _ => f.write_all_at(&[0, 1], 10).unwrap(),
+            }
+            drop(f);
+            v.mount();
+            let got = fs::read(&p);
+            assert_eq!(errno_of(got), libc::EIO, "{name} chunk, chunk size {cs}");
+            // The other chunks still read (not for the broken header).
+            if attack != 2 {
+                let f = fs::File::open(&p).unwrap();
+                let mut buf = vec![0u8; cs];
+                f.read_exact_at(&mut buf, 2 * cs as u64).unwrap();
+                assert_eq!(buf, data[2 * cs..3 * cs]);
+                assert_eq!(errno_of(f.read_exact_at(&mut buf, cs as u64)), libc::EIO);
+            }
+        }
+    });
+}
+
+/// Finding 3: sparse files still work and stay sparse (their header allows holes), and a
+/// hole punched through the mount reads as zeros.
+#[test]
+fn sparse_files_and_punched_holes_still_read_as_zeros() {
+    use std::os::unix::fs::FileExt;
+    each_chunk_size(|v, cs| {
+        let p = v.p("sparse");
+        let f = fs::OpenOptions::new()
+            .create(true)
+            .truncate(true)
+            .write(true)
+            .read(true)
+            .open(&p)
+            .unwrap();
+        f.write_all_at(b"end", 10 * cs as u64).unwrap();
+        let mut buf = vec![1u8; cs];
+        f.read_exact_at(&mut buf, 3 * cs as u64).unwrap();
+        assert_eq!(buf, vec![0u8; cs]);
+        let dense = v.p("dense");
+        fs::write(&dense, vec![7u8; 4 * cs]).unwrap();
+        let g = fs::OpenOptions::new()
+            .write(true)
+            .read(true)
+            .open(&dense)
+            .unwrap();
+        rustix::fs::fallocate(
+            &g,
+            rustix::fs::FallocateFlags::PUNCH_HOLE | rustix::fs::FallocateFlags::KEEP_SIZE,
+            cs as u64,
+            cs as u64,
+        )
+        .unwrap();
+        g.read_exact_at(&mut buf, cs as u64).unwrap();
+        assert_eq!(buf, vec![0u8; cs]);
+        g.read_exact_at(&mut buf, 2 * cs as u64).unwrap();
+        assert_eq!(buf, vec![7u8; cs]);
+        drop((f, g));
+        v.unmount();
+        v.mount();
+        assert_eq!(fs::read(&p).unwrap().len(), 10 * cs + 3);
+        let back = fs::read(&dense).unwrap();
+        assert_eq!(&back[cs..2 * cs], &vec![0u8; cs][..]);
+        assert_eq!(&back[2 * cs..], &vec![7u8; 2 * cs][..]);
+    });
+}
+
+/// Format 2 upgrade: a format-1 vault (the committed test vector) mounts; a writable mount
+/// raises its marker to format 2 before writing version-2 headers (so an older vaultfs
+/// refuses it whole), old files still read, and the first key-changing command raises the
+/// key database's format version.
+#[test]
+fn a_format_1_vault_mounts_and_is_upgraded_by_its_first_writer() {
+    if !fuse_available() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let vault = tmp.path().join("vault");
+    let cp = Command::new("cp")
+        .args(["-a", "tests/vectors/v1/vault"])
+        .arg(&vault)
+        .status()
+        .unwrap();
+    assert!(cp.success());
+    let state = tmp.path().join("state");
+    let mnt = tmp.path().join("mnt");
+    fs::create_dir(&mnt).unwrap();
+    let pw = tmp.path().join("pw");
+    fs::write(&pw, "vaultfs test vector password\n").unwrap();
+    let marker = || fs::read_to_string(vault.join("vaultfs.vault")).unwrap();
+    let db_format = || {
+        let o = run_ok(vaultfs(&state).args(["status", "--json"]).arg(&vault));
+        let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+        v["format_version"].as_i64().unwrap()
+    };
+    assert!(marker().contains("format-version: 1"));
+    // Read-only: nothing changes.
+    run_ok(
+        vaultfs(&state)
+            .args(["mount", "--read-only", "--passfile"])
+            .arg(&pw)
+            .arg(&vault)
+            .arg(&mnt),
+    );
+    assert_eq!(
+        fs::read(mnt.join("hello.txt")).unwrap(),
+        b"Hello, vaultfs!\n"
+    );
+    run_ok(vaultfs(&state).arg("unmount").arg(&mnt));
+    assert!(marker().contains("format-version: 1"));
+    // Writable: the marker first, then version-2 files beside version-1 ones.
+    run_ok(
+        vaultfs(&state)
+            .args(["mount", "--passfile"])
+            .arg(&pw)
+            .arg(&vault)
+            .arg(&mnt),
+    );
+    assert!(marker().contains("format-version: 2"), "{}", marker());
+    fs::write(mnt.join("new"), b"written by format 2").unwrap();
+    assert_eq!(
+        fs::read(mnt.join("hello.txt")).unwrap(),
+        b"Hello, vaultfs!\n"
+    );
+    run_ok(vaultfs(&state).arg("unmount").arg(&mnt));
+    let headers: Vec<u16> = fs::read_dir(&vault)
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_type().unwrap().is_file())
+        .filter_map(|e| {
+            let b = fs::read(e.path()).ok()?;
+            (b.len() >= 144 && b.starts_with(b"VAULTFS\0"))
+                .then(|| u16::from_be_bytes([b[8], b[9]]))
+        })
+        .collect();
+    assert!(headers.contains(&1) && headers.contains(&2), "{headers:?}");
+    assert_eq!(db_format(), 1);
+    let pw2 = tmp.path().join("pw2");
+    fs::write(&pw2, "a new password\n").unwrap();
+    run_ok(
+        vaultfs(&state)
+            .args(["passwd", "--passfile"])
+            .arg(&pw)
+            .arg("--new-passfile")
+            .arg(&pw2)
+            .arg(&vault),
+    );
+    assert_eq!(db_format(), 2);
+    run_ok(
+        vaultfs(&state)
+            .args(["mount", "--passfile"])
+            .arg(&pw2)
+            .arg(&vault)
+            .arg(&mnt),
+    );
+    assert_eq!(fs::read(mnt.join("new")).unwrap(), b"written by format 2");
+    run_ok(vaultfs(&state).arg("unmount").arg(&mnt));
+}

@@ -9,8 +9,9 @@ fuzz_target!(|data: &[u8]| {
         return;
     }
     let layout = ChunkLayout::new(4096).unwrap();
-    let cipher = ContentCipher::new([7; 16], &Key256::from_slice(&mut [9; 32]).unwrap(), layout);
     let (flags, ct) = data.split_at(2);
+    let holes = flags[1] & 2 == 2;
+    let cipher = ContentCipher::new([7; 16], &Key256::from_slice(&mut [9; 32]).unwrap(), layout, holes);
     let index = u64::from(flags[0]);
     let is_final = flags[1] & 1 == 1;
     let mut out = vec![0u8; ct.len().saturating_sub(CHUNK_OVERHEAD)];

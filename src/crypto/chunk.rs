@@ -5,8 +5,9 @@
 //! `nonce(12) || ciphertext || tag(16)` over at most `chunk_size` plaintext bytes. All chunks
 //! but the last are full. The last chunk is sealed with the last-chunk flag in its associated
 //! data; an empty file is a header plus one empty chunk flagged last. A non-final chunk is
-//! accepted with either flag (the grow protocol reseals it), and a non-final chunk whose
-//! ciphertext is all zeros is a hole and reads as zeros.
+//! accepted with either flag (the grow protocol reseals it). A non-final chunk whose
+//! ciphertext is all zeros is a hole and reads as zeros only in a file whose header allows
+//! holes; elsewhere it is damage, so zeroing a chunk in the backing store cannot pass as one.
 
 use aes_gcm::aead::inout::InOutBuf;
 use aes_gcm::aead::{AeadInOut, KeyInit};
@@ -160,15 +161,38 @@ pub struct ContentCipher {
     file_id: FileId,
     aead: Aes256Gcm,
     layout: ChunkLayout,
+    /// Whether an all-zero non-final chunk reads as a hole (the header says: `FileHeader::
+    /// holes_allowed`); otherwise it is damage.
+    holes_allowed: bool,
 }
 
 impl ContentCipher {
-    pub fn new(file_id: FileId, key: &Key256, layout: ChunkLayout) -> Self {
+    /// `holes_allowed` must come from the file's authenticated header.
+    pub fn new(file_id: FileId, key: &Key256, layout: ChunkLayout, holes_allowed: bool) -> Self {
         ContentCipher {
             file_id,
             aead: Aes256Gcm::new(key.expose().into()),
             layout,
+            holes_allowed,
         }
+    }
+
+    /// The cipher of a file with this header and key.
+    pub fn for_header(
+        header: &super::header::FileHeader,
+        key: &Key256,
+        layout: ChunkLayout,
+    ) -> Self {
+        Self::new(header.file_id, key, layout, header.holes_allowed())
+    }
+
+    pub fn holes_allowed(&self) -> bool {
+        self.holes_allowed
+    }
+
+    /// From now on all-zero chunks are holes (after the header's HOLES flag was written).
+    pub fn allow_holes(&mut self) {
+        self.holes_allowed = true;
     }
 
     pub fn file_id(&self) -> &FileId {
@@ -242,7 +266,7 @@ impl ContentCipher {
         {
             return Err(ChunkError::BadLength(index));
         }
-        if !is_final && is_hole(ciphertext) {
+        if !is_final && self.holes_allowed && is_hole(ciphertext) {
             out.fill(0);
             return Ok(());
         }
@@ -376,7 +400,7 @@ mod tests {
 
     fn cipher(chunk_size: u32) -> ContentCipher {
         let key = Key256::from_slice(&mut [5u8; 32]).unwrap();
-        ContentCipher::new([3u8; 16], &key, ChunkLayout::new(chunk_size).unwrap())
+        ContentCipher::new([3u8; 16], &key, ChunkLayout::new(chunk_size).unwrap(), true)
     }
 
     fn seal_file(c: &ContentCipher, data: &[u8]) -> Vec<u8> {
@@ -480,6 +504,7 @@ mod tests {
             [4u8; 16],
             &Key256::from_slice(&mut [5u8; 32]).unwrap(),
             c.layout(),
+            true,
         );
         let other_sealed = seal_file(&other, &data);
         let mut copied = sealed.clone();
@@ -559,6 +584,14 @@ mod tests {
         let mut zero_tail = sealed.clone();
         zero_tail[ct..].fill(0);
         assert!(open_file(&c, &zero_tail, 8192).is_err());
+        // In a file whose header does not allow holes, the zeroed chunk is an error too.
+        let strict = ContentCipher::new(
+            [3u8; 16],
+            &Key256::from_slice(&mut [5u8; 32]).unwrap(),
+            c.layout(),
+            false,
+        );
+        assert!(open_file(&strict, &sealed, 8192).is_err());
     }
 
     #[test]

@@ -22,7 +22,7 @@ pub fn seal_file(
     plaintext: &[u8],
 ) -> Result<Vec<u8>, CryptoError> {
     let (header, key) = FileHeader::create(keyring, layout.chunk_count(plaintext.len() as u64))?;
-    let cipher = ContentCipher::new(header.file_id, &key, layout);
+    let cipher = ContentCipher::for_header(&header, &key, layout);
     let mut out = vec![0u8; HEADER_LEN + cipher.sealed_run_len(plaintext.len())];
     out[..HEADER_LEN].copy_from_slice(&header.encode());
     cipher.seal_run(0, true, plaintext, &mut out[HEADER_LEN..])?;
@@ -40,7 +40,7 @@ pub fn open_file(
     let size = layout
         .plaintext_size(bytes.len() as u64)
         .map_err(|_| FileError::Size)?;
-    let cipher = ContentCipher::new(header.file_id, &key, layout);
+    let cipher = ContentCipher::for_header(&header, &key, layout);
     let mut out = vec![0u8; size as usize];
     cipher.open_run(
         0,

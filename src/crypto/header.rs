@@ -3,8 +3,8 @@
 //! ```text
 //! offset len field
 //!      0   8 magic "VAULTFS\0"
-//!      8   2 format version (u16 BE)
-//!     10   2 flags (u16 BE, must be 0)
+//!      8   2 format version (u16 BE): 1, or 2 for files written since format 2
+//!     10   2 flags (u16 BE): version 2 only, bit 0 = HOLES; version 1: must be 0
 //!     12   4 reserved (must be 0)
 //!     16  16 file ID (random)
 //!     32   8 chunk-write budget used under this file key (u64 BE)
@@ -14,6 +14,11 @@
 //! A slot's wrapped key has associated data = bytes 0..40, the slot index and the slot's
 //! generation: every header field except the other slot, so rotation can fill one slot and
 //! later clear the other without invalidating it.
+//!
+//! Holes: a version-1 file reads any all-zero non-final chunk as a hole (zeros), so a writer
+//! of the backing store could zero a chunk of data unnoticed. A version-2 file does so only
+//! if its (authenticated) HOLES flag is set, which vaultfs sets before it first leaves a hole
+//! in the file; every other version-2 file reads an all-zero chunk as damage (EIO).
 
 use zeroize::Zeroizing;
 
@@ -23,7 +28,10 @@ use super::{CryptoError, FileId, GenerationKeys, Keyring};
 
 pub const HEADER_LEN: usize = 144;
 pub const MAGIC: &[u8; 8] = b"VAULTFS\0";
-pub const FORMAT_VERSION: u16 = 1;
+/// Version of headers written now; version 1 is still read.
+pub const FORMAT_VERSION: u16 = 2;
+/// Flag of a version-2 header: the file may hold holes (all-zero chunks read as zeros).
+pub const FLAG_HOLES: u16 = 1;
 const FIXED_LEN: usize = 40;
 const WRAPPED_LEN: usize = 32 + SIV_TAG_LEN;
 const SLOT_LEN: usize = 4 + WRAPPED_LEN;
@@ -39,6 +47,10 @@ pub struct KeySlot {
 /// A decoded header. The file key itself is never stored here, only its wrapped forms.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FileHeader {
+    /// 1 or 2 (bytes 8..10); kept as read, since the wrapped keys' AD covers it.
+    pub version: u16,
+    /// Version 2: FLAG_HOLES or 0. Version 1: 0 (holes are always allowed there).
+    pub flags: u16,
     pub file_id: FileId,
     pub writes_used: u64,
     pub slots: [Option<KeySlot>; 2],
@@ -54,6 +66,8 @@ impl FileHeader {
         let file_id = super::keys::random_array()?;
         let file_key = Key256::random()?;
         let mut header = FileHeader {
+            version: FORMAT_VERSION,
+            flags: 0,
             file_id,
             writes_used: reserve,
             slots: [None, None],
@@ -65,7 +79,8 @@ impl FileHeader {
     fn fixed_fields(&self) -> [u8; FIXED_LEN] {
         let mut b = [0u8; FIXED_LEN];
         b[..8].copy_from_slice(MAGIC);
-        b[8..10].copy_from_slice(&FORMAT_VERSION.to_be_bytes());
+        b[8..10].copy_from_slice(&self.version.to_be_bytes());
+        b[10..12].copy_from_slice(&self.flags.to_be_bytes());
         b[16..32].copy_from_slice(&self.file_id);
         b[32..40].copy_from_slice(&self.writes_used.to_be_bytes());
         b
@@ -111,6 +126,28 @@ impl FileHeader {
             }
         }
         found.ok_or(CryptoError::Malformed("file header has no key"))
+    }
+
+    /// Whether an all-zero non-final chunk of this file is a hole (reads as zeros) rather
+    /// than damage.
+    pub fn holes_allowed(&self) -> bool {
+        self.version == 1 || self.flags & FLAG_HOLES != 0
+    }
+
+    /// Sets the HOLES flag (before the file's first hole is made) and rewraps both slots,
+    /// whose AD covers the flags. Returns whether the header changed.
+    pub fn allow_holes(
+        &mut self,
+        keyring: &Keyring,
+        file_key: &Key256,
+    ) -> Result<bool, CryptoError> {
+        if self.holes_allowed() {
+            return Ok(false);
+        }
+        let used = self.writes_used;
+        self.flags |= FLAG_HOLES;
+        self.set_writes_used(used, keyring, file_key)?;
+        Ok(true)
     }
 
     /// Generations the header's slots name.
@@ -210,12 +247,14 @@ impl FileHeader {
             return Err(CryptoError::Malformed("not a vaultfs file header"));
         }
         let version = u16::from_be_bytes([bytes[8], bytes[9]]);
-        if version != FORMAT_VERSION {
+        if version != 1 && version != FORMAT_VERSION {
             return Err(CryptoError::Malformed(
                 "file header of another format version (a newer vaultfs?)",
             ));
         }
-        if bytes[10..16].iter().any(|&b| b != 0) {
+        let flags = u16::from_be_bytes([bytes[10], bytes[11]]);
+        let known = if version == 1 { 0 } else { FLAG_HOLES };
+        if flags & !known != 0 || bytes[12..16].iter().any(|&b| b != 0) {
             return Err(CryptoError::Malformed("unknown file header flags"));
         }
         let mut file_id = [0u8; 16];
@@ -244,6 +283,8 @@ impl FileHeader {
             return Err(CryptoError::Malformed("file header has no key"));
         }
         Ok(FileHeader {
+            version,
+            flags,
             file_id,
             writes_used,
             slots,
@@ -265,6 +306,47 @@ mod tests {
         let back = FileHeader::decode(&bytes).unwrap();
         assert_eq!(back, h);
         assert_eq!(back.unwrap_key(&kr).unwrap().expose(), key.expose());
+    }
+
+    #[test]
+    fn the_holes_flag_is_authenticated_and_version_1_always_allows_holes() {
+        let kr = keyring_with(1, 9);
+        let (mut h, key) = FileHeader::create(&kr, 1).unwrap();
+        assert_eq!(h.version, 2);
+        assert!(!h.holes_allowed());
+        // Setting the flag without rewrapping (what a writer of the backing store can do to
+        // the bytes) fails authentication.
+        let mut forged = h.encode();
+        forged[11] |= FLAG_HOLES as u8;
+        let forged = FileHeader::decode(&forged).unwrap();
+        assert!(forged.holes_allowed());
+        assert!(forged.unwrap_key(&kr).is_err());
+        // Setting it properly rewraps.
+        assert!(h.allow_holes(&kr, &key).unwrap());
+        assert!(!h.allow_holes(&kr, &key).unwrap());
+        let back = FileHeader::decode(&h.encode()).unwrap();
+        assert!(back.holes_allowed());
+        assert_eq!(back.unwrap_key(&kr).unwrap().expose(), key.expose());
+        // Unknown flags and reserved bytes are refused.
+        let mut bad = h.encode();
+        bad[10] = 0x80;
+        assert!(FileHeader::decode(&bad).is_err());
+        // A version-1 header (as format 1 wrote it) reads with holes allowed; its flags must
+        // be zero, and it stays version 1 when rewrapped.
+        let mut v1 = FileHeader {
+            version: 1,
+            flags: 0,
+            ..h.clone()
+        };
+        v1.set_writes_used(3, &kr, &key).unwrap();
+        let bytes = v1.encode();
+        assert_eq!(&bytes[8..12], &[0, 1, 0, 0]);
+        let back = FileHeader::decode(&bytes).unwrap();
+        assert!(back.holes_allowed());
+        assert_eq!(back.unwrap_key(&kr).unwrap().expose(), key.expose());
+        let mut flagged = bytes;
+        flagged[11] = 1;
+        assert!(FileHeader::decode(&flagged).is_err());
     }
 
     #[test]

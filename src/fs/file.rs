@@ -143,7 +143,7 @@ impl<S: FileStore> OpenFile<S> {
         let size = layout
             .plaintext_size(backing_size)
             .map_err(|e| format!("{e}"))?;
-        let cipher = ContentCipher::new(header.file_id, &key, layout);
+        let cipher = ContentCipher::for_header(&header, &key, layout);
         // The last chunk must authenticate as last: a file cut back to a length that happens
         // to be valid (down to an empty file's) is caught here, even by reads that never
         // reach its end (a read at end of file decrypts nothing).
@@ -278,7 +278,10 @@ impl<S: FileStore> OpenFile<S> {
             st.size = new_size;
             return Ok(());
         }
-        // Grow past the old last chunk.
+        // Grow past the old last chunk; chunks skipped over become holes.
+        if first > old_last + 1 {
+            self.allow_holes(keyring, st)?;
+        }
         let full_old_last = if first <= old_last {
             // The data overlaps the old last chunk: step 1 writes [first, old_last] with the
             // old last chunk full and still flagged last.
@@ -405,6 +408,25 @@ impl<S: FileStore> OpenFile<S> {
         Ok(())
     }
 
+    /// Before the file's first hole: sets the header's HOLES flag and syncs it, so that the
+    /// all-zero chunks about to be left read as zeros. Without the flag they read as damage
+    /// (a version-2 header), which is what keeps a zeroed chunk from passing as a hole.
+    fn allow_holes(&self, keyring: &Keyring, st: &mut State) -> FsResult<()> {
+        let State { header, key, .. } = st;
+        if !header.allow_holes(keyring, key).map_err(|_| EIO)? {
+            return Ok(());
+        }
+        self.fd.write_at(&st.header.encode(), 0).map_err(io)?;
+        self.fd.sync(true).map_err(io)?;
+        st.cipher.allow_holes();
+        Ok(())
+    }
+
+    /// Whether this file reads all-zero chunks as holes (its header allows them).
+    pub fn holes_allowed(&self) -> bool {
+        self.state.read().expect("file lock").cipher.holes_allowed()
+    }
+
     /// After a failed multi-step change, the in-memory size follows what is on disk (every
     /// intermediate state of the protocols is a valid file).
     fn resync_size(&self, st: &mut State) {
@@ -446,6 +468,9 @@ impl<S: FileStore> OpenFile<S> {
             };
             self.reserve_space(l.chunk_offset(old_last), chunk_end(old_last))?;
             self.reserve_space(l.chunk_offset(new_last), chunk_end(new_last))?;
+            if new_last > old_last + 1 {
+                self.allow_holes(keyring, st)?;
+            }
             if new_last == old_last {
                 let plain = self.build(st, old_last, old_last, new_size, 0, &[])?;
                 self.seal_and_write(keyring, st, old_last, true, &plain)?;
@@ -559,6 +584,7 @@ impl<S: FileStore> OpenFile<S> {
             }
             let from = l.chunk_offset(first_full);
             let to = l.chunk_offset(end_full);
+            self.allow_holes(keyring, &mut st)?;
             return match self.fd.allocate(Allocation::PunchHole, from, to - from) {
                 Ok(()) => Ok(()),
                 // No hole punching in the backing: write the zeros as sealed chunks.
@@ -597,6 +623,14 @@ impl<S: FileStore> OpenFile<S> {
         let backing_seek = |pos: u64, data: bool| self.fd.seek(pos, data).map_err(io);
         // A chunk is a hole when its ciphertext is all zeros (docs/FORMAT.md section 6).
         // Backing holes answer quickly; chunks sharing a block with a neighbour are read.
+        if !st.cipher.holes_allowed() {
+            // No holes in this file: all data up to its end.
+            return Ok(if whence == libc::SEEK_HOLE {
+                st.size
+            } else {
+                offset
+            });
+        }
         let is_hole = |i: u64| -> FsResult<bool> {
             if i >= final_chunk {
                 return Ok(false);
@@ -647,7 +681,7 @@ fn fresh_identity(
             log::error!("cannot create a file key: {e}");
             EIO
         })?;
-    let cipher = ContentCipher::new(header.file_id, &key, layout);
+    let cipher = ContentCipher::for_header(&header, &key, layout);
     Ok((header, key, cipher))
 }
 

@@ -217,6 +217,9 @@ impl Unlocked {
         let ks = &mut self.keystore;
         let vault_id = ks.state.config.vault_id;
         ks.state.config.epoch += 1;
+        // A format-1 vault becomes format 2 with its first write by this build (the marker
+        // follows right after the commit; one still at 1 is raised by the next writer).
+        ks.state.config.format_version = super::state::FORMAT_VERSION;
         ks.state.check_structure().map_err(|why| {
             VaultError::InvalidArgument(format!("refusing to save an invalid key database: {why}"))
         })?;
@@ -237,6 +240,7 @@ impl Unlocked {
         }
         tx.commit().map_err(sql)?;
         ks.stored_mac = mac.to_vec();
+        super::layout::upgrade_marker(&ks.paths.backing)?;
         local_state::clear_local_audit(&vault_id)?;
         local_state::record_epoch(&vault_id, ks.state.config.epoch)
     }

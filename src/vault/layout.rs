@@ -125,6 +125,25 @@ impl VaultPaths {
     }
 }
 
+/// Raises the marker's format version to this build's before this build writes objects
+/// that an older vaultfs cannot read (format 2: file headers of version 2), so that an older
+/// vaultfs refuses the vault with one message instead of failing file by file. Durable
+/// before it returns; a marker already at the current version is left alone.
+pub fn upgrade_marker(vault: &Path) -> Result<()> {
+    let path = vault.join(MARKER_FILE);
+    let text = fs::read_to_string(&path)
+        .map_err(VaultError::io(format!("cannot read {}", path.display())))?;
+    let marker = Marker::parse(&text).ok_or_else(|| VaultError::NotAVault(vault.into()))?;
+    if marker.format_version >= super::state::FORMAT_VERSION {
+        return Ok(());
+    }
+    let upgraded = Marker {
+        format_version: super::state::FORMAT_VERSION,
+        ..marker
+    };
+    write_file_durably(vault, MARKER_FILE, upgraded.render().as_bytes(), 0o644)
+}
+
 /// Writes a new file atomically and durably: temp name, fsync, rename, fsync of the directory.
 pub fn write_file_durably(dir: &Path, name: &str, contents: &[u8], mode: u32) -> Result<()> {
     let tmp_name = format!(

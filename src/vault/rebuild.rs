@@ -152,7 +152,7 @@ pub fn rebuild_keystore(
     let state = VaultState {
         config: Config {
             vault_id,
-            format_version: info0.format_version.into(),
+            format_version: super::state::FORMAT_VERSION,
             chunk_size: info0.chunk_size,
             longname_max: info0.longname_max.into(),
             default_kdf: kdf,

@@ -28,6 +28,9 @@ pub const MAGIC: &[u8; 8] = b"VFSRECOV";
 pub const LEN: usize = 200;
 const AAD_END: usize = 120;
 
+/// The recovery file's own structure version (unchanged since format 1).
+pub const RECOVERY_FILE_VERSION: u16 = 1;
+
 pub fn file_name(generation: u32) -> String {
     format!("vaultfs.recovery.{generation}")
 }
@@ -53,7 +56,7 @@ impl RecoveryFileInfo {
         generation: u32,
     ) -> Result<Self, CryptoError> {
         Ok(RecoveryFileInfo {
-            format_version: config.format_version as u16,
+            format_version: RECOVERY_FILE_VERSION,
             vault_id: config.vault_id,
             chunk_size: config.chunk_size,
             longname_max: config.longname_max as u16,
@@ -107,7 +110,7 @@ impl RecoveryFileInfo {
             return Err(CryptoError::Malformed("not a vaultfs recovery file"));
         }
         let version = u16::from_be_bytes([bytes[8], bytes[9]]);
-        if i64::from(version) != crate::vault::state::FORMAT_VERSION {
+        if version != RECOVERY_FILE_VERSION {
             return Err(CryptoError::Malformed(
                 "recovery file of another format version (a newer vaultfs?)",
             ));

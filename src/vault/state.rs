@@ -10,8 +10,10 @@ use crate::crypto::keyslot::KdfParams;
 use crate::crypto::mac::{MAC_LEN, MacBuilder};
 use crate::crypto::{CryptoError, VaultId, labels};
 
-/// Current on-disk format version (file headers, names, database meaning).
-pub const FORMAT_VERSION: i64 = 1;
+/// Current on-disk format version of the vault (marker, `config.format_version`). Format 2
+/// adds version-2 file headers (the HOLES flag, docs/FORMAT.md section 5); a format-1 vault
+/// is read as it is and upgraded when this build first writes to it.
+pub const FORMAT_VERSION: i64 = 2;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Config {
