@@ -34,6 +34,9 @@ pub const DAMAGED: i32 = 20;
 /// `fsck --repair` repaired every problem it found (they are listed).
 pub const REPAIRED: i32 = 21;
 
+/// `fsck`: the key database's audit log was cut, edited or reordered (whatever else it found).
+pub const AUDIT_TAMPERED: i32 = 22;
+
 /// Every status with its meaning, for the man page and `--help`.
 pub const ALL: &[(i32, &str)] = &[
     (OK, "success"),
@@ -75,4 +78,8 @@ pub const ALL: &[(i32, &str)] = &[
         "fsck: problems were found (listed one per line); with --repair: some remain",
     ),
     (REPAIRED, "fsck --repair: every problem found was repaired"),
+    (
+        AUDIT_TAMPERED,
+        "fsck: the key database's audit log was cut, edited or reordered (restore the database from a backup)",
+    ),
 ];

@@ -37,6 +37,8 @@ pub enum ProblemKind {
     Leftover,
     /// The backing entry could not be read.
     Unreadable,
+    /// The key database's audit log was cut, edited or reordered.
+    TamperedAuditLog,
 }
 
 #[derive(Debug, Clone, Serialize)]

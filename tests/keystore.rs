@@ -208,7 +208,7 @@ fn newer_versions_are_refused() {
     let (vault, _) = new_vault(tmp.path(), "v");
     let db = vault.join("vaultfs.db");
     let good = fs::read(&db).unwrap();
-    sql(&vault, "PRAGMA user_version = 2;");
+    sql(&vault, "PRAGMA user_version = 3;");
     let e = err(unlock(&vault, None, false, PASSWORD));
     assert!(matches!(e, VaultError::NewerFormat { .. }), "{e}");
     assert_eq!(e.exit_code(), exitcodes::NEWER_FORMAT);

@@ -573,3 +573,67 @@ fn a_format_1_vault_mounts_and_is_upgraded_by_its_first_writer() {
     assert_eq!(fs::read(mnt.join("new")).unwrap(), b"written by format 2");
     run_ok(vaultfs(&state).arg("unmount").arg(&mnt));
 }
+
+/// Finding 4: the authenticated state fixes where the audit log ends. Whoever can write the
+/// key database (but holds no slot) and cuts the tail, drops entries, edits or reorders one,
+/// is caught by fsck (exit 22) and by every command that would write the database.
+#[test]
+fn a_cut_or_edited_audit_log_is_detected() {
+    let cases = [
+        "DELETE FROM audit WHERE seq = (SELECT MAX(seq) FROM audit)",
+        "DELETE FROM audit",
+        "UPDATE audit SET detail = 'nothing happened' WHERE seq = 2",
+        "UPDATE audit SET seq = seq + 100 WHERE seq = 1",
+    ];
+    for sql in cases {
+        let v = TestVault::new(4096);
+        // Some history: a passwd and back, so there is a tail worth cutting.
+        let pw2 = v.tmp.path().join("pw2");
+        fs::write(&pw2, "second password\n").unwrap();
+        run_ok(&mut v.with_password(&["passwd", "--new-passfile", pw2.to_str().unwrap()]));
+        run_ok(
+            vaultfs(&v.state)
+                .args(["passwd", "--passfile"])
+                .arg(&pw2)
+                .arg("--new-passfile")
+                .arg(&v.passfile)
+                .arg(&v.vault),
+        );
+        // The attacker drops the append-only triggers, changes the log, and puts them back
+        // (the schema check would catch missing triggers).
+        let db = rusqlite::Connection::open(v.vault.join("vaultfs.db")).unwrap();
+        let triggers: Vec<String> = db
+            .prepare("SELECT sql FROM sqlite_schema WHERE type = 'trigger'")
+            .unwrap()
+            .query_map([], |r| r.get(0))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        db.execute_batch("DROP TRIGGER audit_no_update; DROP TRIGGER audit_no_delete;")
+            .unwrap();
+        db.execute_batch(sql).unwrap();
+        for t in &triggers {
+            db.execute_batch(t).unwrap();
+        }
+        drop(db);
+        let o = v.with_password(&["fsck"]).output().unwrap();
+        assert_eq!(
+            o.status.code(),
+            Some(vaultfs::exitcodes::AUDIT_TAMPERED),
+            "{sql}: fsck {}{}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        );
+        let o = v
+            .with_password(&["passwd", "--new-passfile", pw2.to_str().unwrap()])
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(
+            o.status.code(),
+            Some(vaultfs::exitcodes::KEYSTORE_REFUSED),
+            "{sql}: passwd {err}"
+        );
+        assert!(err.contains("audit log"), "{err}");
+    }
+}

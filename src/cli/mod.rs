@@ -580,16 +580,20 @@ fn cmd_fsck(a: FsckArgs) -> Result<()> {
         .map_err(VaultError::io(format!("cannot read {}", a.vault.display())))?;
     // The key database itself: its state authenticated when it unlocked; the audit chain here.
     let audit_key = crate::vault::audit::audit_key(&u.k_auth, &u.state().config.vault_id);
-    if let Err(seq) = crate::vault::audit::verify_chain(&u.keystore.db.conn, &audit_key)? {
+    if let Err(why) =
+        crate::vault::audit::check(&u.keystore.db.conn, &audit_key, &u.state().config)?
+    {
         report.problems.push(crate::fsck::Problem {
-            kind: crate::fsck::ProblemKind::DamagedMetadata,
+            kind: crate::fsck::ProblemKind::TamperedAuditLog,
             backing_path: u.keystore.paths.keystore.display().to_string(),
             plain_path: None,
-            detail: format!(
-                "the audit log's chain breaks at entry {seq} (edited or deleted entries)"
-            ),
+            detail: why,
         });
     }
+    let audit_tampered = report
+        .problems
+        .iter()
+        .any(|p| p.kind == crate::fsck::ProblemKind::TamperedAuditLog);
     bar.finish_and_clear();
     let summary = format!(
         "{} problems; checked {} files ({} bytes), {} directories, {} symlinks, {} other",
@@ -650,6 +654,9 @@ fn cmd_fsck(a: FsckArgs) -> Result<()> {
         if repairs.kept.is_empty() {
             std::process::exit(crate::exitcodes::REPAIRED)
         }
+    }
+    if audit_tampered {
+        std::process::exit(crate::exitcodes::AUDIT_TAMPERED)
     }
     std::process::exit(crate::exitcodes::DAMAGED)
 }

@@ -33,14 +33,15 @@ fn entry_mac(key: &Key256, prev: &[u8], e: &AuditEntry) -> MacBuilder {
     m
 }
 
-/// Appends one entry inside the caller's transaction.
+/// Appends one entry inside the caller's transaction; returns its sequence number and MAC
+/// (the new head of the chain).
 pub fn append(
     tx: &Transaction<'_>,
     key: &Key256,
     time: i64,
     event: &str,
     detail: &str,
-) -> rusqlite::Result<()> {
+) -> rusqlite::Result<(i64, Vec<u8>)> {
     let last: Option<(i64, Vec<u8>)> = tx
         .query_row(
             "SELECT seq, mac FROM audit ORDER BY seq DESC LIMIT 1",
@@ -63,7 +64,50 @@ pub fn append(
         "INSERT INTO audit (seq, time, event, detail, mac) VALUES (?1, ?2, ?3, ?4, ?5)",
         params![seq, time, event, detail, &mac[..]],
     )?;
-    Ok(())
+    Ok((seq, mac.to_vec()))
+}
+
+/// The chain's end as stored: (number of entries, MAC of the last; empty if none).
+pub fn head(conn: &Connection) -> rusqlite::Result<(i64, Vec<u8>)> {
+    Ok(conn
+        .query_row(
+            "SELECT seq, mac FROM audit ORDER BY seq DESC LIMIT 1",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .optional()?
+        .unwrap_or((0, Vec::new())))
+}
+
+/// Checks the whole chain and, for a format-2 state, that it ends where the authenticated
+/// state says: an edited, deleted, reordered or cut-off entry is an error naming what broke.
+pub fn check(
+    conn: &Connection,
+    key: &Key256,
+    config: &super::state::Config,
+) -> Result<std::result::Result<(), String>> {
+    match verify_chain(conn, key)? {
+        Err(seq) => Ok(Err(format!(
+            "its audit log's chain breaks at entry {seq} (an entry was edited, deleted or reordered)"
+        ))),
+        Ok(n) if config.format_version >= 2 => {
+            let (count, last) = head(conn).map_err(|e| {
+                VaultError::InvalidArgument(format!("cannot read the audit log: {e}"))
+            })?;
+            if n as i64 != config.audit_count
+                || count != config.audit_count
+                || last != config.audit_head
+            {
+                Ok(Err(format!(
+                    "its audit log ends at entry {count} but the authenticated state says {}: entries were cut off or replaced",
+                    config.audit_count
+                )))
+            } else {
+                Ok(Ok(()))
+            }
+        }
+        Ok(_) => Ok(Ok(())),
+    }
 }
 
 /// The last `n` entries, oldest first (no key needed; not verified).

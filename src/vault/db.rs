@@ -18,10 +18,11 @@ use crate::crypto::keyslot::KdfParams;
 /// "VFS1": PRAGMA application_id of every vaultfs key database.
 pub const APPLICATION_ID: i32 = 0x5646_5331;
 /// Schema version (PRAGMA user_version). Bump with a new entry in `MIGRATIONS`.
-pub const SCHEMA_VERSION: i64 = 1;
+pub const SCHEMA_VERSION: i64 = 2;
 
 /// Migrations: entry i brings the schema from version i to i + 1.
-const MIGRATIONS: &[&str] = &[r#"
+const MIGRATIONS: &[&str] = &[
+    r#"
 CREATE TABLE config (
     id               INTEGER PRIMARY KEY CHECK (id = 1),
     vault_id         BLOB    NOT NULL,
@@ -82,7 +83,12 @@ CREATE TRIGGER audit_no_update BEFORE UPDATE ON audit
     BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END;
 CREATE TRIGGER audit_no_delete BEFORE DELETE ON audit
     BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END;
-"#];
+"#,
+    r#"
+ALTER TABLE config ADD COLUMN audit_count INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE config ADD COLUMN audit_head BLOB NOT NULL DEFAULT x'';
+"#,
+];
 
 const SQLITE_MAGIC: &[u8; 16] = b"SQLite format 3\0";
 
@@ -141,6 +147,8 @@ fn check_schema(conn: &Connection, path: &Path, version: i64) -> Result<()> {
 pub struct KeyDb {
     pub conn: Connection,
     pub path: PathBuf,
+    /// `user_version` as opened (a read-only open leaves an older schema as it is).
+    pub schema_version: i64,
 }
 
 fn sql_err(path: &Path) -> impl Fn(rusqlite::Error) -> VaultError + '_ {
@@ -195,6 +203,7 @@ impl KeyDb {
         let mut db = KeyDb {
             conn,
             path: path.to_path_buf(),
+            schema_version: SCHEMA_VERSION,
         };
         db.apply_pragmas(true)?;
         db.conn
@@ -270,6 +279,7 @@ impl KeyDb {
         let mut db = KeyDb {
             conn,
             path: path.to_path_buf(),
+            schema_version: 0,
         };
         let check: String = db
             .conn
@@ -304,14 +314,12 @@ impl KeyDb {
         }
         check_schema(&db.conn, path, version)?;
         db.apply_pragmas(writable)?;
-        if version < SCHEMA_VERSION {
-            if !writable {
-                return Err(VaultError::refused(
-                    path,
-                    "the schema needs an upgrade; run a command that changes keys (e.g. passwd) first",
-                ));
-            }
+        db.schema_version = version;
+        // An older schema is read as it is (mount, status); the first writable open
+        // migrates it.
+        if version < SCHEMA_VERSION && writable {
             db.migrate(version)?;
+            db.schema_version = SCHEMA_VERSION;
         }
         Ok(db)
     }
@@ -363,11 +371,20 @@ impl KeyDb {
     pub fn load_state(&self) -> Result<(VaultState, Vec<u8>)> {
         let p = &self.path;
         let bad = |what: &str| VaultError::refused(p, format!("invalid {what}"));
+        // Schema 1 has no audit columns: read them as a format-1 state has them (none).
+        let audit_cols = if self.schema_version >= 2 {
+            "audit_count, audit_head"
+        } else {
+            "0, x''"
+        };
         let row = self
             .conn
             .query_row(
-                "SELECT vault_id, format_version, chunk_size, longname_max, kdf_log_n, kdf_r, kdf_p,
-                        backing_missing, created, epoch, state_mac FROM config WHERE id = 1",
+                &format!(
+                    "SELECT vault_id, format_version, chunk_size, longname_max, kdf_log_n, kdf_r, kdf_p,
+                            backing_missing, created, epoch, state_mac, {audit_cols}
+                     FROM config WHERE id = 1"
+                ),
                 [],
                 |r| {
                     Ok((
@@ -380,6 +397,7 @@ impl KeyDb {
                         r.get::<_, i64>(8)?,
                         r.get::<_, i64>(9)?,
                         r.get::<_, Vec<u8>>(10)?,
+                        (r.get::<_, i64>(11)?, r.get::<_, Vec<u8>>(12)?),
                     ))
                 },
             )
@@ -396,6 +414,7 @@ impl KeyDb {
             created,
             epoch,
             mac,
+            (audit_count, audit_head),
         ) = row;
         if format_version > FORMAT_VERSION {
             return Err(VaultError::NewerFormat {
@@ -423,6 +442,12 @@ impl KeyDb {
             backing_missing,
             created,
             epoch: u64::try_from(epoch).map_err(|_| bad("epoch"))?,
+            audit_count: Some(audit_count)
+                .filter(|&n| n >= 0)
+                .ok_or_else(|| bad("audit count"))?,
+            audit_head: Some(audit_head)
+                .filter(|h| h.is_empty() || h.len() == crate::crypto::mac::MAC_LEN)
+                .ok_or_else(|| bad("audit head"))?,
         };
 
         let mut stmt = self
@@ -606,8 +631,8 @@ impl KeyDb {
         tx.execute("DELETE FROM config", []).map_err(&e)?;
         tx.execute(
             "INSERT INTO config (id, vault_id, format_version, chunk_size, longname_max, kdf_log_n, kdf_r, kdf_p,
-                                 backing_missing, created, epoch, state_mac)
-             VALUES (1, ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+                                 backing_missing, created, epoch, state_mac, audit_count, audit_head)
+             VALUES (1, ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
             params![
                 &c.vault_id[..],
                 c.format_version,
@@ -619,7 +644,9 @@ impl KeyDb {
                 c.backing_missing,
                 c.created,
                 c.epoch as i64,
-                mac
+                mac,
+                c.audit_count,
+                c.audit_head
             ],
         )
         .map_err(&e)?;

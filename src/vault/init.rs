@@ -15,7 +15,7 @@ use super::recovery_file::{self, RecoveryFileInfo};
 use super::state::{
     Config, FORMAT_VERSION, GenState, Generation, Seal, Slot, SlotKind, VaultState,
 };
-use super::{audit, local_state, now, probe};
+use super::{local_state, now, probe};
 use crate::crypto::chunk::ChunkLayout;
 use crate::crypto::dirid::{ROOT_PARENT, seal_dir_id};
 use crate::crypto::keys::{Key256, random_array};
@@ -193,6 +193,8 @@ fn create(o: &InitOptions, keystore: &Path, password: &[u8]) -> Result<InitRepor
             backing_missing: features.missing.join(","),
             created: t,
             epoch: 1,
+            audit_count: 0,
+            audit_head: Vec::new(),
         },
         slots,
         generations: vec![Generation {
@@ -234,26 +236,13 @@ fn create(o: &InitOptions, keystore: &Path, password: &[u8]) -> Result<InitRepor
     };
     write_file_durably(&o.vault, MARKER_FILE, marker.render().as_bytes(), 0o644)?;
 
-    let mac = state.compute_mac(&VaultState::mac_key(&k_auth, &vault_id));
     let mut db = KeyDb::create(keystore)?;
-    {
-        let sql = |e: rusqlite::Error| VaultError::refused(keystore, format!("cannot write: {e}"));
-        let tx = db.conn.transaction().map_err(sql)?;
-        KeyDb::save_state(&tx, keystore, &state, &mac)?;
-        let detail = format!(
-            "chunk_size={} longname_max={} scrypt_logn={} recovery_key={}",
-            o.chunk_size, longname_max, o.kdf.log_n, o.recovery_key
-        );
-        audit::append(
-            &tx,
-            &audit::audit_key(&k_auth, &vault_id),
-            t,
-            "init",
-            &detail,
-        )
-        .map_err(sql)?;
-        tx.commit().map_err(sql)?;
-    }
+    let detail = format!(
+        "chunk_size={} longname_max={} scrypt_logn={} recovery_key={}",
+        o.chunk_size, longname_max, o.kdf.log_n, o.recovery_key
+    );
+    let mut state = state;
+    super::keystore::write_state(&mut db, &mut state, &k_auth, &[(t, "init", &detail)])?;
     drop(db);
     local_state::record_epoch(&vault_id, 1)?;
 

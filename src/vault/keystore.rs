@@ -210,12 +210,46 @@ impl Keystore {
     }
 }
 
+/// Writes `state` and appends `events` (time, event, detail) to the audit log in one
+/// transaction: the entries first, then the state with the chain's new end (format 2) and
+/// its MAC. Returns the MAC.
+pub(super) fn write_state(
+    db: &mut KeyDb,
+    state: &mut VaultState,
+    k_auth: &Key256,
+    events: &[(i64, &str, &str)],
+) -> Result<[u8; crate::crypto::mac::MAC_LEN]> {
+    let vault_id = state.config.vault_id;
+    let audit_key = audit::audit_key(k_auth, &vault_id);
+    let path = db.path.clone();
+    let sql = |e: rusqlite::Error| VaultError::refused(&path, format!("cannot write: {e}"));
+    let tx = db.conn.transaction().map_err(sql)?;
+    for (time, event, detail) in events {
+        audit::append(&tx, &audit_key, *time, event, detail).map_err(sql)?;
+    }
+    let (count, head) = audit::head(&tx).map_err(sql)?;
+    state.config.audit_count = count;
+    state.config.audit_head = head;
+    let mac = state.compute_mac(&VaultState::mac_key(k_auth, &vault_id));
+    KeyDb::save_state(&tx, &path, state, &mac)?;
+    tx.commit().map_err(sql)?;
+    Ok(mac)
+}
+
 impl Unlocked {
     /// Writes the in-memory state back with a new epoch and MAC, plus audit entries (and any
     /// waiting in the local audit log), in one transaction.
     pub fn commit(&mut self, events: &[(&str, String)]) -> Result<()> {
         let ks = &mut self.keystore;
         let vault_id = ks.state.config.vault_id;
+        // Nothing is written on top of an audit log that someone has cut or edited.
+        let audit_key = audit::audit_key(&self.k_auth, &vault_id);
+        if let Err(why) = audit::check(&ks.db.conn, &audit_key, &ks.state.config)? {
+            return Err(VaultError::tampered(
+                &ks.paths.keystore,
+                format!("{why}; restore it from a backup"),
+            ));
+        }
         ks.state.config.epoch += 1;
         // A format-1 vault becomes format 2 with its first write by this build (the marker
         // follows right after the commit; one still at 1 is raised by the next writer).
@@ -223,22 +257,14 @@ impl Unlocked {
         ks.state.check_structure().map_err(|why| {
             VaultError::InvalidArgument(format!("refusing to save an invalid key database: {why}"))
         })?;
-        let mac = ks
-            .state
-            .compute_mac(&VaultState::mac_key(&self.k_auth, &vault_id));
-        let audit_key = audit::audit_key(&self.k_auth, &vault_id);
         let pending = local_state::pending_local_audit(&vault_id)?;
-        let path = ks.paths.keystore.clone();
-        let sql = |e: rusqlite::Error| VaultError::refused(&path, format!("cannot write: {e}"));
-        let tx = ks.db.conn.transaction().map_err(sql)?;
-        KeyDb::save_state(&tx, &path, &ks.state, &mac)?;
-        for e in &pending {
-            audit::append(&tx, &audit_key, e.time, &e.event, &e.detail).map_err(sql)?;
-        }
-        for (event, detail) in events {
-            audit::append(&tx, &audit_key, super::now(), event, detail).map_err(sql)?;
-        }
-        tx.commit().map_err(sql)?;
+        let mut all: Vec<(i64, &str, &str)> = pending
+            .iter()
+            .map(|e| (e.time, e.event.as_str(), e.detail.as_str()))
+            .collect();
+        let now = super::now();
+        all.extend(events.iter().map(|(e, d)| (now, *e, d.as_str())));
+        let mac = write_state(&mut ks.db, &mut ks.state, &self.k_auth, &all)?;
         ks.stored_mac = mac.to_vec();
         super::layout::upgrade_marker(&ks.paths.backing)?;
         local_state::clear_local_audit(&vault_id)?;

@@ -10,7 +10,7 @@ use super::error::{Result, VaultError};
 use super::layout::{DB_FILE, MARKER_FILE, Marker};
 use super::recovery_file;
 use super::state::{Config, GenState, Generation, Seal, Slot, SlotKind, VaultState};
-use super::{audit, local_state, now, probe};
+use super::{local_state, now, probe};
 use crate::crypto::keys::Key256;
 use crate::crypto::keyslot::{KdfParams, SlotSecrets};
 use crate::crypto::seal;
@@ -161,6 +161,8 @@ pub fn rebuild_keystore(
             // Above anything this machine has seen, so the rebuilt database is not taken for a
             // rollback.
             epoch: local_state::seen_epoch(&vault_id)? + 1,
+            audit_count: 0,
+            audit_head: Vec::new(),
         },
         slots,
         generations,
@@ -170,24 +172,13 @@ pub fn rebuild_keystore(
     state
         .check_structure()
         .map_err(VaultError::InvalidArgument)?;
-    let mac = state.compute_mac(&VaultState::mac_key(&k_auth, &vault_id));
     let mut db = KeyDb::create(&path)?;
-    let sql = |e: rusqlite::Error| VaultError::refused(&path, format!("cannot write: {e}"));
-    let tx = db.conn.transaction().map_err(sql)?;
-    KeyDb::save_state(&tx, &path, &state, &mac)?;
     let detail = format!(
         "rebuilt the key database from {} recovery file(s)",
         opened.len()
     );
-    audit::append(
-        &tx,
-        &audit::audit_key(&k_auth, &vault_id),
-        t,
-        "recover",
-        &detail,
-    )
-    .map_err(sql)?;
-    tx.commit().map_err(sql)?;
+    let mut state = state;
+    super::keystore::write_state(&mut db, &mut state, &k_auth, &[(t, "recover", &detail)])?;
     local_state::record_epoch(&vault_id, state.config.epoch)?;
     Ok(path)
 }

@@ -28,6 +28,10 @@ pub struct Config {
     pub created: i64,
     /// Incremented by every write; compared with the highest epoch seen on this machine.
     pub epoch: u64,
+    /// Format 2: the number of audit entries and the MAC of the last one (empty if none), so
+    /// the state MAC fixes the audit log's end: a cut tail no longer goes unnoticed.
+    pub audit_count: i64,
+    pub audit_head: Vec<u8>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -154,6 +158,9 @@ impl VaultState {
             .str(&c.backing_missing)
             .int(c.created)
             .int(c.epoch as i64);
+        if c.format_version >= 2 {
+            m.int(c.audit_count).bytes(&c.audit_head);
+        }
         let mut slots: Vec<&Slot> = self.slots.iter().collect();
         slots.sort_by_key(|s| s.slot_id);
         m.int(slots.len() as i64);
@@ -295,6 +302,8 @@ pub(crate) mod tests {
                 backing_missing: String::new(),
                 created: 1_700_000_000,
                 epoch: 1,
+                audit_count: 0,
+                audit_head: Vec::new(),
             },
             slots: vec![Slot {
                 slot_id: 1,
