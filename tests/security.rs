@@ -637,3 +637,161 @@ fn a_cut_or_edited_audit_log_is_detected() {
         assert!(err.contains("audit log"), "{err}");
     }
 }
+
+/// Finding 1 (reading): the reviewer's attack. With a copy of the key database made before
+/// `passwd`, the old password unwraps the slot's old private key and K_auth; put back into
+/// the current database with a recomputed state MAC, it opened the vault after `rotate
+/// --reencrypt` and read files written since. `passwd` now gives the slot a fresh key pair,
+/// so no generation made after it is sealed to anything the old password opens.
+#[test]
+fn an_old_password_and_an_old_database_copy_read_nothing_written_after_the_rotation() {
+    if !fuse_available() {
+        return;
+    }
+    let v = TestVault::new(4096);
+    v.mount();
+    fs::write(v.p("before"), b"written before").unwrap();
+    v.unmount();
+    let old_db = v.tmp.path().join("old.db");
+    fs::copy(v.vault.join("vaultfs.db"), &old_db).unwrap();
+
+    let pw2 = v.tmp.path().join("pw2");
+    fs::write(&pw2, "the new password\n").unwrap();
+    run_ok(&mut v.with_password(&["passwd", "--new-passfile", pw2.to_str().unwrap()]));
+    run_ok(
+        vaultfs(&v.state)
+            .args(["rotate", "--reencrypt", "--passfile"])
+            .arg(&pw2)
+            .arg(&v.vault),
+    );
+    run_ok(
+        vaultfs(&v.state)
+            .args(["mount", "--passfile"])
+            .arg(&pw2)
+            .arg(&v.vault)
+            .arg(&v.mnt),
+    );
+    fs::write(v.p("after"), b"written after the rotation").unwrap();
+    v.unmount();
+
+    // The attacker: the old password opens the old copy's slot (private key, K_auth).
+    common::isolate_state();
+    let old_vault = v.tmp.path().join("old-vault");
+    fs::create_dir(&old_vault).unwrap();
+    fs::copy(
+        v.vault.join("vaultfs.vault"),
+        old_vault.join("vaultfs.vault"),
+    )
+    .unwrap();
+    fs::copy(&old_db, old_vault.join("vaultfs.db")).unwrap();
+    let old = vaultfs::vault::init::unlock(&old_vault, None, false, b"test password").unwrap();
+    let old_slot = old
+        .state()
+        .slots
+        .iter()
+        .find(|s| s.slot_id == 1)
+        .unwrap()
+        .clone();
+    // Put the old slot row into the current database and recompute the state MAC.
+    let db_path = v.vault.join("vaultfs.db");
+    {
+        let db = rusqlite::Connection::open(&db_path).unwrap();
+        let k = old_slot.kdf.unwrap();
+        db.execute(
+            "UPDATE keyslots SET public_key = ?1, kdf_log_n = ?2, kdf_r = ?3, kdf_p = ?4, salt = ?5, wrapped = ?6 WHERE slot_id = 1",
+            rusqlite::params![&old_slot.public_key[..], k.log_n, k.r, k.p, &old_slot.salt.unwrap()[..], old_slot.wrapped],
+        )
+        .unwrap();
+    }
+    let (state, _) = vaultfs::vault::db::KeyDb::open(&db_path, false)
+        .unwrap()
+        .load_state()
+        .unwrap();
+    let key = vaultfs::vault::state::VaultState::mac_key(&old.k_auth, &state.config.vault_id);
+    let mac = state.compute_mac(&key);
+    rusqlite::Connection::open(&db_path)
+        .unwrap()
+        .execute("UPDATE config SET state_mac = ?1", [&mac[..]])
+        .unwrap();
+    // On a machine that never saw the vault, the old password gets nothing: no seal of the
+    // new generation opens with the old private key.
+    let fresh_state = v.tmp.path().join("fresh-state");
+    let o = vaultfs(&fresh_state)
+        .args(["mount", "--passfile"])
+        .arg(&v.passfile)
+        .arg(&v.vault)
+        .arg(&v.mnt)
+        .output()
+        .unwrap();
+    let mounted = v.is_mounted();
+    let leaked = mounted && fs::read(v.p("after")).is_ok();
+    if mounted {
+        let _ = vaultfs(&fresh_state).arg("unmount").arg(&v.mnt).output();
+    }
+    assert!(
+        !leaked,
+        "the old password read a file written after the rotation"
+    );
+    assert!(!o.status.success(), "the old password mounted the vault");
+}
+
+/// Finding 1 (design review): a revocation in the middle of a rotation could let the resumed
+/// rotation finish onto a generation the revoked slot was sealed to; `passwd` and `keyslot
+/// remove` refuse until the rotation is finished.
+#[test]
+fn no_revocation_during_an_unfinished_rotation() {
+    if !fuse_available() {
+        return;
+    }
+    let v = TestVault::new(4096);
+    v.mount();
+    for i in 0..400 {
+        fs::write(v.p(&format!("f{i}")), vec![b'x'; 9000]).unwrap();
+    }
+    v.unmount();
+    let pw2 = v.tmp.path().join("pw2");
+    fs::write(&pw2, "the new password\n").unwrap();
+    run_ok(&mut v.with_password(&[
+        "keyslot",
+        "add",
+        "--label",
+        "bob",
+        "--new-passfile",
+        pw2.to_str().unwrap(),
+    ]));
+    let rotating = || {
+        let o = run_ok(vaultfs(&v.state).args(["status", "--json"]).arg(&v.vault));
+        let s: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+        !s["rotation"].is_null()
+    };
+    let mut caught = false;
+    for _ in 0..20 {
+        let mut child = v.with_password(&["rotate", "--reencrypt"]).spawn().unwrap();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while !rotating() && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(2));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        if rotating() {
+            caught = true;
+            break;
+        }
+    }
+    assert!(caught, "never caught a rotation in progress");
+    for args in [
+        vec!["passwd", "--new-passfile", pw2.to_str().unwrap()],
+        vec!["keyslot", "remove", "--label", "bob"],
+    ] {
+        let o = v.with_password(&args).output().unwrap();
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(!o.status.success(), "{args:?} went through");
+        assert!(
+            err.contains("rotation") && err.contains("unfinished"),
+            "{err}"
+        );
+    }
+    // Finished, both work.
+    run_ok(&mut v.with_password(&["rotate", "--reencrypt"]));
+    run_ok(&mut v.with_password(&["keyslot", "remove", "--label", "bob"]));
+}

@@ -338,7 +338,12 @@ fn cmd_passwd(a: PasswdArgs) -> Result<()> {
     let mut u = crate::vault::init::unlock(&a.vault, a.keystore.as_deref(), true, &old)?;
     let new = a.new_password.get(&a.vault.display().to_string())?;
     let label = u.change_password(&new)?;
-    println!("Changed the password of keyslot '{label}'; the old password no longer opens it.");
+    println!(
+        "Changed the password of keyslot '{label}' (with a new key pair): the old password no longer opens this key database."
+    );
+    eprintln!(
+        "note: a copy of the key database made before still opens with the old password and reads what the vault's current keys protect; run `vaultfs rotate --reencrypt` so that nothing written afterwards can be read with it (docs/SECURITY.md)"
+    );
     Ok(())
 }
 
@@ -432,7 +437,7 @@ fn cmd_keyslot(c: KeyslotCommand) -> Result<()> {
             u.remove_slot(&a.label)?;
             println!("Removed keyslot '{}'.", a.label);
             eprintln!(
-                "note: removal revokes future key generations only; whoever held this slot may have kept the current keys: run `vaultfs rotate --reencrypt` to re-encrypt everything under new keys"
+                "note: whoever held this slot may have kept the vault's current keys (and a copy of the key database): run `vaultfs rotate --reencrypt` so that nothing written afterwards can be read with them (docs/SECURITY.md)"
             );
             Ok(())
         }
@@ -533,6 +538,11 @@ fn cmd_rotate(a: RotateArgs) -> Result<()> {
         stats.symlinks,
         stats.xattrs
     );
+    if !a.reencrypt {
+        eprintln!(
+            "note: without --reencrypt every file keeps its file key: someone who could read a file before (a removed member, an old password) still can; use --reencrypt after revoking anyone"
+        );
+    }
     Ok(())
 }
 

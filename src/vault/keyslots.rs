@@ -109,16 +109,35 @@ impl Unlocked {
             })
     }
 
-    /// Gives the slot that unlocked a new password (new salt, current default scrypt cost).
-    /// The slot keeps its key pair, so its seals stay valid.
+    /// Gives the slot that unlocked a new password (new salt, current default scrypt cost)
+    /// and a fresh key pair, with every live generation resealed to it: the old password,
+    /// with a copy of the database made before, unwraps only the old private key, to which
+    /// no generation made from now on is sealed.
     pub fn change_password(&mut self, password: &[u8]) -> Result<String> {
+        self.refuse_during_rotation("change a password")?;
+        let (private_key, _) = seal::keypair_from_seed(&Key256::random()?);
         let secrets = SlotSecrets {
-            private_key: self.private_key.clone(),
+            private_key,
             k_auth: self.k_auth.clone(),
         };
-        let label = self.replace_password_slot(self.slot_id, &secrets, password, false)?;
+        let label = self.replace_password_slot(self.slot_id, &secrets, password, true)?;
+        self.private_key = secrets.private_key;
         self.commit(&[("passwd", format!("slot {label}"))])?;
         Ok(label)
+    }
+
+    /// A revocation in the middle of a rotation could let the rotation finish onto a
+    /// generation the revoked slot was sealed to: finish the rotation first.
+    fn refuse_during_rotation(&self, what: &str) -> Result<()> {
+        match &self.keystore.state.rotation {
+            Some(r) => Err(VaultError::InvalidArgument(format!(
+                "a rotation ({} -> {}) is unfinished: run `vaultfs rotate{}` first, then {what}",
+                r.from_generation,
+                r.to_generation,
+                if r.reencrypt { " --reencrypt" } else { "" }
+            ))),
+            None => Ok(()),
+        }
     }
 
     /// Rebuilds password slot `slot_id` around `secrets` and `password` (new salt, current
@@ -253,6 +272,7 @@ impl Unlocked {
     /// Removes the slot labelled `label`. Refuses the slot that unlocked and the last
     /// password slot. Removing the recovery slot also removes the recovery files.
     pub fn remove_slot(&mut self, label: &str) -> Result<()> {
+        self.refuse_during_rotation("remove the keyslot")?;
         let slot = self.slot_by_label(label)?;
         if slot.slot_id == self.slot_id {
             return Err(VaultError::InvalidArgument(format!(
@@ -299,6 +319,7 @@ impl Unlocked {
     /// Recovery: a password slot's private key cannot be read back without its password, so
     /// the slot gets a fresh key pair, its new password, and every live generation resealed.
     pub fn reset_password_slot(&mut self, slot_id: u32, password: &[u8]) -> Result<String> {
+        self.refuse_during_rotation("set the new password")?;
         let (private_key, _) = seal::keypair_from_seed(&Key256::random()?);
         let secrets = SlotSecrets {
             private_key,
