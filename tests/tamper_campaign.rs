@@ -96,6 +96,8 @@ fn thousands_of_mutations_never_return_wrong_bytes() {
         "side file deleted",
         "side file duplicated",
         "symlink target flip",
+        "chunk zeroed",
+        "chunk punched",
     ];
     let mut tried: BTreeMap<&str, u64> = BTreeMap::new();
     let mut outcomes: BTreeMap<&str, u64> = BTreeMap::new();
@@ -154,6 +156,29 @@ fn thousands_of_mutations_never_return_wrong_bytes() {
                         fs::write(bp, &bytes).unwrap();
                         true
                     }
+                }
+                // Zeros where a chunk was: a file that never had a hole must not read it as
+                // one (issue 14, finding 3).
+                "chunk zeroed" => {
+                    let k = rng.next(n);
+                    let end = (HEADER_LEN + (k + 1) * CT).min(bytes.len());
+                    bytes[HEADER_LEN + k * CT..end].fill(0);
+                    fs::write(bp, &bytes).unwrap();
+                    true
+                }
+                "chunk punched" => {
+                    let k = rng.next(n) as u64;
+                    let at = HEADER_LEN as u64 + k * CT as u64;
+                    let file = fs::OpenOptions::new().write(true).open(bp).unwrap();
+                    rustix::fs::fallocate(
+                        &file,
+                        rustix::fs::FallocateFlags::PUNCH_HOLE
+                            | rustix::fs::FallocateFlags::KEEP_SIZE,
+                        at,
+                        (CT as u64).min(bytes.len() as u64 - at),
+                    )
+                    .unwrap();
+                    true
                 }
                 "cut at chunk boundary" if n >= 2 => {
                     bytes.truncate(HEADER_LEN + (n - 1 - rng.next(n - 1)) * CT);
