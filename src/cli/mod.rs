@@ -263,7 +263,7 @@ pub struct UnmountArgs {
 pub struct InitArgs {
     #[command(flatten)]
     pub password: PasswordArgs,
-    /// scrypt cost as log2(N), 10-22 (each step doubles unlock time and memory)
+    /// scrypt cost as log2(N), 10-20 (each step doubles unlock time and memory; 20 takes 1 GiB)
     #[arg(long, value_name = "N", default_value_t = KdfParams::DEFAULT.log_n)]
     pub scrypt_logn: u8,
     /// Plaintext bytes per encrypted chunk: a power of two from 4096 to 1048576

@@ -43,9 +43,12 @@ pub struct InitReport {
 }
 
 fn check_options(o: &InitOptions) -> Result<()> {
-    o.kdf
-        .validate()
-        .map_err(|e| VaultError::InvalidArgument(format!("{e}")))?;
+    o.kdf.validate().map_err(|_| {
+        VaultError::InvalidArgument(format!(
+            "--scrypt-logn {}: out of range (10-20: at most 1 GiB of memory and 16 times the default work)",
+            o.kdf.log_n
+        ))
+    })?;
     ChunkLayout::new(o.chunk_size)
         .map_err(|e| VaultError::InvalidArgument(format!("--chunk-size: {e}")))?;
     if !(MIN_LONGNAME_MAX as u32..=NAME_MAX as u32).contains(&o.longname_max) {
