@@ -10,8 +10,23 @@ use std::process::Command;
 
 use common::*;
 
-fn is_root() -> bool {
-    rustix::process::geteuid().is_root()
+/// FUSE tests that act as other users need root; as anyone else they skip, loudly.
+fn root_and_fuse() -> bool {
+    if !fuse_available() {
+        return false;
+    }
+    let root = rustix::process::geteuid().is_root();
+    if !root {
+        eprintln!("\n*** SKIPPING: this test switches users and needs root ***\n");
+    }
+    root
+}
+
+/// `vaultfs mount --passfile PW VAULT MNT` with the state directory `state`.
+fn mount_cmd(state: &Path, pw: &Path, vault: &Path, mnt: &Path) -> Command {
+    let mut c = vaultfs(state);
+    c.args(["mount", "--passfile"]).arg(pw).arg(vault).arg(mnt);
+    c
 }
 
 /// `sh -c SCRIPT` as uid/gid 65534 (nobody), with no supplementary groups.
@@ -78,8 +93,7 @@ fn state_directory_is_private_to_its_owner() {
 /// must neither write through it nor accept a state directory that user controls.
 #[test]
 fn a_local_user_cannot_redirect_the_root_daemons_state_writes() {
-    if !fuse_available() || !is_root() {
-        eprintln!("needs root and FUSE");
+    if !root_and_fuse() {
         return;
     }
     let v = TestVault::new(4096);
@@ -102,12 +116,7 @@ fn a_local_user_cannot_redirect_the_root_daemons_state_writes() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let o = vaultfs(&shared)
-        .arg("mount")
-        .arg("--passfile")
-        .arg(&v.passfile)
-        .arg(&v.vault)
-        .arg(&v.mnt)
+    let o = mount_cmd(&shared, &v.passfile, &v.vault, &v.mnt)
         .output()
         .unwrap();
     let mounted = v.is_mounted();
@@ -136,8 +145,7 @@ fn a_local_user_cannot_redirect_the_root_daemons_state_writes() {
 /// directories of a vault mounted by root.
 #[test]
 fn a_local_user_cannot_add_audit_events() {
-    if !fuse_available() || !is_root() {
-        eprintln!("needs root and FUSE");
+    if !root_and_fuse() {
         return;
     }
     let v = TestVault::new(4096);
@@ -333,8 +341,7 @@ fn the_key_database_is_opened_defensive_and_with_an_untrusted_schema() {
 /// through the mount (the kernel's cached mode is invalidated), and root keeps the bits.
 #[test]
 fn set_id_bits_drop_when_another_user_changes_the_file() {
-    if !fuse_available() || !is_root() {
-        eprintln!("needs root and FUSE");
+    if !root_and_fuse() {
         return;
     }
     let v = TestVault::new(4096);
@@ -526,13 +533,7 @@ fn a_format_1_vault_mounts_and_is_upgraded_by_its_first_writer() {
     run_ok(vaultfs(&state).arg("unmount").arg(&mnt));
     assert!(marker().contains("format-version: 1"));
     // Writable: the marker first, then version-2 files beside version-1 ones.
-    run_ok(
-        vaultfs(&state)
-            .args(["mount", "--passfile"])
-            .arg(&pw)
-            .arg(&vault)
-            .arg(&mnt),
-    );
+    run_ok(&mut mount_cmd(&state, &pw, &vault, &mnt));
     assert!(marker().contains("format-version: 2"), "{}", marker());
     fs::write(mnt.join("new"), b"written by format 2").unwrap();
     assert_eq!(
@@ -563,13 +564,7 @@ fn a_format_1_vault_mounts_and_is_upgraded_by_its_first_writer() {
             .arg(&vault),
     );
     assert_eq!(db_format(), 2);
-    run_ok(
-        vaultfs(&state)
-            .args(["mount", "--passfile"])
-            .arg(&pw2)
-            .arg(&vault)
-            .arg(&mnt),
-    );
+    run_ok(&mut mount_cmd(&state, &pw2, &vault, &mnt));
     assert_eq!(fs::read(mnt.join("new")).unwrap(), b"written by format 2");
     run_ok(vaultfs(&state).arg("unmount").arg(&mnt));
 }
@@ -664,13 +659,7 @@ fn an_old_password_and_an_old_database_copy_read_nothing_written_after_the_rotat
             .arg(&pw2)
             .arg(&v.vault),
     );
-    run_ok(
-        vaultfs(&v.state)
-            .args(["mount", "--passfile"])
-            .arg(&pw2)
-            .arg(&v.vault)
-            .arg(&v.mnt),
-    );
+    run_ok(&mut mount_cmd(&v.state, &pw2, &v.vault, &v.mnt));
     fs::write(v.p("after"), b"written after the rotation").unwrap();
     v.unmount();
 
@@ -716,11 +705,7 @@ fn an_old_password_and_an_old_database_copy_read_nothing_written_after_the_rotat
     // On a machine that never saw the vault, the old password gets nothing: no seal of the
     // new generation opens with the old private key.
     let fresh_state = v.tmp.path().join("fresh-state");
-    let o = vaultfs(&fresh_state)
-        .args(["mount", "--passfile"])
-        .arg(&v.passfile)
-        .arg(&v.vault)
-        .arg(&v.mnt)
+    let o = mount_cmd(&fresh_state, &v.passfile, &v.vault, &v.mnt)
         .output()
         .unwrap();
     let mounted = v.is_mounted();
