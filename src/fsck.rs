@@ -64,6 +64,8 @@ pub struct Report {
 struct Checker<'a> {
     keyring: &'a Keyring,
     layout: ChunkLayout,
+    /// Backing FIFOs, sockets and device nodes are the vault's own (made by format 1).
+    legacy_nodes: bool,
     report: Report,
     progress: &'a dyn Fn(&Report),
 }
@@ -219,7 +221,13 @@ impl Checker<'_> {
                         );
                     }
                 }
-                _ => self.report.other += 1,
+                _ if self.legacy_nodes => self.report.other += 1,
+                _ => self.problem(
+                    ProblemKind::Foreign,
+                    bp,
+                    Some(pp),
+                    "a backing FIFO, socket or device node: this vault keeps them in header-only files, so it was planted",
+                ),
             }
             (self.progress)(&self.report);
         }
@@ -253,6 +261,14 @@ impl Checker<'_> {
         let backing_size = backing::fstat(fd.as_fd())
             .map_err(|e| e.to_string())?
             .st_size as u64;
+        if header.node().is_some() {
+            // A FIFO, socket or device node: the header is all there is.
+            return if backing_size == HEADER_LEN as u64 {
+                Ok(())
+            } else {
+                Err("a FIFO, socket or device node's header followed by data".into())
+            };
+        }
         let size = l.plaintext_size(backing_size).map_err(|e| e.to_string())?;
         let cipher = ContentCipher::for_header(&header, &key, l);
         let final_chunk = l.last_chunk_index(size);
@@ -324,12 +340,14 @@ pub fn check(
     root: &Path,
     keyring: &Keyring,
     layout: ChunkLayout,
+    legacy_nodes: bool,
     progress: &dyn Fn(&Report),
 ) -> std::io::Result<Report> {
     let fd = backing::open_root(root)?;
     let mut c = Checker {
         keyring,
         layout,
+        legacy_nodes,
         report: Report::default(),
         progress,
     };

@@ -181,7 +181,10 @@ impl Walker<'_> {
                 }
                 libc::S_IFREG => {
                     self.xattrs(dir, &entry)?;
-                    if self.reencrypt && !self.dry_run {
+                    // A header-only file (a FIFO, socket or device node) has no contents to
+                    // re-encrypt: its header is rewrapped like any other.
+                    let header_only = st.st_size == HEADER_LEN as i64;
+                    if self.reencrypt && !self.dry_run && !header_only {
                         if st.st_nlink > 1 {
                             let mut name = self.path.clone();
                             name.push(entry.clone());

@@ -267,7 +267,7 @@ fn version_names_the_format() {
     let tmp = tempfile::tempdir().unwrap();
     let o = vaultfs(tmp.path(), &["--version"]);
     assert!(
-        String::from_utf8_lossy(&o.stdout).contains("on-disk format 1"),
+        String::from_utf8_lossy(&o.stdout).contains("on-disk format 2"),
         "{:?}",
         o
     );

@@ -780,3 +780,131 @@ fn no_revocation_during_an_unfinished_rotation() {
     run_ok(&mut v.with_password(&["rotate", "--reencrypt"]));
     run_ok(&mut v.with_password(&["keyslot", "remove", "--label", "bob"]));
 }
+
+/// Finding 6: a FIFO, socket or device node planted in the backing store under a regular
+/// file's encrypted name reads as EIO (never a FIFO that makes readers hang); format 2 keeps
+/// the vault's own FIFOs, sockets and device nodes in header-only files whose authenticated
+/// header says the type, and fsck names a planted node.
+#[test]
+fn a_planted_fifo_socket_or_device_reads_eio_and_never_hangs() {
+    if !fuse_available() {
+        return;
+    }
+    let v = TestVault::new(4096);
+    v.mount();
+    let kinds = [
+        ("fifo", libc::S_IFIFO),
+        ("sock", libc::S_IFSOCK),
+        ("chr", libc::S_IFCHR),
+    ];
+    for (name, _) in kinds {
+        fs::write(v.p(name), b"a regular file").unwrap();
+    }
+    let ours = std::ffi::CString::new(v.p("our-fifo").to_str().unwrap()).unwrap();
+    // SAFETY: mkfifo on a NUL-terminated path.
+    assert_eq!(unsafe { libc::mkfifo(ours.as_ptr(), 0o644) }, 0);
+    v.unmount();
+    for (name, kind) in kinds {
+        let backing = backing_of(&v, name);
+        fs::remove_file(&backing).unwrap();
+        let c = std::ffi::CString::new(backing.to_str().unwrap()).unwrap();
+        // SAFETY: mknod on a NUL-terminated path (device 1:3 is /dev/null's).
+        let r = unsafe { libc::mknod(c.as_ptr(), kind | 0o666, libc::makedev(1, 3)) };
+        assert_eq!(r, 0, "mknod {name}");
+    }
+    v.mount();
+    for (name, _) in kinds {
+        // `timeout` turns a hang into exit 124.
+        let o = Command::new("timeout")
+            .args(["5", "cat"])
+            .arg(v.p(name))
+            .output()
+            .unwrap();
+        assert_ne!(o.status.code(), Some(124), "{name}: reading hung");
+        assert!(!o.status.success(), "{name}: read through the planted node");
+        assert_eq!(
+            errno_of(fs::symlink_metadata(v.p(name))),
+            libc::EIO,
+            "{name}"
+        );
+    }
+    let md = fs::symlink_metadata(v.p("our-fifo")).unwrap();
+    assert!(std::os::unix::fs::FileTypeExt::is_fifo(&md.file_type()));
+    v.unmount();
+    // The vault's own FIFO is a header-only regular file in the backing store.
+    let ours = fs::symlink_metadata(backing_of(&v, "our-fifo")).unwrap();
+    assert!(ours.is_file() && ours.len() == 144);
+    let o = v.with_password(&["fsck"]).output().unwrap();
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert_eq!(o.status.code(), Some(vaultfs::exitcodes::DAMAGED), "{out}");
+    assert_eq!(out.matches("planted").count(), 3, "{out}");
+}
+
+/// Finding 6, format 1: a vault made by format 1 keeps its FIFOs as backing FIFOs, which
+/// this build still accepts there (and only there: the key database says so, under the MAC).
+#[test]
+fn a_format_1_vaults_own_fifos_still_work() {
+    if !fuse_available() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let vault = tmp.path().join("vault");
+    assert!(
+        Command::new("cp")
+            .args(["-a", "tests/vectors/v1/vault"])
+            .arg(&vault)
+            .status()
+            .unwrap()
+            .success()
+    );
+    let state = tmp.path().join("state");
+    let mnt = tmp.path().join("mnt");
+    fs::create_dir(&mnt).unwrap();
+    let pw = tmp.path().join("pw");
+    fs::write(&pw, "vaultfs test vector password\n").unwrap();
+    let o = run_ok(
+        vaultfs(&state)
+            .args(["encrypt-path", "--passfile"])
+            .arg(&pw)
+            .arg(&vault)
+            .arg("/old-fifo"),
+    );
+    let backing = vault.join(String::from_utf8(o.stdout).unwrap().trim());
+    let c = std::ffi::CString::new(backing.to_str().unwrap()).unwrap();
+    // SAFETY: mkfifo on a NUL-terminated path.
+    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0, "{backing:?}");
+    run_ok(&mut mount_cmd(&state, &pw, &vault, &mnt));
+    let md = fs::symlink_metadata(mnt.join("old-fifo")).unwrap();
+    assert!(std::os::unix::fs::FileTypeExt::is_fifo(&md.file_type()));
+    run_ok(vaultfs(&state).arg("unmount").arg(&mnt));
+}
+
+/// Final review, finding 1: a local user who owns the directory above the state directory
+/// renamed root's `vaultfs/` away, and the next mount started afresh: no epoch (rollback
+/// accepted again), no pending audit events. A state directory whose ancestors someone
+/// else could change is refused.
+#[test]
+fn a_state_directory_under_another_users_directory_is_refused() {
+    if !root_and_fuse() {
+        return;
+    }
+    let v = TestVault::new(4096);
+    fs::set_permissions(v.tmp.path(), fs::Permissions::from_mode(0o755)).unwrap();
+    let theirs = v.tmp.path().join("theirs");
+    fs::create_dir(&theirs).unwrap();
+    std::os::unix::fs::chown(&theirs, Some(65534), Some(65534)).unwrap();
+    let o = mount_cmd(&theirs, &v.passfile, &v.vault, &v.mnt)
+        .output()
+        .unwrap();
+    let mounted = v.is_mounted();
+    if mounted {
+        let _ = vaultfs(&theirs).arg("unmount").arg(&v.mnt).output();
+    }
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        !mounted && !o.status.success(),
+        "mounted with a state directory under uid 65534's"
+    );
+    assert!(err.contains("owned by uid 65534"), "{err}");
+    assert!(!theirs.join("vaultfs").exists());
+}

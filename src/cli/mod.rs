@@ -17,7 +17,7 @@ use crate::vault::init::{InitOptions, init, open_keystore};
 use crate::vault::{Result, VaultError, status};
 use password::PasswordArgs;
 
-const LONG_VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), " (on-disk format 1)");
+const LONG_VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), " (on-disk format 2; reads 1)");
 
 #[derive(Debug, Parser)]
 #[command(name = "vaultfs", version, long_version = LONG_VERSION, about = "Encrypted filesystem with per-file keys, keyslots and master-key rotation")]
@@ -586,7 +586,8 @@ fn cmd_fsck(a: FsckArgs) -> Result<()> {
         ));
         bar.tick();
     };
-    let mut report = crate::fsck::check(&a.vault, &u.keyring, u.layout(), &progress)
+    let legacy_nodes = u.state().config.legacy_nodes;
+    let mut report = crate::fsck::check(&a.vault, &u.keyring, u.layout(), legacy_nodes, &progress)
         .map_err(VaultError::io(format!("cannot read {}", a.vault.display())))?;
     // The key database itself: its state authenticated when it unlocked; the audit chain here.
     let audit_key = crate::vault::audit::audit_key(&u.k_auth, &u.state().config.vault_id);

@@ -4,8 +4,9 @@
 //! offset len field
 //!      0   8 magic "VAULTFS\0"
 //!      8   2 format version (u16 BE): 1, or 2 for files written since format 2
-//!     10   2 flags (u16 BE): version 2 only, bit 0 = HOLES; version 1: must be 0
-//!     12   4 reserved (must be 0)
+//!     10   2 flags (u16 BE): version 2 only, bit 0 = HOLES, bits 8..11 = node type;
+//!              version 1: must be 0
+//!     12   4 device number of a device node (u32 BE), else 0
 //!     16  16 file ID (random)
 //!     32   8 chunk-write budget used under this file key (u64 BE)
 //!     40  52 key slot 0: generation (u32 BE, 0 = empty) || AES-256-SIV(file key) (48)
@@ -32,6 +33,43 @@ pub const MAGIC: &[u8; 8] = b"VAULTFS\0";
 pub const FORMAT_VERSION: u16 = 2;
 /// Flag of a version-2 header: the file may hold holes (all-zero chunks read as zeros).
 pub const FLAG_HOLES: u16 = 1;
+/// Bits 8..11 of a version-2 header's flags: the node type of a header-only file.
+const NODE_SHIFT: u16 = 8;
+const NODE_MASK: u16 = 0xf << NODE_SHIFT;
+
+/// What a header-only backing file stands for (format 2): FIFOs, sockets and device nodes
+/// are stored as a 144-byte header, so their type (and device number) is authenticated
+/// like everything else in the header.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NodeType {
+    Fifo = 1,
+    Socket = 2,
+    CharDevice = 3,
+    BlockDevice = 4,
+}
+
+impl NodeType {
+    fn from_code(code: u16) -> Option<NodeType> {
+        match code {
+            1 => Some(NodeType::Fifo),
+            2 => Some(NodeType::Socket),
+            3 => Some(NodeType::CharDevice),
+            4 => Some(NodeType::BlockDevice),
+            _ => None,
+        }
+    }
+
+    /// The type of a `mknod` mode (S_IFIFO, S_IFSOCK, S_IFCHR, S_IFBLK).
+    pub fn from_mode(mode: u32) -> Option<NodeType> {
+        match mode & libc::S_IFMT {
+            libc::S_IFIFO => Some(NodeType::Fifo),
+            libc::S_IFSOCK => Some(NodeType::Socket),
+            libc::S_IFCHR => Some(NodeType::CharDevice),
+            libc::S_IFBLK => Some(NodeType::BlockDevice),
+            _ => None,
+        }
+    }
+}
 const FIXED_LEN: usize = 40;
 const WRAPPED_LEN: usize = 32 + SIV_TAG_LEN;
 const SLOT_LEN: usize = 4 + WRAPPED_LEN;
@@ -49,8 +87,10 @@ pub struct KeySlot {
 pub struct FileHeader {
     /// 1 or 2 (bytes 8..10); kept as read, since the wrapped keys' AD covers it.
     pub version: u16,
-    /// Version 2: FLAG_HOLES or 0. Version 1: 0 (holes are always allowed there).
+    /// Version 2: FLAG_HOLES and the node type bits. Version 1: 0 (holes always allowed).
     pub flags: u16,
+    /// Device number of a device node (bytes 12..16), else 0.
+    pub rdev: u32,
     pub file_id: FileId,
     pub writes_used: u64,
     pub slots: [Option<KeySlot>; 2],
@@ -68,6 +108,7 @@ impl FileHeader {
         let mut header = FileHeader {
             version: FORMAT_VERSION,
             flags: 0,
+            rdev: 0,
             file_id,
             writes_used: reserve,
             slots: [None, None],
@@ -76,11 +117,36 @@ impl FileHeader {
         Ok((header, file_key))
     }
 
+    /// The header of a FIFO, socket or device node: a fresh ID and key (the key is never
+    /// used; it makes the header authenticate), the type and device number in the fields
+    /// the wrapped key's AD covers.
+    pub fn create_node(
+        keyring: &Keyring,
+        node: NodeType,
+        rdev: u32,
+    ) -> Result<FileHeader, CryptoError> {
+        let (mut header, key) = Self::create(keyring, 0)?;
+        header.flags = (node as u16) << NODE_SHIFT;
+        header.rdev = if matches!(node, NodeType::CharDevice | NodeType::BlockDevice) {
+            rdev
+        } else {
+            0
+        };
+        header.slots[0] = Some(header.wrap(0, keyring.active(), &key));
+        Ok(header)
+    }
+
+    /// The node type of a header-only file, None for a regular file.
+    pub fn node(&self) -> Option<NodeType> {
+        NodeType::from_code((self.flags & NODE_MASK) >> NODE_SHIFT)
+    }
+
     fn fixed_fields(&self) -> [u8; FIXED_LEN] {
         let mut b = [0u8; FIXED_LEN];
         b[..8].copy_from_slice(MAGIC);
         b[8..10].copy_from_slice(&self.version.to_be_bytes());
         b[10..12].copy_from_slice(&self.flags.to_be_bytes());
+        b[12..16].copy_from_slice(&self.rdev.to_be_bytes());
         b[16..32].copy_from_slice(&self.file_id);
         b[32..40].copy_from_slice(&self.writes_used.to_be_bytes());
         b
@@ -253,8 +319,22 @@ impl FileHeader {
             ));
         }
         let flags = u16::from_be_bytes([bytes[10], bytes[11]]);
-        let known = if version == 1 { 0 } else { FLAG_HOLES };
-        if flags & !known != 0 || bytes[12..16].iter().any(|&b| b != 0) {
+        let rdev = u32::from_be_bytes(bytes[12..16].try_into().expect("4 bytes"));
+        let known = if version == 1 {
+            0
+        } else {
+            FLAG_HOLES | NODE_MASK
+        };
+        let node = (flags & NODE_MASK) >> NODE_SHIFT;
+        let is_device = matches!(
+            NodeType::from_code(node),
+            Some(NodeType::CharDevice | NodeType::BlockDevice)
+        );
+        if flags & !known != 0
+            || (node != 0 && NodeType::from_code(node).is_none())
+            || (node != 0 && flags & FLAG_HOLES != 0)
+            || (rdev != 0 && !is_device)
+        {
             return Err(CryptoError::Malformed("unknown file header flags"));
         }
         let mut file_id = [0u8; 16];
@@ -285,6 +365,7 @@ impl FileHeader {
         Ok(FileHeader {
             version,
             flags,
+            rdev,
             file_id,
             writes_used,
             slots,

@@ -31,6 +31,7 @@ use rustix::fs::{Mode, OFlags, Stat};
 
 use crate::crypto::chunk::ChunkLayout;
 use crate::crypto::dirid::{ROOT_PARENT, open_dir_id};
+use crate::crypto::header::{FileHeader, HEADER_LEN, NodeType};
 use crate::crypto::names::{
     self, BackingName, DIRID_FILE, DIRID_NEXT_FILE, EntryKind, NameError, decrypt_name,
     encrypt_name, read_side_file,
@@ -60,6 +61,11 @@ pub struct FsConfig {
     /// The kernel checks permission bits (`default_permissions`); without it only root (all
     /// uids 0, gids root's) can enter, and vaultfs answers access(2) as root's.
     pub kernel_checks_permissions: bool,
+    /// The vault may hold FIFOs, sockets and device nodes as format 1 made them: backing
+    /// nodes of that type, unauthenticated. Otherwise (a vault made by format 2) such a
+    /// backing node was planted, and reads as damage; format 2 stores them as header-only
+    /// files (`crypto::header::NodeType`).
+    pub legacy_nodes: bool,
 }
 
 impl FsConfig {
@@ -111,6 +117,8 @@ pub(crate) struct Node {
     pub parent: u64,
     pub entry: String,
     pub kind: FileType,
+    /// Device number of a device node stored as a header-only file (from its header).
+    pub rdev: u32,
     /// O_PATH fd on the backing inode. Directories always hold theirs; other nodes may have
     /// it closed when too many are open (`LooseFds`) and reopened by name on next use.
     pub fd: Option<Arc<OwnedFd>>,
@@ -403,6 +411,7 @@ impl VaultFs {
                 parent: ROOT,
                 entry: String::new(),
                 kind: FileType::Directory,
+                rdev: 0,
                 fd: Some(Arc::new(root)),
                 links: 1,
                 dir_id: Some(root_id),
@@ -820,12 +829,29 @@ impl VaultFs {
             return Err(EIO);
         }
         let ino = self.fuse_ino(st.st_ino);
-        let kind = file_type(st.st_mode);
+        let backing_kind = file_type(st.st_mode);
+        if !matches!(
+            backing_kind,
+            FileType::RegularFile | FileType::Directory | FileType::Symlink
+        ) && !self.config.legacy_nodes
+        {
+            // Format 2 keeps FIFOs, sockets and device nodes in header-only files: a backing
+            // node of such a type was planted (and a FIFO would make readers hang).
+            return Err(self.damaged(
+                parent,
+                &format!("entry {entry}"),
+                "a backing FIFO, socket or device node, which this vault never makes",
+            ));
+        }
+        let mut kind = backing_kind;
         {
             let mut nodes = self.nodes.lock().expect("lock");
             if let Some(n) = nodes.get_mut(&ino)
                 && !n.damaged
             {
+                if backing_kind == FileType::RegularFile && st.st_size == HEADER_LEN as i64 {
+                    kind = n.kind;
+                }
                 n.lookups += 1;
                 n.parent = parent;
                 n.entry = entry.to_string();
@@ -866,11 +892,22 @@ impl VaultFs {
             None
         };
         let damaged = kind == FileType::Directory && dir_id.is_none();
+        // A regular backing file of exactly a header's length is a FIFO, socket or device
+        // node if its (authenticated) header says so; otherwise a damaged file, as before.
+        let mut rdev = 0;
+        if kind == FileType::RegularFile
+            && st.st_size == HEADER_LEN as i64
+            && let Some((node_kind, node_rdev)) = self.read_node_header(path_fd.as_fd())
+        {
+            kind = node_kind;
+            rdev = node_rdev;
+        }
         let mut nodes = self.nodes.lock().expect("lock");
         let n = nodes.entry(ino).or_insert_with(|| Node {
             parent,
             entry: entry.to_string(),
             kind,
+            rdev,
             fd: Some(Arc::new(path_fd)),
             links: st.st_nlink,
             dir_id,
@@ -990,9 +1027,47 @@ impl VaultFs {
         n.page_stamp.replace(now) == Some(now)
     }
 
+    /// The node type and device number a header-only backing file stands for, if its header
+    /// authenticates and names one.
+    fn read_node_header(&self, path_fd: BorrowedFd<'_>) -> Option<(FileType, u32)> {
+        let read = || -> FsResult<[u8; HEADER_LEN]> {
+            let fd = backing::reopen(path_fd, rustix::fs::OFlags::RDONLY).map_err(errno)?;
+            let mut head = [0u8; HEADER_LEN];
+            let n = backing::pread_full(fd.as_fd(), &mut head, 0).map_err(errno)?;
+            if n == HEADER_LEN { Ok(head) } else { Err(EIO) }
+        };
+        let head = self.retry_with_access(path_fd, 0o400, read).ok()?;
+        let header = FileHeader::decode(&head).ok()?;
+        let node = header.node()?;
+        header.unwrap_key(&self.keyring).ok()?;
+        let kind = match node {
+            NodeType::Fifo => FileType::NamedPipe,
+            NodeType::Socket => FileType::Socket,
+            NodeType::CharDevice => FileType::CharDevice,
+            NodeType::BlockDevice => FileType::BlockDevice,
+        };
+        Some((kind, header.rdev))
+    }
+
     /// Attributes of a node from a backing stat (sizes translated to plaintext).
     pub(crate) fn attr_of(&self, ino: u64, kind: FileType, st: &Stat) -> FileAttr {
+        // A FIFO, socket or device node kept in a header-only file: no size, and its device
+        // number from the header.
+        let header_node = !matches!(
+            kind,
+            FileType::RegularFile | FileType::Directory | FileType::Symlink
+        ) && st.st_mode & libc::S_IFMT == libc::S_IFREG;
+        let rdev = if header_node {
+            self.nodes
+                .lock()
+                .expect("lock")
+                .get(&ino)
+                .map_or(0, |n| n.rdev)
+        } else {
+            st.st_rdev as u32
+        };
         let size = match kind {
+            _ if header_node => 0,
             FileType::RegularFile => {
                 let open = self
                     .open_files
@@ -1024,7 +1099,7 @@ impl VaultFs {
             nlink: st.st_nlink as u32,
             uid: st.st_uid,
             gid: st.st_gid,
-            rdev: st.st_rdev as u32,
+            rdev,
             blksize: 4096,
             flags: 0,
         }
@@ -1142,7 +1217,7 @@ impl VaultFs {
             };
             match decrypt_name(&self.keyring, &dir_id, &encoded) {
                 Ok((name, _)) => {
-                    let kind = if e.file_type == rustix::fs::FileType::Unknown {
+                    let mut kind = if e.file_type == rustix::fs::FileType::Unknown {
                         match backing::lstat(fd.as_fd(), &e.name) {
                             Ok(st) => file_type(st.st_mode),
                             Err(_) => continue,
@@ -1150,6 +1225,13 @@ impl VaultFs {
                     } else {
                         file_type(e.file_type.as_raw_mode())
                     };
+                    // A FIFO, socket or device node in a header-only file lists as a regular
+                    // file in the backing directory; a known node says what it is.
+                    if kind == FileType::RegularFile
+                        && let Some(n) = self.nodes.lock().expect("lock").get(&self.fuse_ino(e.ino))
+                    {
+                        kind = n.kind;
+                    }
                     out.push(DirListing {
                         name,
                         off: entry_offset(&e.name),

@@ -23,6 +23,7 @@ use super::{
     DirListing, DirStream, FsResult, Handle, ROOT, VaultFs, errno, order_listing, resume_at,
 };
 use crate::crypto::dirid::seal_dir_id;
+use crate::crypto::header::{FileHeader, NodeType};
 use crate::crypto::names::{BackingName, DIRID_FILE, DIRID_NEXT_FILE, NAME_MAX};
 use crate::crypto::{blob, keys};
 
@@ -62,6 +63,23 @@ fn lock_two<'a>(
     } else {
         let gb = b.1.change();
         (gb, Some(a.1.change()))
+    }
+}
+
+/// What a `make_node` maker made: a regular file (open), an entry it holds an fd on, or
+/// one that can only be found again by name (a symlink).
+enum Made {
+    File(Box<OpenFile>),
+    Fd(std::os::fd::OwnedFd),
+    Named,
+}
+
+impl Made {
+    fn into_file(self) -> Option<OpenFile> {
+        match self {
+            Made::File(f) => Some(*f),
+            _ => None,
+        }
     }
 }
 
@@ -258,7 +276,7 @@ impl VaultFs {
         parent: u64,
         name: &OsStr,
         mode: Option<u32>,
-        make: impl Fn(std::os::fd::BorrowedFd<'_>, &str) -> FsResult<Option<OpenFile>>,
+        make: impl Fn(std::os::fd::BorrowedFd<'_>, &str) -> FsResult<Made>,
     ) -> FsResult<(u64, fuser::FileAttr, Option<Arc<OpenFile>>)> {
         self.retry_enospc(|| self.make_node_once(req, parent, name, mode, &make))
     }
@@ -269,7 +287,7 @@ impl VaultFs {
         parent: u64,
         name: &OsStr,
         mode: Option<u32>,
-        make: &impl Fn(std::os::fd::BorrowedFd<'_>, &str) -> FsResult<Option<OpenFile>>,
+        make: &impl Fn(std::os::fd::BorrowedFd<'_>, &str) -> FsResult<Made>,
     ) -> FsResult<(u64, fuser::FileAttr, Option<Arc<OpenFile>>)> {
         self.writable()?;
         Self::check_name(name)?;
@@ -292,10 +310,13 @@ impl VaultFs {
             // and its owner and mode set only where what it got differs from what is asked
             // (the backing filesystem's group rules and default ACLs decide what it got).
             let fd = match &made {
-                Some(f) => {
+                Made::File(f) => {
                     backing::reopen(f.store().as_fd(), rustix::fs::OFlags::PATH).map_err(errno)?
                 }
-                None => super::open_path(pfd.as_fd(), bn.entry())?,
+                Made::Fd(fd) => {
+                    backing::reopen(fd.as_fd(), rustix::fs::OFlags::PATH).map_err(errno)?
+                }
+                Made::Named => super::open_path(pfd.as_fd(), bn.entry())?,
             };
             let mut st = backing::fstat(fd.as_fd()).map_err(errno)?;
             let chown = self.is_root && (st.st_uid, st.st_gid) != (uid, gid);
@@ -322,7 +343,7 @@ impl VaultFs {
             }
         };
         let (ino, attr, _) = self.register_stat(parent, &pid, bn.entry(), fd, st, false)?;
-        let file = made.map(|f| {
+        let file = made.into_file().map(|f| {
             let f = Arc::new(f);
             self.open_files
                 .lock()
@@ -338,12 +359,37 @@ impl VaultFs {
     fn make_regular(
         &self,
         mode: u32,
-    ) -> impl Fn(std::os::fd::BorrowedFd<'_>, &str) -> FsResult<Option<OpenFile>> + '_ {
+    ) -> impl Fn(std::os::fd::BorrowedFd<'_>, &str) -> FsResult<Made> + '_ {
         move |dfd, entry| {
             let fd = backing::create_regular(dfd, entry, mode & 0o777).map_err(errno)?;
             // A half-made file (no header) must not stay behind.
             OpenFile::create(fd, &self.keyring, self.layout)
-                .map(Some)
+                .map(|f| Made::File(Box::new(f)))
+                .inspect_err(|_| {
+                    let _ = backing::unlink(dfd, entry);
+                })
+        }
+    }
+
+    /// `make_node`'s maker for a FIFO, socket or device node: a header-only regular file
+    /// whose authenticated header names the type and device number (format 2), created with
+    /// `mode`'s permission bits. The kernel serves such a node itself; the daemon never
+    /// opens it for I/O.
+    fn make_special(
+        &self,
+        node: NodeType,
+        mode: u32,
+        rdev: u32,
+    ) -> impl Fn(std::os::fd::BorrowedFd<'_>, &str) -> FsResult<Made> + '_ {
+        move |dfd, entry| {
+            let header = FileHeader::create_node(&self.keyring, node, rdev).map_err(|e| {
+                log::error!("cannot create a node header: {e}");
+                EIO
+            })?;
+            let fd = backing::create_regular(dfd, entry, mode & 0o777).map_err(errno)?;
+            backing::pwrite_all(fd.as_fd(), &header.encode(), 0)
+                .map_err(errno)
+                .map(|()| Made::Fd(fd))
                 .inspect_err(|_| {
                     let _ = backing::unlink(dfd, entry);
                 })
@@ -863,11 +909,16 @@ impl Filesystem for VaultFs {
                 Err(code) => reply.error(e(code)),
             };
         }
-        let result = self.make_node(req, parent.0, name, Some(mode), |dfd, entry| {
-            backing::mknod(dfd, entry, mode, rdev.into())
-                .map_err(errno)
-                .map(|_| None)
-        });
+        let Some(node) = NodeType::from_mode(mode) else {
+            return reply.error(e(EINVAL));
+        };
+        let result = self.make_node(
+            req,
+            parent.0,
+            name,
+            Some(mode),
+            self.make_special(node, mode, rdev),
+        );
         match self.logged("mknod", parent.0, result) {
             Ok((_, attr, _)) => reply.entry(&self.config.ttl(), &attr, Generation(0)),
             Err(code) => reply.error(e(code)),
@@ -924,7 +975,7 @@ impl Filesystem for VaultFs {
         let result = self.make_node(req, parent.0, link_name, None, |dfd, entry| {
             backing::symlink(&sealed, dfd, entry)
                 .map_err(errno)
-                .map(|_| None)
+                .map(|_| Made::Named)
         });
         match self.logged("symlink", parent.0, result) {
             Ok((_, attr, _)) => reply.entry(&self.config.ttl(), &attr, Generation(0)),

@@ -87,6 +87,7 @@ CREATE TRIGGER audit_no_delete BEFORE DELETE ON audit
     r#"
 ALTER TABLE config ADD COLUMN audit_count INTEGER NOT NULL DEFAULT 0;
 ALTER TABLE config ADD COLUMN audit_head BLOB NOT NULL DEFAULT x'';
+ALTER TABLE config ADD COLUMN legacy_nodes INTEGER NOT NULL DEFAULT 1;
 "#,
 ];
 
@@ -373,9 +374,9 @@ impl KeyDb {
         let bad = |what: &str| VaultError::refused(p, format!("invalid {what}"));
         // Schema 1 has no audit columns: read them as a format-1 state has them (none).
         let audit_cols = if self.schema_version >= 2 {
-            "audit_count, audit_head"
+            "audit_count, audit_head, legacy_nodes"
         } else {
-            "0, x''"
+            "0, x'', 1"
         };
         let row = self
             .conn
@@ -397,7 +398,11 @@ impl KeyDb {
                         r.get::<_, i64>(8)?,
                         r.get::<_, i64>(9)?,
                         r.get::<_, Vec<u8>>(10)?,
-                        (r.get::<_, i64>(11)?, r.get::<_, Vec<u8>>(12)?),
+                        (
+                            r.get::<_, i64>(11)?,
+                            r.get::<_, Vec<u8>>(12)?,
+                            r.get::<_, i64>(13)?,
+                        ),
                     ))
                 },
             )
@@ -414,7 +419,7 @@ impl KeyDb {
             created,
             epoch,
             mac,
-            (audit_count, audit_head),
+            (audit_count, audit_head, legacy_nodes),
         ) = row;
         if format_version > FORMAT_VERSION {
             return Err(VaultError::NewerFormat {
@@ -448,6 +453,11 @@ impl KeyDb {
             audit_head: Some(audit_head)
                 .filter(|h| h.is_empty() || h.len() == crate::crypto::mac::MAC_LEN)
                 .ok_or_else(|| bad("audit head"))?,
+            legacy_nodes: match legacy_nodes {
+                0 => false,
+                1 => true,
+                _ => return Err(bad("legacy_nodes")),
+            },
         };
 
         let mut stmt = self
@@ -631,8 +641,9 @@ impl KeyDb {
         tx.execute("DELETE FROM config", []).map_err(&e)?;
         tx.execute(
             "INSERT INTO config (id, vault_id, format_version, chunk_size, longname_max, kdf_log_n, kdf_r, kdf_p,
-                                 backing_missing, created, epoch, state_mac, audit_count, audit_head)
-             VALUES (1, ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
+                                 backing_missing, created, epoch, state_mac, audit_count, audit_head,
+                                 legacy_nodes)
+             VALUES (1, ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
             params![
                 &c.vault_id[..],
                 c.format_version,
@@ -646,7 +657,8 @@ impl KeyDb {
                 c.epoch as i64,
                 mac,
                 c.audit_count,
-                c.audit_head
+                c.audit_head,
+                c.legacy_nodes
             ],
         )
         .map_err(&e)?;

@@ -198,6 +198,8 @@ fn create(o: &InitOptions, keystore: &Path, password: &[u8]) -> Result<InitRepor
             epoch: 1,
             audit_count: 0,
             audit_head: Vec::new(),
+            // Made by format 2: FIFOs, sockets and devices only in header-only files.
+            legacy_nodes: false,
         },
         slots,
         generations: vec![Generation {

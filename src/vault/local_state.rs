@@ -68,6 +68,59 @@ fn check_owned(path: &Path, st: &rustix::fs::Stat, kind: FileType) -> Result<()>
     Ok(())
 }
 
+/// Every directory above the state root must be safe from other users, as sshd's
+/// StrictModes asks of a home directory: owned by root or the effective user, and writable
+/// by group or others only with the sticky bit (so nobody else can rename our directory
+/// away and put theirs in its place); a symlink on the way must be root's or ours.
+fn check_ancestors(dir: &Path) -> Result<()> {
+    let euid = rustix::process::geteuid().as_raw();
+    let trusted = |uid: u32| uid == 0 || uid == euid;
+    let check = |p: &Path, follow: bool| -> Result<()> {
+        let md = if follow {
+            fs::metadata(p)
+        } else {
+            fs::symlink_metadata(p)
+        }
+        .map_err(io_err(p, "stat"))?;
+        use std::os::unix::fs::MetadataExt;
+        if md.file_type().is_symlink() {
+            return if trusted(md.uid()) {
+                Ok(())
+            } else {
+                Err(not_private(
+                    p,
+                    format!("a symlink owned by uid {}", md.uid()),
+                ))
+            };
+        }
+        if !trusted(md.uid()) {
+            return Err(not_private(p, format!("owned by uid {}", md.uid())));
+        }
+        if md.mode() & 0o022 != 0 && md.mode() & 0o1000 == 0 {
+            return Err(not_private(
+                p,
+                "others may write it (and it has no sticky bit)".into(),
+            ));
+        }
+        Ok(())
+    };
+    let absolute = if dir.is_absolute() {
+        dir.to_path_buf()
+    } else {
+        std::env::current_dir()
+            .map_err(io_err(dir, "resolve"))?
+            .join(dir)
+    };
+    for p in absolute.ancestors() {
+        check(p, false)?;
+    }
+    let real = fs::canonicalize(&absolute).map_err(io_err(&absolute, "resolve"))?;
+    for p in real.ancestors() {
+        check(p, true)?;
+    }
+    Ok(())
+}
+
 impl StateDir {
     /// The state root, created 0700 if missing (its missing parents too).
     pub fn root() -> Result<StateDir> {
@@ -81,6 +134,7 @@ impl StateDir {
                 .map_err(io_err(parent, "create"))?;
         }
         let parent = path.parent().unwrap_or(Path::new("/"));
+        check_ancestors(parent)?;
         let parent_fd = rustix::fs::open(
             parent,
             OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
@@ -368,6 +422,30 @@ mod tests {
                 .expect("symlinked root refused")
                 .to_string();
             assert!(err.contains("not private"), "{err}");
+        });
+    }
+
+    #[test]
+    fn a_state_root_whose_parent_others_can_write_is_refused() {
+        with_state_home(|home| {
+            // A parent writable by all without the sticky bit: anyone could rename the state
+            // directory away and put their own in its place.
+            let open = home.join("open");
+            fs::create_dir(&open).unwrap();
+            fs::set_permissions(&open, fs::Permissions::from_mode(0o777)).unwrap();
+            // SAFETY: the test lock serializes the variable.
+            unsafe { std::env::set_var("XDG_STATE_HOME", open.join("state")) };
+            let err = StateDir::root().err().expect("refused").to_string();
+            assert!(err.contains("sticky"), "{err}");
+            // With the sticky bit (as /tmp), fine.
+            fs::set_permissions(&open, fs::Permissions::from_mode(0o1777)).unwrap();
+            StateDir::root().unwrap();
+            // Owned by another user: refused.
+            if rustix::process::geteuid().is_root() {
+                std::os::unix::fs::chown(&open, Some(65534), None).unwrap();
+                let err = StateDir::root().err().expect("refused").to_string();
+                assert!(err.contains("owned by uid 65534"), "{err}");
+            }
         });
     }
 

@@ -163,6 +163,8 @@ pub fn rebuild_keystore(
             epoch: local_state::seen_epoch(&vault_id)? + 1,
             audit_count: 0,
             audit_head: Vec::new(),
+            // Made by format 2: FIFOs, sockets and devices only in header-only files.
+            legacy_nodes: false,
         },
         slots,
         generations,

@@ -32,6 +32,10 @@ pub struct Config {
     /// the state MAC fixes the audit log's end: a cut tail no longer goes unnoticed.
     pub audit_count: i64,
     pub audit_head: Vec<u8>,
+    /// Format 2: the vault may hold FIFOs, sockets and device nodes as format 1 made them
+    /// (backing nodes of that type, unauthenticated). False for vaults made by format 2,
+    /// where a backing node of such a type is refused as planted.
+    pub legacy_nodes: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -159,7 +163,9 @@ impl VaultState {
             .int(c.created)
             .int(c.epoch as i64);
         if c.format_version >= 2 {
-            m.int(c.audit_count).bytes(&c.audit_head);
+            m.int(c.audit_count)
+                .bytes(&c.audit_head)
+                .int(c.legacy_nodes as i64);
         }
         let mut slots: Vec<&Slot> = self.slots.iter().collect();
         slots.sort_by_key(|s| s.slot_id);
@@ -304,6 +310,7 @@ pub(crate) mod tests {
                 epoch: 1,
                 audit_count: 0,
                 audit_head: Vec::new(),
+                legacy_nodes: false,
             },
             slots: vec![Slot {
                 slot_id: 1,
