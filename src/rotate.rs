@@ -640,6 +640,10 @@ fn start(u: &mut Unlocked, reencrypt: bool) -> Result<(u32, u32, bool)> {
         u.commit(&[("rotate-resume", format!("generation {from} -> {to}"))])?;
         return Ok((from, to, true));
     }
+    if u.keystore.state.config.format_version < crate::vault::state::FORMAT_VERSION {
+        // The upgrade renews K_auth and reseals the live generations: before the new one.
+        u.commit(&[("upgrade", "key database format 1 -> 2".into())])?;
+    }
     let state = &u.keystore.state;
     let vault_id = state.config.vault_id;
     let old = state
@@ -675,6 +679,9 @@ fn start(u: &mut Unlocked, reencrypt: bool) -> Result<(u32, u32, bool)> {
     // The recovery file of the new generation first: it must exist before anything is
     // written under the generation it holds.
     if let Some(slot) = state.slots.iter().find(|s| s.kind == SlotKind::Recovery) {
+        // Sealed with the PSK of the K_auth the recovery slot's blob holds (its anchor),
+        // which is what the recovery key opens.
+        let anchor_key = u.auth_key_at(slot.anchor())?;
         let info = RecoveryFileInfo::for_slot(&state.config, slot, new)?;
         let name = recovery_file::file_name(new);
         let backing = u.keystore.paths.backing.clone();
@@ -682,7 +689,7 @@ fn start(u: &mut Unlocked, reencrypt: bool) -> Result<(u32, u32, bool)> {
         crate::vault::layout::write_file_durably(
             &backing,
             &name,
-            &info.seal(&u.k_auth, &master)?,
+            &info.seal(&anchor_key, &master)?,
             0o400,
         )?;
     }

@@ -300,7 +300,7 @@ fn a_keyslot_or_database_from_another_vault_is_refused() {
     )
     .unwrap();
     c.execute_batch(
-        "INSERT INTO keyslots SELECT 3, 'planted', kind, created, public_key, kdf_log_n, kdf_r, kdf_p, salt, wrapped FROM b.keyslots WHERE slot_id = 1;
+        "INSERT INTO keyslots SELECT 3, 'planted', kind, created, public_key, kdf_log_n, kdf_r, kdf_p, salt, wrapped, anchor_epoch FROM b.keyslots WHERE slot_id = 1;
          INSERT INTO generation_seals SELECT generation, 3, enc, sealed FROM b.generation_seals WHERE slot_id = 1;",
     )
     .unwrap();

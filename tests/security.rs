@@ -908,3 +908,139 @@ fn a_state_directory_under_another_users_directory_is_refused() {
     assert!(err.contains("owned by uid 65534"), "{err}");
     assert!(!theirs.join("vaultfs").exists());
 }
+
+/// Rewrites the key database at `db` with `edit` applied to its state and the state MAC made
+/// with `k_auth`: what someone who holds that K_auth and can write the database can do.
+fn forge(
+    db: &Path,
+    k_auth: &vaultfs::crypto::keys::Key256,
+    edit: impl FnOnce(&mut vaultfs::vault::state::VaultState),
+) {
+    use vaultfs::vault::{db::KeyDb, state::VaultState};
+    let mut kdb = KeyDb::open(db, true).unwrap();
+    let (mut state, _) = kdb.load_state().unwrap();
+    edit(&mut state);
+    let mac = state.compute_mac(&VaultState::mac_key(k_auth, &state.config.vault_id));
+    let tx = kdb.conn.transaction().unwrap();
+    KeyDb::save_state(&tx, db, &state, &mac).unwrap();
+    tx.commit().unwrap();
+}
+
+/// Finding 1 (forging): K_auth is renewed by every revocation. A member removed with
+/// `keyslot remove`, who kept their password and a copy of the database from before, knows
+/// only the old K_auth: a state they forge with it is refused by the remaining members, and
+/// one they roll back to the old auth epoch is refused on every machine that saw the
+/// renewal, and anywhere by a member who changed their password since. (On a machine that
+/// never saw the renewal, a member whose password predates it cannot tell: SECURITY.md.)
+#[test]
+fn a_removed_member_cannot_forge_the_key_database_after_the_revocation() {
+    common::isolate_state();
+    let v = TestVault::new(4096);
+    let bob_pw = v.tmp.path().join("bob");
+    fs::write(&bob_pw, "bob's password\n").unwrap();
+    run_ok(&mut v.with_password(&[
+        "keyslot",
+        "add",
+        "--label",
+        "bob",
+        "--new-passfile",
+        bob_pw.to_str().unwrap(),
+    ]));
+    // Bob keeps a copy of the database, and his password opens his slot in it: K_auth.
+    let copy = v.tmp.path().join("copy");
+    fs::create_dir(&copy).unwrap();
+    fs::copy(v.vault.join("vaultfs.vault"), copy.join("vaultfs.vault")).unwrap();
+    fs::copy(v.vault.join("vaultfs.db"), copy.join("vaultfs.db")).unwrap();
+    let old_k_auth = vaultfs::vault::init::unlock(&copy, None, false, b"bob's password")
+        .unwrap()
+        .k_auth;
+    run_ok(&mut v.with_password(&["keyslot", "remove", "--label", "bob"]));
+    let db = v.vault.join("vaultfs.db");
+    let current = fs::read(&db).unwrap();
+    let unlocks = |state: &Path, pw: &Path| {
+        vaultfs(state)
+            .args(["fsck", "--passfile"])
+            .arg(pw)
+            .arg(&v.vault)
+            .output()
+            .unwrap()
+    };
+    let fresh = |name: &str| v.tmp.path().join(name);
+
+    // 1. The current database, edited and re-MAC'd with the old K_auth: refused anywhere.
+    forge(&db, &old_k_auth, |s| s.slots[0].label = "forged".into());
+    for state in [v.state.clone(), fresh("fresh-1")] {
+        let o = unlocks(&state, &v.passfile);
+        assert_eq!(
+            o.status.code(),
+            Some(vaultfs::exitcodes::KEYSTORE_REFUSED),
+            "{}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+    }
+
+    // 2. Bob's old copy, edited, with an epoch above anything seen and re-MAC'd with the old
+    // K_auth (a rollback of the auth epoch): refused on the machine that saw the renewal.
+    let forged_old = |db: &Path| {
+        fs::copy(copy.join("vaultfs.db"), db).unwrap();
+        forge(db, &old_k_auth, |s| {
+            s.config.epoch = 1000;
+            s.slots.retain(|slot| slot.label != "bob");
+            s.seals.retain(|seal| seal.slot_id == 1);
+        });
+    };
+    forged_old(&db);
+    let o = unlocks(&v.state, &v.passfile);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(
+        o.status.code(),
+        Some(vaultfs::exitcodes::KEYSTORE_REFUSED),
+        "{err}"
+    );
+    // ... but not on a machine that never saw it, while Alice's password predates the
+    // revocation (the documented limit).
+    let o = unlocks(&fresh("fresh-2"), &v.passfile);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+
+    // 3. Alice changes her password: from then on the rollback fails everywhere.
+    fs::write(&db, &current).unwrap();
+    let alice2 = v.tmp.path().join("alice2");
+    fs::write(&alice2, "alice's new password\n").unwrap();
+    run_ok(&mut v.with_password(&["passwd", "--new-passfile", alice2.to_str().unwrap()]));
+    let after_passwd = fs::read(&db).unwrap();
+    // Bob's forgery with Alice's current slot row put in (anchored above the old epoch).
+    let alice_row = vaultfs::vault::db::KeyDb::open(&db, false)
+        .unwrap()
+        .load_state()
+        .unwrap()
+        .0
+        .slots
+        .into_iter()
+        .find(|s| s.slot_id == 1)
+        .unwrap();
+    forged_old(&db);
+    forge(&db, &old_k_auth, |s| {
+        s.slots.retain(|slot| slot.slot_id != 1);
+        s.slots.push(alice_row.clone());
+    });
+    for state in [v.state.clone(), fresh("fresh-3")] {
+        let o = unlocks(&state, &alice2);
+        assert!(
+            !o.status.success(),
+            "forged database accepted with Alice's new password"
+        );
+    }
+    // With her old row, only her old password opens it: her new one does not.
+    forged_old(&db);
+    let o = unlocks(&fresh("fresh-4"), &alice2);
+    assert_eq!(o.status.code(), Some(vaultfs::exitcodes::WRONG_PASSWORD));
+    // The real database still opens.
+    fs::write(&db, &after_passwd).unwrap();
+    run_ok(&mut unlocks_cmd(&v, &alice2));
+}
+
+fn unlocks_cmd(v: &TestVault, pw: &Path) -> Command {
+    let mut c = vaultfs(&v.state);
+    c.args(["fsck", "--passfile"]).arg(pw).arg(&v.vault);
+    c
+}

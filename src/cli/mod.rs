@@ -590,7 +590,7 @@ fn cmd_fsck(a: FsckArgs) -> Result<()> {
     let mut report = crate::fsck::check(&a.vault, &u.keyring, u.layout(), legacy_nodes, &progress)
         .map_err(VaultError::io(format!("cannot read {}", a.vault.display())))?;
     // The key database itself: its state authenticated when it unlocked; the audit chain here.
-    let audit_key = crate::vault::audit::audit_key(&u.k_auth, &u.state().config.vault_id);
+    let audit_key = u.audit_key()?;
     if let Err(why) =
         crate::vault::audit::check(&u.keystore.db.conn, &audit_key, &u.state().config)?
     {

@@ -7,6 +7,7 @@
 //! - those wrap per-file content keys (`header`), encrypt names (`names`), directory IDs
 //!   (`dirid`), symlink targets and xattrs (`blob`); content keys seal chunks (`chunk`).
 
+pub mod auth;
 pub mod blob;
 pub mod chunk;
 pub mod dirid;

@@ -71,6 +71,25 @@ pub fn seal_master_key(
     aad: &[u8],
     master_key: &Key256,
 ) -> Result<([u8; ENC_LEN], [u8; SEALED_LEN]), CryptoError> {
+    seal_key(
+        public_key,
+        psk,
+        vault_id,
+        &info(vault_id, generation),
+        aad,
+        master_key,
+    )
+}
+
+/// HPKE mode_psk single-shot seal of a 32-byte key to `public_key` with `info` and `aad`.
+pub(crate) fn seal_key(
+    public_key: &[u8; PUBLIC_KEY_LEN],
+    psk: &Key256,
+    vault_id: &VaultId,
+    info: &[u8],
+    aad: &[u8],
+    key: &Key256,
+) -> Result<([u8; ENC_LEN], [u8; SEALED_LEN]), CryptoError> {
     let pk = <Kem as hpke::Kem>::PublicKey::from_bytes(public_key)
         .map_err(|_| CryptoError::Malformed("X25519 public key"))?;
     let id = psk_id(vault_id);
@@ -78,8 +97,8 @@ pub fn seal_master_key(
     let (enc, sealed) = hpke::single_shot_seal::<AesGcm128, HkdfSha256, Kem>(
         &OpModeS::Psk(bundle),
         &pk,
-        &info(vault_id, generation),
-        master_key.expose(),
+        info,
+        key.expose(),
         aad,
     )
     .map_err(|_| CryptoError::Random)?;
@@ -99,6 +118,27 @@ pub fn open_master_key(
     enc: &[u8],
     sealed: &[u8],
 ) -> Result<Key256, CryptoError> {
+    open_key(
+        private_key,
+        psk,
+        vault_id,
+        &info(vault_id, generation),
+        aad,
+        enc,
+        sealed,
+    )
+}
+
+/// Opens what `seal_key` sealed.
+pub(crate) fn open_key(
+    private_key: &Key256,
+    psk: &Key256,
+    vault_id: &VaultId,
+    info: &[u8],
+    aad: &[u8],
+    enc: &[u8],
+    sealed: &[u8],
+) -> Result<Key256, CryptoError> {
     let sk = <Kem as hpke::Kem>::PrivateKey::from_bytes(private_key.expose())
         .map_err(|_| CryptoError::Malformed("X25519 private key"))?;
     let enc = <Kem as hpke::Kem>::EncappedKey::from_bytes(enc)
@@ -109,7 +149,7 @@ pub fn open_master_key(
         &OpModeR::Psk(bundle),
         &sk,
         &enc,
-        &info(vault_id, generation),
+        info,
         sealed,
         aad,
     )

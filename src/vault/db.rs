@@ -11,7 +11,8 @@ use rusqlite::{Connection, OpenFlags, OptionalExtension, Transaction, params};
 
 use super::error::{Result, VaultError};
 use super::state::{
-    Config, FORMAT_VERSION, GenState, Generation, Rotation, Seal, Slot, SlotKind, VaultState,
+    AuthHistory, AuthLink, Config, FORMAT_VERSION, GenState, Generation, Rotation, Seal, Slot,
+    SlotKind, VaultState,
 };
 use crate::crypto::keyslot::KdfParams;
 
@@ -88,6 +89,17 @@ CREATE TRIGGER audit_no_delete BEFORE DELETE ON audit
 ALTER TABLE config ADD COLUMN audit_count INTEGER NOT NULL DEFAULT 0;
 ALTER TABLE config ADD COLUMN audit_head BLOB NOT NULL DEFAULT x'';
 ALTER TABLE config ADD COLUMN legacy_nodes INTEGER NOT NULL DEFAULT 1;
+ALTER TABLE config ADD COLUMN auth_epoch INTEGER NOT NULL DEFAULT 1;
+ALTER TABLE keyslots ADD COLUMN anchor_epoch INTEGER;
+CREATE TABLE auth_links (
+    slot_id  INTEGER PRIMARY KEY REFERENCES keyslots (slot_id),
+    enc      BLOB    NOT NULL,
+    sealed   BLOB    NOT NULL
+);
+CREATE TABLE auth_history (
+    auth_epoch  INTEGER PRIMARY KEY,
+    wrapped     BLOB    NOT NULL
+);
 "#,
 ];
 
@@ -374,9 +386,9 @@ impl KeyDb {
         let bad = |what: &str| VaultError::refused(p, format!("invalid {what}"));
         // Schema 1 has no audit columns: read them as a format-1 state has them (none).
         let audit_cols = if self.schema_version >= 2 {
-            "audit_count, audit_head, legacy_nodes"
+            "audit_count, audit_head, legacy_nodes, auth_epoch"
         } else {
-            "0, x'', 1"
+            "0, x'', 1, 1"
         };
         let row = self
             .conn
@@ -402,6 +414,7 @@ impl KeyDb {
                             r.get::<_, i64>(11)?,
                             r.get::<_, Vec<u8>>(12)?,
                             r.get::<_, i64>(13)?,
+                            r.get::<_, i64>(14)?,
                         ),
                     ))
                 },
@@ -419,7 +432,7 @@ impl KeyDb {
             created,
             epoch,
             mac,
-            (audit_count, audit_head, legacy_nodes),
+            (audit_count, audit_head, legacy_nodes, auth_epoch),
         ) = row;
         if format_version > FORMAT_VERSION {
             return Err(VaultError::NewerFormat {
@@ -458,13 +471,20 @@ impl KeyDb {
                 1 => true,
                 _ => return Err(bad("legacy_nodes")),
             },
+            auth_epoch: u32::try_from(auth_epoch)
+                .ok()
+                .filter(|&a| a > 0)
+                .ok_or_else(|| bad("auth epoch"))?,
         };
 
         let mut stmt = self
             .conn
             .prepare(
-                "SELECT slot_id, label, kind, created, public_key, kdf_log_n, kdf_r, kdf_p, salt, wrapped
-                 FROM keyslots ORDER BY slot_id",
+                &format!(
+                    "SELECT slot_id, label, kind, created, public_key, kdf_log_n, kdf_r, kdf_p, salt, wrapped, {}
+                     FROM keyslots ORDER BY slot_id",
+                    if self.schema_version >= 2 { "anchor_epoch" } else { "NULL" }
+                ),
             )
             .map_err(sql_err(p))?;
         type SlotRow = (
@@ -476,6 +496,7 @@ impl KeyDb {
             Option<(i64, i64, i64)>,
             Option<Vec<u8>>,
             Vec<u8>,
+            Option<i64>,
         );
         let rows: Vec<SlotRow> = stmt
             .query_map([], |r| {
@@ -496,13 +517,14 @@ impl KeyDb {
                     kdf,
                     r.get(8)?,
                     r.get(9)?,
+                    r.get(10)?,
                 ))
             })
             .map_err(sql_err(p))?
             .collect::<Result<_, _>>()
             .map_err(sql_err(p))?;
         let mut slots = Vec::new();
-        for (slot_id, label, kind, created, public_key, kdf, salt, wrapped) in rows {
+        for (slot_id, label, kind, created, public_key, kdf, salt, wrapped, anchor) in rows {
             let kind = SlotKind::parse(&kind).ok_or_else(|| bad("keyslot kind"))?;
             let kdf = match kdf {
                 Some(k) => Some(kdf_params(k).ok_or_else(|| {
@@ -532,6 +554,10 @@ impl KeyDb {
                 kdf,
                 salt,
                 wrapped,
+                anchor_epoch: anchor
+                    .map(|a| u32::try_from(a).ok().filter(|&a| a > 0))
+                    .map(|a| a.ok_or_else(|| bad("keyslot anchor epoch")))
+                    .transpose()?,
             });
         }
 
@@ -612,17 +638,63 @@ impl KeyDb {
             })
             .transpose()?;
 
+        let (auth_links, auth_history) = if self.schema_version >= 2 {
+            self.load_auth()?
+        } else {
+            (Vec::new(), Vec::new())
+        };
         let state = VaultState {
             config,
             slots,
             generations,
             seals,
             rotation,
+            auth_links,
+            auth_history,
         };
         state
             .check_structure()
             .map_err(|why| VaultError::refused(p, why))?;
         Ok((state, mac))
+    }
+
+    /// The auth links and history (schema 2).
+    fn load_auth(&self) -> Result<(Vec<AuthLink>, Vec<AuthHistory>)> {
+        let p = &self.path;
+        let bad = |what: &str| VaultError::refused(p, format!("invalid {what}"));
+        let links: Vec<(i64, Vec<u8>, Vec<u8>)> = self
+            .conn
+            .prepare("SELECT slot_id, enc, sealed FROM auth_links ORDER BY slot_id")
+            .and_then(|mut st| {
+                st.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+                    .collect()
+            })
+            .map_err(sql_err(p))?;
+        let history: Vec<(i64, Vec<u8>)> = self
+            .conn
+            .prepare("SELECT auth_epoch, wrapped FROM auth_history ORDER BY auth_epoch")
+            .and_then(|mut st| st.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?.collect())
+            .map_err(sql_err(p))?;
+        let links = links
+            .into_iter()
+            .map(|(slot, enc, sealed)| {
+                Ok(AuthLink {
+                    slot_id: u32::try_from(slot).map_err(|_| bad("auth link"))?,
+                    enc,
+                    sealed,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let history = history
+            .into_iter()
+            .map(|(epoch, wrapped)| {
+                Ok(AuthHistory {
+                    auth_epoch: u32::try_from(epoch).map_err(|_| bad("auth history"))?,
+                    wrapped,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok((links, history))
     }
 
     /// Replaces the stored state with `state` and its MAC, in one transaction.
@@ -634,6 +706,8 @@ impl KeyDb {
     ) -> Result<()> {
         let e = sql_err(path);
         let c = &state.config;
+        tx.execute("DELETE FROM auth_links", []).map_err(&e)?;
+        tx.execute("DELETE FROM auth_history", []).map_err(&e)?;
         tx.execute("DELETE FROM generation_seals", []).map_err(&e)?;
         tx.execute("DELETE FROM rotation", []).map_err(&e)?;
         tx.execute("DELETE FROM generations", []).map_err(&e)?;
@@ -642,8 +716,8 @@ impl KeyDb {
         tx.execute(
             "INSERT INTO config (id, vault_id, format_version, chunk_size, longname_max, kdf_log_n, kdf_r, kdf_p,
                                  backing_missing, created, epoch, state_mac, audit_count, audit_head,
-                                 legacy_nodes)
-             VALUES (1, ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
+                                 legacy_nodes, auth_epoch)
+             VALUES (1, ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)",
             params![
                 &c.vault_id[..],
                 c.format_version,
@@ -658,14 +732,15 @@ impl KeyDb {
                 mac,
                 c.audit_count,
                 c.audit_head,
-                c.legacy_nodes
+                c.legacy_nodes,
+                c.auth_epoch
             ],
         )
         .map_err(&e)?;
         for s in &state.slots {
             tx.execute(
-                "INSERT INTO keyslots (slot_id, label, kind, created, public_key, kdf_log_n, kdf_r, kdf_p, salt, wrapped)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+                "INSERT INTO keyslots (slot_id, label, kind, created, public_key, kdf_log_n, kdf_r, kdf_p, salt, wrapped, anchor_epoch)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
                 params![
                     s.slot_id,
                     s.label,
@@ -676,7 +751,8 @@ impl KeyDb {
                     s.kdf.map(|k| k.r),
                     s.kdf.map(|k| k.p),
                     s.salt.as_ref().map(|s| &s[..]),
-                    s.wrapped
+                    s.wrapped,
+                    s.anchor_epoch
                 ],
             )
             .map_err(&e)?;
@@ -692,6 +768,20 @@ impl KeyDb {
             tx.execute(
                 "INSERT INTO generation_seals (generation, slot_id, enc, sealed) VALUES (?1, ?2, ?3, ?4)",
                 params![s.generation, s.slot_id, s.enc, s.sealed],
+            )
+            .map_err(&e)?;
+        }
+        for l in &state.auth_links {
+            tx.execute(
+                "INSERT INTO auth_links (slot_id, enc, sealed) VALUES (?1, ?2, ?3)",
+                params![l.slot_id, l.enc, l.sealed],
+            )
+            .map_err(&e)?;
+        }
+        for h in &state.auth_history {
+            tx.execute(
+                "INSERT INTO auth_history (auth_epoch, wrapped) VALUES (?1, ?2)",
+                params![h.auth_epoch, h.wrapped],
             )
             .map_err(&e)?;
         }

@@ -143,7 +143,7 @@ fn create(o: &InitOptions, keystore: &Path, password: &[u8]) -> Result<InitRepor
         k_auth: k_auth.clone(),
     };
     slots.push(password_slot(
-        &vault_id, 1, "default", o.kdf, &secrets, password,
+        &vault_id, 1, "default", o.kdf, &secrets, password, 1,
     )?);
 
     // Slot 2: the recovery key.
@@ -166,6 +166,7 @@ fn create(o: &InitOptions, keystore: &Path, password: &[u8]) -> Result<InitRepor
             kdf: None,
             salt: None,
             wrapped,
+            anchor_epoch: Some(1),
         });
         recovery = Some(seed);
     }
@@ -200,6 +201,7 @@ fn create(o: &InitOptions, keystore: &Path, password: &[u8]) -> Result<InitRepor
             audit_head: Vec::new(),
             // Made by format 2: FIFOs, sockets and devices only in header-only files.
             legacy_nodes: false,
+            auth_epoch: 1,
         },
         slots,
         generations: vec![Generation {
@@ -210,6 +212,8 @@ fn create(o: &InitOptions, keystore: &Path, password: &[u8]) -> Result<InitRepor
         }],
         seals,
         rotation: None,
+        auth_links: Vec::new(),
+        auth_history: Vec::new(),
     };
 
     // Backing root files first, the key database last: a vault without its database is
@@ -247,9 +251,20 @@ fn create(o: &InitOptions, keystore: &Path, password: &[u8]) -> Result<InitRepor
         o.chunk_size, longname_max, o.kdf.log_n, o.recovery_key
     );
     let mut state = state;
-    super::keystore::write_state(&mut db, &mut state, &k_auth, &[(t, "init", &detail)])?;
+    super::keystore::write_state(
+        &mut db,
+        &mut state,
+        &k_auth,
+        &super::audit::audit_key(&k_auth, &vault_id),
+        &[(t, "init", &detail)],
+    )?;
     drop(db);
     local_state::record_epoch(&vault_id, 1)?;
+    local_state::reset_auth(
+        &vault_id,
+        1,
+        &crate::crypto::auth::fingerprint(&k_auth, &vault_id),
+    )?;
 
     let paths = VaultPaths {
         backing: o.vault.clone(),

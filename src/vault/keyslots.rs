@@ -12,10 +12,10 @@ use super::keystore::Unlocked;
 use super::layout::write_file_durably;
 use super::now;
 use super::recovery_file::{self, RecoveryFileInfo};
-use super::state::{Seal, Slot, SlotKind};
+use super::state::{AuthHistory, AuthLink, Seal, Slot, SlotKind};
 use crate::crypto::keys::{Key256, random_array};
 use crate::crypto::keyslot::{KdfParams, PasswordSlotBinding, RecoverySlotBinding, SlotSecrets};
-use crate::crypto::{recovery_key, seal};
+use crate::crypto::{auth, recovery_key, seal};
 
 /// Refuses to change keys while a daemon serves the vault (its lock on the marker is held).
 pub fn ensure_not_mounted(vault: &Path) -> Result<()> {
@@ -39,6 +39,7 @@ pub(super) fn password_slot(
     kdf: KdfParams,
     secrets: &SlotSecrets,
     password: &[u8],
+    anchor: u32,
 ) -> Result<Slot> {
     if password.is_empty() {
         return Err(VaultError::PasswordSource(
@@ -64,10 +65,76 @@ pub(super) fn password_slot(
         kdf: Some(kdf),
         salt: Some(salt),
         wrapped: binding.wrap(&kek, secrets),
+        anchor_epoch: Some(anchor),
     })
 }
 
 impl Unlocked {
+    /// Makes a new K_auth (the next auth epoch): the old one goes into the history (wrapped
+    /// under the new one, with every older entry rewrapped), every slot but `rewrap` gets a
+    /// link to it from its anchor, and every live generation is resealed to every slot
+    /// under the new PSK. `rewrap` is a slot whose blob the caller rewrites around the new
+    /// K_auth (anchored at the new epoch). Whoever unwrapped an older K_auth (a removed
+    /// member, an old password) can no longer authenticate a state from here on.
+    pub(super) fn renew_k_auth(&mut self, rewrap: Option<u32>) -> Result<()> {
+        let vault_id = self.keystore.state.config.vault_id;
+        let old_epoch = self.keystore.state.config.auth_epoch;
+        let new_epoch = old_epoch
+            .checked_add(1)
+            .ok_or_else(|| VaultError::InvalidArgument("auth epoch overflow".into()))?;
+        let new_key = Key256::random()?;
+        // Every K_auth so far, by epoch.
+        let mut keys: Vec<(u32, Key256)> = Vec::new();
+        for e in 1..old_epoch {
+            keys.push((e, self.auth_key_at(e)?));
+        }
+        keys.push((old_epoch, self.k_auth.clone()));
+        let state = &mut self.keystore.state;
+        state.auth_history = keys
+            .iter()
+            .map(|(e, k)| AuthHistory {
+                auth_epoch: *e,
+                wrapped: auth::wrap_history(&new_key, &vault_id, new_epoch, *e, k),
+            })
+            .collect();
+        state.auth_links.clear();
+        for slot in state.slots.iter().filter(|s| Some(s.slot_id) != rewrap) {
+            let anchor = slot.anchor();
+            let anchor_key = &keys
+                .iter()
+                .find(|(e, _)| *e == anchor)
+                .ok_or_else(|| {
+                    VaultError::tampered(
+                        &self.keystore.paths.keystore,
+                        "a keyslot's anchor is unknown",
+                    )
+                })?
+                .1;
+            let (enc, sealed) = auth::seal_link(
+                &slot.public_key,
+                anchor_key,
+                &vault_id,
+                new_epoch,
+                anchor,
+                slot.slot_id,
+                &new_key,
+            )?;
+            state.auth_links.push(AuthLink {
+                slot_id: slot.slot_id,
+                enc: enc.to_vec(),
+                sealed: sealed.to_vec(),
+            });
+        }
+        state.config.auth_epoch = new_epoch;
+        self.k_auth = new_key;
+        // The seals' PSK derives from K_auth: reseal everything under the new one.
+        let slots = self.keystore.state.slots.clone();
+        for slot in slots.iter().filter(|s| Some(s.slot_id) != rewrap) {
+            self.seal_live_generations_to(slot)?;
+        }
+        Ok(())
+    }
+
     /// Seals every live generation to `slot` (HPKE mode_psk with the K_auth PSK).
     fn seal_live_generations_to(&mut self, slot: &Slot) -> Result<()> {
         let vault_id = self.keystore.state.config.vault_id;
@@ -115,6 +182,7 @@ impl Unlocked {
     /// no generation made from now on is sealed.
     pub fn change_password(&mut self, password: &[u8]) -> Result<String> {
         self.refuse_during_rotation("change a password")?;
+        self.renew_k_auth(Some(self.slot_id))?;
         let (private_key, _) = seal::keypair_from_seed(&Key256::random()?);
         let secrets = SlotSecrets {
             private_key,
@@ -167,6 +235,7 @@ impl Unlocked {
             state.config.default_kdf,
             secrets,
             password,
+            state.config.auth_epoch,
         )?;
         slot.created = old.created;
         if reseal {
@@ -201,6 +270,7 @@ impl Unlocked {
             state.config.default_kdf,
             &secrets,
             password,
+            state.config.auth_epoch,
         )?;
         self.seal_live_generations_to(&slot)?;
         self.keystore.state.slots.push(slot);
@@ -210,17 +280,29 @@ impl Unlocked {
     /// Issues a new recovery key (replacing the recovery slot if there is one) and rewrites
     /// the recovery files of the live generations. Returns the key to show once.
     pub fn new_recovery_key(&mut self, label: &str) -> Result<Zeroizing<String>> {
+        self.refuse_during_rotation("issue a new recovery key")?;
         let seed = Key256::random()?;
         let (_, public_key) = seal::keypair_from_seed(&seed);
-        let state = &self.keystore.state;
-        let vault_id = state.config.vault_id;
-        let old: Vec<u32> = state
+        let vault_id = self.keystore.state.config.vault_id;
+        let old: Vec<u32> = self
+            .keystore
+            .state
             .slots
             .iter()
             .filter(|s| s.kind == SlotKind::Recovery)
             .map(|s| s.slot_id)
             .collect();
-        let slot_id = state.next_slot_id();
+        let slot_id = self.keystore.state.next_slot_id();
+        // The old recovery key is revoked: gone from the slots, and K_auth renewed.
+        self.keystore
+            .state
+            .slots
+            .retain(|s| !old.contains(&s.slot_id));
+        self.keystore
+            .state
+            .seals
+            .retain(|s| !old.contains(&s.slot_id));
+        self.renew_k_auth(None)?;
         let wrapped = RecoverySlotBinding {
             vault_id: &vault_id,
             slot_id,
@@ -236,15 +318,8 @@ impl Unlocked {
             kdf: None,
             salt: None,
             wrapped,
+            anchor_epoch: Some(self.keystore.state.config.auth_epoch),
         };
-        self.keystore
-            .state
-            .slots
-            .retain(|s| !old.contains(&s.slot_id));
-        self.keystore
-            .state
-            .seals
-            .retain(|s| !old.contains(&s.slot_id));
         self.seal_live_generations_to(&slot)?;
         self.keystore.state.slots.push(slot.clone());
         self.write_recovery_files(&slot)?;
@@ -294,6 +369,8 @@ impl Unlocked {
         }
         state.slots.retain(|s| s.slot_id != slot.slot_id);
         state.seals.retain(|s| s.slot_id != slot.slot_id);
+        // What the removed slot unwrapped no longer authenticates anything.
+        self.renew_k_auth(None)?;
         if slot.kind == SlotKind::Recovery {
             let backing = self.keystore.paths.backing.clone();
             for g in &self.keystore.state.generations {
@@ -320,6 +397,7 @@ impl Unlocked {
     /// the slot gets a fresh key pair, its new password, and every live generation resealed.
     pub fn reset_password_slot(&mut self, slot_id: u32, password: &[u8]) -> Result<String> {
         self.refuse_during_rotation("set the new password")?;
+        self.renew_k_auth(Some(slot_id))?;
         let (private_key, _) = seal::keypair_from_seed(&Key256::random()?);
         let secrets = SlotSecrets {
             private_key,

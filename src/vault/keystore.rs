@@ -11,7 +11,7 @@ use super::state::{SlotKind, VaultState};
 use crate::crypto::chunk::ChunkLayout;
 use crate::crypto::keys::Key256;
 use crate::crypto::keyslot::{KdfParams, PasswordSlotBinding, RecoverySlotBinding, SlotSecrets};
-use crate::crypto::{CryptoError, GenerationKeys, Keyring, seal};
+use crate::crypto::{CryptoError, GenerationKeys, Keyring, auth, seal};
 
 /// An opened key database whose state has been read and checked for structure, but not yet
 /// authenticated (that needs a keyslot).
@@ -143,18 +143,103 @@ impl Keystore {
         Err(VaultError::WrongPassword)
     }
 
+    /// Against what this machine saw: no older auth epoch, no format-1 database once format 2
+    /// was seen, and the K_auth it saw (from the history) matching its recorded fingerprint,
+    /// else the database was forged by someone holding an older K_auth (a removed member, an
+    /// old password) or replaced.
+    fn check_auth_record(&self, k_auth: &Key256) -> Result<()> {
+        let state = &self.state;
+        let vault_id = state.config.vault_id;
+        let path = &self.paths.keystore;
+        let Some((seen, fp)) = local_state::seen_auth(&vault_id)? else {
+            return Ok(());
+        };
+        let forged = || {
+            VaultError::tampered(
+                path,
+                format!(
+                    "its authentication history differs from what this machine saw (auth epoch {seen}): forged by someone who once held a key of this vault, or replaced; restore it from a backup"
+                ),
+            )
+        };
+        if state.config.format_version < 2 {
+            return Err(VaultError::tampered(
+                path,
+                "it is a format-1 database, but this machine already saw this vault at format 2 (a downgrade)",
+            ));
+        }
+        let epoch = state.config.auth_epoch;
+        if epoch < seen {
+            return Err(VaultError::Rollback {
+                path: path.clone(),
+                found: epoch.into(),
+                seen: seen.into(),
+            });
+        }
+        let key_seen = if epoch == seen {
+            k_auth.clone()
+        } else {
+            let h = state
+                .auth_history
+                .iter()
+                .find(|h| h.auth_epoch == seen)
+                .ok_or_else(forged)?;
+            auth::unwrap_history(k_auth, &vault_id, epoch, seen, &h.wrapped)
+                .map_err(|_| forged())?
+        };
+        if auth::fingerprint(&key_seen, &vault_id) != fp {
+            return Err(forged());
+        }
+        Ok(())
+    }
+
     fn finish_unlock(self, slot_id: u32, secrets: SlotSecrets) -> Result<Unlocked> {
         let state = &self.state;
         let vault_id = state.config.vault_id;
         let path = &self.paths.keystore;
+        // The slot's blob holds the K_auth of its anchor epoch; a slot anchored below the
+        // current epoch reaches the current K_auth through its link (format 2).
+        let slot = state.slot(slot_id).expect("the unlocking slot exists");
+        let epoch = state.config.auth_epoch;
+        let k_auth = match slot.anchor().cmp(&epoch) {
+            std::cmp::Ordering::Equal => secrets.k_auth.clone(),
+            std::cmp::Ordering::Less => {
+                let link = state
+                    .auth_links
+                    .iter()
+                    .find(|l| l.slot_id == slot_id)
+                    .ok_or_else(|| {
+                        VaultError::tampered(path, "a keyslot's auth link is missing")
+                    })?;
+                auth::open_link(
+                    &secrets.private_key,
+                    &secrets.k_auth,
+                    &vault_id,
+                    epoch,
+                    slot.anchor(),
+                    slot_id,
+                    &link.enc,
+                    &link.sealed,
+                )
+                .map_err(|_| VaultError::tampered(path, "a keyslot's auth link does not open"))?
+            }
+            std::cmp::Ordering::Greater => {
+                return Err(VaultError::tampered(
+                    path,
+                    "a keyslot is anchored above the database's auth epoch (an older database put back?)",
+                ));
+            }
+        };
         state
-            .verify_mac(
-                &VaultState::mac_key(&secrets.k_auth, &vault_id),
-                &self.stored_mac,
-            )
+            .verify_mac(&VaultState::mac_key(&k_auth, &vault_id), &self.stored_mac)
             .map_err(|_| {
                 VaultError::tampered(path, "its authentication code does not match its contents")
             })?;
+        self.check_auth_record(&k_auth)?;
+        let secrets = SlotSecrets {
+            private_key: secrets.private_key,
+            k_auth,
+        };
         let seen = local_state::seen_epoch(&vault_id)?;
         if state.config.epoch < seen {
             return Err(VaultError::Rollback {
@@ -199,6 +284,13 @@ impl Keystore {
             None => None,
         };
         local_state::record_epoch(&vault_id, state.config.epoch)?;
+        if state.config.format_version >= 2 {
+            local_state::record_auth(
+                &vault_id,
+                epoch,
+                &auth::fingerprint(&secrets.k_auth, &vault_id),
+            )?;
+        }
         let keyring = Keyring::new(vault_id, active, retiring);
         Ok(Unlocked {
             keystore: self,
@@ -217,15 +309,15 @@ pub(super) fn write_state(
     db: &mut KeyDb,
     state: &mut VaultState,
     k_auth: &Key256,
+    audit_key: &Key256,
     events: &[(i64, &str, &str)],
 ) -> Result<[u8; crate::crypto::mac::MAC_LEN]> {
     let vault_id = state.config.vault_id;
-    let audit_key = audit::audit_key(k_auth, &vault_id);
     let path = db.path.clone();
     let sql = |e: rusqlite::Error| VaultError::refused(&path, format!("cannot write: {e}"));
     let tx = db.conn.transaction().map_err(sql)?;
     for (time, event, detail) in events {
-        audit::append(&tx, &audit_key, *time, event, detail).map_err(sql)?;
+        audit::append(&tx, audit_key, *time, event, detail).map_err(sql)?;
     }
     let (count, head) = audit::head(&tx).map_err(sql)?;
     state.config.audit_count = count;
@@ -240,10 +332,26 @@ impl Unlocked {
     /// Writes the in-memory state back with a new epoch and MAC, plus audit entries (and any
     /// waiting in the local audit log), in one transaction.
     pub fn commit(&mut self, events: &[(&str, String)]) -> Result<()> {
+        // Nothing is written on top of an audit log that someone has cut or edited.
+        let audit_key = self.audit_key()?;
+        if self.keystore.state.config.format_version < 2 {
+            // Upgrading from format 1: every member ever removed under format 1 knows its
+            // K_auth, so the first format-2 write renews it.
+            if let Err(why) = audit::check(
+                &self.keystore.db.conn,
+                &audit_key,
+                &self.keystore.state.config,
+            )? {
+                return Err(VaultError::tampered(
+                    &self.keystore.paths.keystore,
+                    format!("{why}; restore it from a backup"),
+                ));
+            }
+            self.renew_k_auth(None)?;
+        }
+        let k_auth = self.k_auth.clone();
         let ks = &mut self.keystore;
         let vault_id = ks.state.config.vault_id;
-        // Nothing is written on top of an audit log that someone has cut or edited.
-        let audit_key = audit::audit_key(&self.k_auth, &vault_id);
         if let Err(why) = audit::check(&ks.db.conn, &audit_key, &ks.state.config)? {
             return Err(VaultError::tampered(
                 &ks.paths.keystore,
@@ -264,15 +372,55 @@ impl Unlocked {
             .collect();
         let now = super::now();
         all.extend(events.iter().map(|(e, d)| (now, *e, d.as_str())));
-        let mac = write_state(&mut ks.db, &mut ks.state, &self.k_auth, &all)?;
+        let mac = write_state(&mut ks.db, &mut ks.state, &k_auth, &audit_key, &all)?;
         ks.stored_mac = mac.to_vec();
         super::layout::upgrade_marker(&ks.paths.backing)?;
         local_state::clear_local_audit(&vault_id)?;
-        local_state::record_epoch(&vault_id, ks.state.config.epoch)
+        local_state::record_epoch(&vault_id, ks.state.config.epoch)?;
+        local_state::record_auth(
+            &vault_id,
+            ks.state.config.auth_epoch,
+            &auth::fingerprint(&k_auth, &vault_id),
+        )
     }
 
     pub fn state(&self) -> &VaultState {
         &self.keystore.state
+    }
+
+    /// The K_auth of auth epoch `epoch` (the current one, or from the history).
+    pub fn auth_key_at(&self, epoch: u32) -> Result<Key256> {
+        let state = &self.keystore.state;
+        let current = state.config.auth_epoch;
+        if epoch == current {
+            return Ok(self.k_auth.clone());
+        }
+        let path = &self.keystore.paths.keystore;
+        let h = state
+            .auth_history
+            .iter()
+            .find(|h| h.auth_epoch == epoch)
+            .ok_or_else(|| {
+                VaultError::tampered(path, format!("auth epoch {epoch} is not in the history"))
+            })?;
+        auth::unwrap_history(
+            &self.k_auth,
+            &state.config.vault_id,
+            current,
+            epoch,
+            &h.wrapped,
+        )
+        .map_err(|_| VaultError::tampered(path, "an auth history entry does not open"))
+    }
+
+    /// The audit chain's key: derived from the vault's first K_auth, which every later one
+    /// keeps in its history. Its secrecy is no longer what protects the log (the state MAC
+    /// fixes the chain's end), so it need not change with K_auth.
+    pub fn audit_key(&self) -> Result<Key256> {
+        Ok(audit::audit_key(
+            &self.auth_key_at(1)?,
+            &self.keystore.state.config.vault_id,
+        ))
     }
 
     pub fn layout(&self) -> ChunkLayout {

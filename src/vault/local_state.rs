@@ -305,6 +305,49 @@ pub fn record_epoch(vault_id: &VaultId, epoch: u64) -> Result<()> {
     Ok(())
 }
 
+/// The newest K_auth this machine saw for the vault (format 2): its auth epoch and
+/// fingerprint (`crypto::auth::fingerprint`), or None if it never saw a format-2 database.
+pub fn seen_auth(vault_id: &VaultId) -> Result<Option<(u32, [u8; 32])>> {
+    let dir = StateDir::vault(vault_id)?;
+    let Some(bytes) = dir.read("auth")? else {
+        return Ok(None);
+    };
+    let text = String::from_utf8_lossy(&bytes);
+    let damaged = || {
+        VaultError::InvalidArgument(format!(
+            "{} is damaged; it records the newest key-database authentication key this machine saw, so deleting it would let a forged key database through: restore it, or ask the vault's owner",
+            dir.path().join("auth").display()
+        ))
+    };
+    let (epoch, fp) = text.trim().split_once(' ').ok_or_else(damaged)?;
+    let epoch = epoch.parse().map_err(|_| damaged())?;
+    let fp: [u8; 32] = HEXLOWER
+        .decode(fp.as_bytes())
+        .ok()
+        .and_then(|v| v.try_into().ok())
+        .ok_or_else(damaged)?;
+    Ok(Some((epoch, fp)))
+}
+
+/// Records the newest K_auth seen, if its epoch is not below what is recorded.
+pub fn record_auth(vault_id: &VaultId, epoch: u32, fingerprint: &[u8; 32]) -> Result<()> {
+    if seen_auth(vault_id)?.is_some_and(|(e, f)| e > epoch || (e == epoch && &f == fingerprint)) {
+        return Ok(());
+    }
+    StateDir::vault(vault_id)?.write_atomic(
+        "auth",
+        format!("{epoch} {}\n", HEXLOWER.encode(fingerprint)).as_bytes(),
+    )
+}
+
+/// Replaces the record (a new vault, or a key database rebuilt from the recovery key).
+pub fn reset_auth(vault_id: &VaultId, epoch: u32, fingerprint: &[u8; 32]) -> Result<()> {
+    StateDir::vault(vault_id)?.write_atomic(
+        "auth",
+        format!("{epoch} {}\n", HEXLOWER.encode(fingerprint)).as_bytes(),
+    )
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct LocalAuditEntry {
     pub time: i64,

@@ -101,6 +101,7 @@ pub fn rebuild_keystore(
             kdf,
             &secrets,
             password,
+            1,
         )?,
         Slot {
             slot_id: recovery_slot_id,
@@ -111,6 +112,7 @@ pub fn rebuild_keystore(
             kdf: None,
             salt: None,
             wrapped: info0.slot_blob.to_vec(),
+            anchor_epoch: Some(1),
         },
     ];
     let psk = seal::psk_from_k_auth(&k_auth, &vault_id);
@@ -165,11 +167,14 @@ pub fn rebuild_keystore(
             audit_head: Vec::new(),
             // Made by format 2: FIFOs, sockets and devices only in header-only files.
             legacy_nodes: false,
+            auth_epoch: 1,
         },
         slots,
         generations,
         seals,
         rotation: None,
+        auth_links: Vec::new(),
+        auth_history: Vec::new(),
     };
     state
         .check_structure()
@@ -180,7 +185,19 @@ pub fn rebuild_keystore(
         opened.len()
     );
     let mut state = state;
-    super::keystore::write_state(&mut db, &mut state, &k_auth, &[(t, "recover", &detail)])?;
+    super::keystore::write_state(
+        &mut db,
+        &mut state,
+        &k_auth,
+        &super::audit::audit_key(&k_auth, &vault_id),
+        &[(t, "recover", &detail)],
+    )?;
     local_state::record_epoch(&vault_id, state.config.epoch)?;
+    // A deliberate reset of trust: the new database starts a new K_auth history.
+    local_state::reset_auth(
+        &vault_id,
+        1,
+        &crate::crypto::auth::fingerprint(&k_auth, &vault_id),
+    )?;
     Ok(path)
 }

@@ -36,6 +36,9 @@ pub struct Config {
     /// (backing nodes of that type, unauthenticated). False for vaults made by format 2,
     /// where a backing node of such a type is refused as planted.
     pub legacy_nodes: bool,
+    /// Format 2: the epoch of the current K_auth (1 at `init`); every revoking command
+    /// (passwd, keyslot remove, recover, a new recovery key) makes a new K_auth and adds 1.
+    pub auth_epoch: u32,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -72,6 +75,32 @@ pub struct Slot {
     /// Password slots only.
     pub kdf: Option<KdfParams>,
     pub salt: Option<[u8; 32]>,
+    pub wrapped: Vec<u8>,
+    /// Format 2: the auth epoch of the K_auth this slot's blob holds (None: 1, a blob made by
+    /// format 1). Below `auth_epoch`, the slot reaches the current K_auth through its link.
+    pub anchor_epoch: Option<u32>,
+}
+
+impl Slot {
+    pub fn anchor(&self) -> u32 {
+        self.anchor_epoch.unwrap_or(1)
+    }
+}
+
+/// The current K_auth HPKE-sealed to a slot anchored at an older auth epoch (mode_psk, psk
+/// from the slot's anchor K_auth): opening it needs the slot's private key and its anchor.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuthLink {
+    pub slot_id: u32,
+    pub enc: Vec<u8>,
+    pub sealed: Vec<u8>,
+}
+
+/// An older K_auth, wrapped under the current one (for links to slots anchored there, the
+/// audit key, and this machine's record of the auth epoch it saw).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuthHistory {
+    pub auth_epoch: u32,
     pub wrapped: Vec<u8>,
 }
 
@@ -141,6 +170,8 @@ pub struct VaultState {
     pub generations: Vec<Generation>,
     pub seals: Vec<Seal>,
     pub rotation: Option<Rotation>,
+    pub auth_links: Vec<AuthLink>,
+    pub auth_history: Vec<AuthHistory>,
 }
 
 impl VaultState {
@@ -165,7 +196,8 @@ impl VaultState {
         if c.format_version >= 2 {
             m.int(c.audit_count)
                 .bytes(&c.audit_head)
-                .int(c.legacy_nodes as i64);
+                .int(c.legacy_nodes as i64)
+                .int(c.auth_epoch.into());
         }
         let mut slots: Vec<&Slot> = self.slots.iter().collect();
         slots.sort_by_key(|s| s.slot_id);
@@ -182,6 +214,9 @@ impl VaultState {
             };
             m.opt_bytes(s.salt.as_ref().map(|s| &s[..]))
                 .bytes(&s.wrapped);
+            if c.format_version >= 2 {
+                m.int(s.anchor().into());
+            }
         }
         let mut gens: Vec<&Generation> = self.generations.iter().collect();
         gens.sort_by_key(|g| g.generation);
@@ -212,6 +247,20 @@ impl VaultState {
                 .int(r.started)
                 .int(r.updated),
         };
+        if c.format_version >= 2 {
+            let mut links: Vec<&AuthLink> = self.auth_links.iter().collect();
+            links.sort_by_key(|l| l.slot_id);
+            m.int(links.len() as i64);
+            for l in links {
+                m.int(l.slot_id.into()).bytes(&l.enc).bytes(&l.sealed);
+            }
+            let mut history: Vec<&AuthHistory> = self.auth_history.iter().collect();
+            history.sort_by_key(|h| h.auth_epoch);
+            m.int(history.len() as i64);
+            for h in history {
+                m.int(h.auth_epoch.into()).bytes(&h.wrapped);
+            }
+        }
         m
     }
 
@@ -285,6 +334,40 @@ impl VaultState {
         if !self.slots.iter().any(|s| s.kind == SlotKind::Password) {
             return Err("no password keyslot".into());
         }
+        // K_auth epochs: every slot anchored at or below the current epoch, exactly the
+        // slots anchored below it linked, one history entry for each older epoch.
+        let a = self.config.auth_epoch;
+        if a == 0 {
+            return Err("auth epoch 0".into());
+        }
+        for slot in &self.slots {
+            let linked = self
+                .auth_links
+                .iter()
+                .filter(|l| l.slot_id == slot.slot_id)
+                .count();
+            if slot.anchor() > a || slot.anchor() == 0 {
+                return Err(format!(
+                    "keyslot {} is anchored above the auth epoch",
+                    slot.slot_id
+                ));
+            }
+            if linked != usize::from(slot.anchor() < a) {
+                return Err(format!("keyslot {} has {linked} auth links", slot.slot_id));
+            }
+        }
+        if self
+            .auth_links
+            .iter()
+            .any(|l| self.slot(l.slot_id).is_none())
+        {
+            return Err("an auth link has no keyslot".into());
+        }
+        let mut epochs: Vec<u32> = self.auth_history.iter().map(|h| h.auth_epoch).collect();
+        epochs.sort_unstable();
+        if epochs != (1..a).collect::<Vec<_>>() {
+            return Err("the auth history does not cover every older auth epoch".into());
+        }
         Ok(())
     }
 }
@@ -311,6 +394,7 @@ pub(crate) mod tests {
                 audit_count: 0,
                 audit_head: Vec::new(),
                 legacy_nodes: false,
+                auth_epoch: 1,
             },
             slots: vec![Slot {
                 slot_id: 1,
@@ -325,6 +409,7 @@ pub(crate) mod tests {
                 }),
                 salt: Some([3; 32]),
                 wrapped: vec![4; 80],
+                anchor_epoch: Some(1),
             }],
             generations: vec![Generation {
                 generation: 1,
@@ -339,6 +424,8 @@ pub(crate) mod tests {
                 sealed: vec![6; 48],
             }],
             rotation: None,
+            auth_links: Vec::new(),
+            auth_history: Vec::new(),
         }
     }
 
