@@ -437,7 +437,7 @@ fn cmd_keyslot(c: KeyslotCommand) -> Result<()> {
             u.remove_slot(&a.label)?;
             println!("Removed keyslot '{}'.", a.label);
             eprintln!(
-                "note: whoever held this slot may have kept the vault's current keys (and a copy of the key database): run `vaultfs rotate --reencrypt` so that nothing written afterwards can be read with them (docs/SECURITY.md)"
+                "note: whoever held this slot may have kept the vault's current keys (and a copy of the key database): run `vaultfs rotate --reencrypt` so that nothing written afterwards can be read with them, and have the other members change their passwords (on a machine that never saw this removal, a member whose password predates it cannot tell a key database forged by the removed one; docs/SECURITY.md)"
             );
             Ok(())
         }
@@ -829,6 +829,10 @@ fn cmd_status(a: StatusArgs) -> Result<()> {
         "epoch        {} (highest seen here: {}){rollback}",
         s.epoch, s.seen_epoch
     );
+    println!(
+        "auth epoch   {} (renewed by every passwd, keyslot remove and recover)",
+        s.auth_epoch
+    );
     if s.backing_missing.is_empty() {
         println!("backing      supports everything vaultfs uses");
     } else {
@@ -841,8 +845,13 @@ fn cmd_status(a: StatusArgs) -> Result<()> {
             .as_ref()
             .map(|k| format!("scrypt logN={} r={} p={}", k.log_n, k.r, k.p))
             .unwrap_or_default();
+        let predates = if k.anchor_epoch < s.auth_epoch {
+            "  (secret set before the last revocation)"
+        } else {
+            ""
+        };
         println!(
-            "  {:>3}  {:<16} {:<9} {:<26} created {}",
+            "  {:>3}  {:<16} {:<9} {:<26} created {}{predates}",
             k.id,
             k.label,
             format!("{:?}", k.kind).to_lowercase(),

@@ -17,6 +17,9 @@ pub struct SlotStatus {
     pub kind: SlotKind,
     pub created: i64,
     pub kdf: Option<KdfStatus>,
+    /// The auth epoch of the key this slot's secret holds: below `auth_epoch`, the slot's
+    /// password (or recovery key) predates the last revocation.
+    pub anchor_epoch: u32,
 }
 
 #[derive(Debug, Serialize)]
@@ -67,6 +70,8 @@ pub struct Status {
     pub longname_max: u32,
     pub created: i64,
     pub epoch: u64,
+    /// Epoch of the key that authenticates the key database (renewed by every revocation).
+    pub auth_epoch: u32,
     /// Highest epoch this machine has seen; above `epoch` means the database was rolled back.
     pub seen_epoch: u64,
     pub default_kdf: KdfStatus,
@@ -91,6 +96,7 @@ pub fn status(ks: &Keystore, audit_entries: usize) -> Result<Status> {
         longname_max: c.longname_max,
         created: c.created,
         epoch: c.epoch,
+        auth_epoch: c.auth_epoch,
         seen_epoch: local_state::seen_epoch(&c.vault_id)?,
         default_kdf: c.default_kdf.into(),
         backing_missing: c
@@ -108,6 +114,7 @@ pub fn status(ks: &Keystore, audit_entries: usize) -> Result<Status> {
                 kind: sl.kind,
                 created: sl.created,
                 kdf: sl.kdf.map(Into::into),
+                anchor_epoch: sl.anchor(),
             })
             .collect(),
         generations: s
