@@ -38,6 +38,9 @@ pub struct WalkStats {
     pub dir_ids: u64,
     pub symlinks: u64,
     pub xattrs: u64,
+    /// Files whose contents did not decrypt: their headers moved to the new generation, their
+    /// contents were not re-encrypted (fsck lists them).
+    pub damaged: u64,
 }
 
 impl WalkStats {
@@ -222,7 +225,13 @@ impl Walker<'_> {
             return Ok(());
         }
         let temp = temp_name();
-        write_reencrypted(self.keyring, self.layout, src.as_fd(), dir, &temp)?;
+        if let Err(why) = write_reencrypted(self.keyring, self.layout, src.as_fd(), dir, &temp)? {
+            // A damaged file must not stall the rotation (and with it every revocation):
+            // it keeps its file key, its header moves to the new generation, fsck lists it.
+            self.stats.damaged += 1;
+            log::warn!("'{entry}': contents do not decrypt ({why}); not re-encrypted, run fsck");
+            return self.header(dir, entry);
+        }
         backing::rename(dir, &temp, dir, entry, rustix::fs::RenameFlags::empty())
             .map_err(io_err(format!("cannot replace '{entry}'")))?;
         backing::fsync(self.readable(dir)?.as_fd()).map_err(io_err("fsync".into()))?;
@@ -329,36 +338,9 @@ impl Walker<'_> {
     /// Rewraps a file key into the spare header slot under the new generation, syncs, then
     /// clears the old slot; the file's times are put back.
     fn header(&mut self, dir: BorrowedFd<'_>, entry: &str) -> Result<()> {
-        let fd = backing::open_regular(dir, entry, !self.dry_run)
-            .map_err(io_err(format!("cannot open '{entry}'")))?;
-        let mut head = [0u8; HEADER_LEN];
-        let n = backing::pread_full(fd.as_fd(), &mut head, 0)
-            .map_err(io_err("cannot read a header".into()))?;
-        let Ok(mut header) = FileHeader::decode(&head[..n]) else {
-            return Ok(());
-        };
-        if !header.generations().any(|g| g == self.old) {
-            return Ok(());
+        if rewrap_header(self.keyring, self.old, self.new, dir, entry, self.dry_run)? {
+            self.stats.headers += 1;
         }
-        self.stats.headers += 1;
-        if self.dry_run {
-            return Ok(());
-        }
-        let times = backing::fstat(fd.as_fd()).map_err(io_err("fstat".into()))?;
-        let key: Key256 = header.unwrap_key(self.keyring).map_err(|e| {
-            VaultError::InvalidArgument(format!("header of '{entry}': {e}; run fsck"))
-        })?;
-        if !header.generations().any(|g| g == self.new.generation) {
-            header.fill_spare_slot(self.new, &key)?;
-            backing::pwrite_all(fd.as_fd(), &header.encode(), 0)
-                .map_err(io_err("cannot write a header".into()))?;
-            backing::fdatasync(fd.as_fd()).map_err(io_err("fdatasync".into()))?;
-        }
-        header.clear_generation(self.old);
-        backing::pwrite_all(fd.as_fd(), &header.encode(), 0)
-            .map_err(io_err("cannot write a header".into()))?;
-        backing::fdatasync(fd.as_fd()).map_err(io_err("fdatasync".into()))?;
-        restore_times(fd.as_fd(), &times);
         Ok(())
     }
 
@@ -454,20 +436,65 @@ impl Walker<'_> {
     }
 }
 
+/// Rewraps a file key into the spare header slot under the new generation, syncs, then
+/// clears the old slot; the file's times are put back. Returns whether the header named the
+/// old generation.
+fn rewrap_header(
+    keyring: &Keyring,
+    old: u32,
+    new: &GenerationKeys,
+    dir: BorrowedFd<'_>,
+    entry: &str,
+    dry_run: bool,
+) -> Result<bool> {
+    let fd = backing::open_regular(dir, entry, !dry_run)
+        .map_err(io_err(format!("cannot open '{entry}'")))?;
+    let mut head = [0u8; HEADER_LEN];
+    let n = backing::pread_full(fd.as_fd(), &mut head, 0)
+        .map_err(io_err("cannot read a header".into()))?;
+    let Ok(mut header) = FileHeader::decode(&head[..n]) else {
+        return Ok(false);
+    };
+    if !header.generations().any(|g| g == old) {
+        return Ok(false);
+    }
+    if dry_run {
+        return Ok(true);
+    }
+    let times = backing::fstat(fd.as_fd()).map_err(io_err("fstat".into()))?;
+    let key: Key256 = header
+        .unwrap_key(keyring)
+        .map_err(|e| VaultError::InvalidArgument(format!("header of '{entry}': {e}; run fsck")))?;
+    if !header.generations().any(|g| g == new.generation) {
+        header.fill_spare_slot(new, &key)?;
+        backing::pwrite_all(fd.as_fd(), &header.encode(), 0)
+            .map_err(io_err("cannot write a header".into()))?;
+        backing::fdatasync(fd.as_fd()).map_err(io_err("fdatasync".into()))?;
+    }
+    header.clear_generation(old);
+    backing::pwrite_all(fd.as_fd(), &header.encode(), 0)
+        .map_err(io_err("cannot write a header".into()))?;
+    backing::fdatasync(fd.as_fd()).map_err(io_err("fdatasync".into()))?;
+    restore_times(fd.as_fd(), &times);
+    Ok(true)
+}
+
 /// Writes a copy of the file `src` under a fresh key and file ID as `temp` in `dir`: same
-/// contents (holes stay holes), mode, owner, user xattrs and times; synced.
+/// contents (holes stay holes), mode, owner, user xattrs and times; synced. The inner error
+/// is a file whose contents do not decrypt (nothing is left under `temp` then).
 fn write_reencrypted(
     keyring: &Keyring,
     layout: ChunkLayout,
     src: BorrowedFd<'_>,
     dir: BorrowedFd<'_>,
     temp: &str,
-) -> Result<()> {
+) -> Result<std::result::Result<(), String>> {
     let read_fd = backing::reopen(src, rustix::fs::OFlags::RDONLY)
         .map_err(io_err("cannot reopen a file".into()))?;
-    let old = OpenFile::open(read_fd, keyring, layout).map_err(|why| {
-        VaultError::InvalidArgument(format!("a file does not decrypt ({why}); run fsck"))
-    })?;
+    let old = match OpenFile::open(read_fd, keyring, layout) {
+        Ok(f) => f,
+        Err(why) => return Ok(Err(why)),
+    };
     let st = backing::fstat(src).map_err(io_err("fstat".into()))?;
     let created = backing::create_regular(dir, temp, 0o600)
         .map_err(io_err("cannot create a temp file".into()))?;
@@ -491,9 +518,14 @@ fn write_reencrypted(
                 continue; // a hole stays a hole
             }
         }
-        let data = old.read(i * cs, cs as usize).map_err(|e| {
-            VaultError::InvalidArgument(format!("a file does not decrypt (errno {e}); run fsck"))
-        })?;
+        let data = match old.read(i * cs, cs as usize) {
+            Ok(d) => d,
+            Err(e) => {
+                drop(new);
+                let _ = backing::unlink(dir, temp);
+                return Ok(Err(format!("chunk {i} does not decrypt (errno {e})")));
+            }
+        };
         new.write(keyring, i * cs, &data).map_err(|e| {
             VaultError::InvalidArgument(format!("cannot write a new file (errno {e})"))
         })?;
@@ -510,7 +542,8 @@ fn write_reencrypted(
     backing::chmod_fd(keep.as_fd(), st.st_mode & 0o7777).map_err(io_err("chmod".into()))?;
     copy_xattrs(src, keep.as_fd());
     restore_times(keep.as_fd(), &st);
-    backing::fsync(keep.as_fd()).map_err(io_err("fsync".into()))
+    backing::fsync(keep.as_fd()).map_err(io_err("fsync".into()))?;
+    Ok(Ok(()))
 }
 
 /// Copies the (already sealed) user xattrs: their values are bound to their names, not to
@@ -795,7 +828,14 @@ pub fn rotate(
             continue;
         }
         let temp = temp_name();
-        write_reencrypted(&u.keyring, layout, src.as_fd(), d.as_fd(), &temp)?;
+        if let Err(why) = write_reencrypted(&u.keyring, layout, src.as_fd(), d.as_fd(), &temp)? {
+            log::warn!("'{entry}': contents do not decrypt ({why}); not re-encrypted, run fsck");
+            done.damaged += 1;
+            if rewrap_header(&u.keyring, old, u.keyring.active(), d.as_fd(), entry, false)? {
+                done.headers += 1;
+            }
+            continue;
+        }
         let mut temp_path = dir.to_vec();
         temp_path.push(temp);
         let g = GroupInProgress {

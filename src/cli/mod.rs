@@ -538,6 +538,12 @@ fn cmd_rotate(a: RotateArgs) -> Result<()> {
         stats.symlinks,
         stats.xattrs
     );
+    if stats.damaged > 0 {
+        eprintln!(
+            "warning: {} damaged files (contents that do not decrypt) were not re-encrypted: they keep their file keys; `vaultfs fsck` lists them",
+            stats.damaged
+        );
+    }
     if !a.reencrypt {
         eprintln!(
             "note: without --reencrypt every file keeps its file key: someone who could read a file before (a removed member, an old password) still can; use --reencrypt after revoking anyone"

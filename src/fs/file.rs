@@ -122,6 +122,11 @@ pub struct OpenFile<S: FileStore = OwnedFd> {
     fd: S,
     layout: ChunkLayout,
     state: RwLock<State>,
+    /// How long a write that would leave whole chunks unwritten before it waits for other
+    /// writes to fill them (`with_gap_wait`).
+    gap_wait: std::time::Duration,
+    /// Notified whenever the size changes, for writes waiting out a gap.
+    grown: (std::sync::Mutex<()>, std::sync::Condvar),
 }
 
 fn io(e: std::io::Error) -> i32 {
@@ -170,6 +175,8 @@ impl<S: FileStore> OpenFile<S> {
                 budget: 0,
                 next_block: RESERVE_BLOCK_MIN,
             }),
+            gap_wait: std::time::Duration::ZERO,
+            grown: Default::default(),
         })
     }
 
@@ -182,7 +189,30 @@ impl<S: FileStore> OpenFile<S> {
             fd,
             layout,
             state: RwLock::new(state),
+            gap_wait: std::time::Duration::ZERO,
+            grown: Default::default(),
         })
+    }
+
+    /// With the kernel's writeback cache, several FUSE workers write one file's pages at
+    /// once, so a write past the end can arrive before the writes of the pages before it:
+    /// a gap that is not a hole. Such a write waits up to `wait` for the gap to fill before
+    /// it makes holes of it (which sets the header's HOLES flag for good).
+    pub fn with_gap_wait(mut self, wait: std::time::Duration) -> Self {
+        self.gap_wait = wait;
+        self
+    }
+
+    /// Whether a write at `offset` would leave whole chunks unwritten in a file that does
+    /// not allow holes yet.
+    fn leaves_gap(&self, st: &State, offset: u64) -> bool {
+        let cs = self.layout.chunk_size() as u64;
+        !st.cipher.holes_allowed() && offset / cs > self.layout.last_chunk_index(st.size) + 1
+    }
+
+    fn notify_grown(&self) {
+        let _g = self.grown.0.lock().expect("grown lock");
+        self.grown.1.notify_all();
     }
 
     /// The backing store (for tests that inspect what was written).
@@ -226,10 +256,28 @@ impl<S: FileStore> OpenFile<S> {
 
     /// Writes `data` at `offset`.
     pub fn write(&self, keyring: &Keyring, offset: u64, data: &[u8]) -> FsResult<()> {
+        let deadline = std::time::Instant::now() + self.gap_wait;
         let mut st = self.state.write().expect("file lock");
+        while !self.gap_wait.is_zero() && self.leaves_gap(&st, offset) {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            if left.is_zero() {
+                break;
+            }
+            // Wait for another write to grow the file, without holding the file lock.
+            let g = self.grown.0.lock().expect("grown lock");
+            drop(st);
+            let _ = self.grown.1.wait_timeout(g, left).expect("grown lock");
+            st = self.state.write().expect("file lock");
+        }
+        let before = st.size;
         let result = self.write_locked(keyring, &mut st, offset, data);
         if result.is_err() {
             self.resync_size(&mut st);
+        }
+        let grew = st.size != before;
+        drop(st);
+        if grew {
+            self.notify_grown();
         }
         result
     }

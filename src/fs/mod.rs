@@ -1147,7 +1147,8 @@ impl VaultFs {
             .map_err(|e| e.raw_os_error())
         })?;
         let f = OpenFile::open(file_fd, &self.keyring, self.layout)
-            .map_err(|why| self.damaged(ino, "unreadable file", why))?;
+            .map_err(|why| self.damaged(ino, "unreadable file", why))?
+            .with_gap_wait(self.gap_wait());
         let mut open = self.open_files.lock().expect("lock");
         // Another thread may have opened it meanwhile: keep one state per inode.
         if let Some(existing) = open.get(&ino).and_then(Weak::upgrade) {
@@ -1156,6 +1157,16 @@ impl VaultFs {
         let f = Arc::new(f);
         open.insert(ino, Arc::downgrade(&f));
         Ok(f)
+    }
+
+    /// How long a write past the end waits for the writes before it (`OpenFile::
+    /// with_gap_wait`): only the writeback cache sends one file's writes out of order.
+    pub(crate) fn gap_wait(&self) -> Duration {
+        if self.config.writeback_cache {
+            Duration::from_millis(50)
+        } else {
+            Duration::ZERO
+        }
     }
 
     pub(crate) fn add_handle(&self, h: Handle) -> u64 {
