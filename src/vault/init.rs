@@ -15,7 +15,7 @@ use super::recovery_file::{self, RecoveryFileInfo};
 use super::state::{
     Config, FORMAT_VERSION, GenState, Generation, Seal, Slot, SlotKind, VaultState,
 };
-use super::{local_state, now, probe};
+use super::{now, probe};
 use crate::crypto::chunk::ChunkLayout;
 use crate::crypto::dirid::{ROOT_PARENT, seal_dir_id};
 use crate::crypto::keys::{Key256, random_array};
@@ -251,20 +251,8 @@ fn create(o: &InitOptions, keystore: &Path, password: &[u8]) -> Result<InitRepor
         o.chunk_size, longname_max, o.kdf.log_n, o.recovery_key
     );
     let mut state = state;
-    super::keystore::write_state(
-        &mut db,
-        &mut state,
-        &k_auth,
-        &super::audit::audit_key(&k_auth, &vault_id),
-        &[(t, "init", &detail)],
-    )?;
+    super::keystore::write_first_state(&mut db, &mut state, &k_auth, (t, "init", &detail))?;
     drop(db);
-    local_state::record_epoch(&vault_id, 1)?;
-    local_state::reset_auth(
-        &vault_id,
-        1,
-        &crate::crypto::auth::fingerprint(&k_auth, &vault_id),
-    )?;
 
     let paths = VaultPaths {
         backing: o.vault.clone(),

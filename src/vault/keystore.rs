@@ -328,6 +328,31 @@ pub(super) fn write_state(
     Ok(mac)
 }
 
+/// Writes a new key database's first state and audit event (`init`, a rebuilt keystore),
+/// and makes this machine remember it: its epoch, and its K_auth as the start of a new
+/// history (a deliberate reset of trust).
+pub(super) fn write_first_state(
+    db: &mut KeyDb,
+    state: &mut VaultState,
+    k_auth: &Key256,
+    event: (i64, &str, &str),
+) -> Result<()> {
+    let vault_id = state.config.vault_id;
+    write_state(
+        db,
+        state,
+        k_auth,
+        &audit::audit_key(k_auth, &vault_id),
+        &[event],
+    )?;
+    local_state::record_epoch(&vault_id, state.config.epoch)?;
+    local_state::reset_auth(
+        &vault_id,
+        state.config.auth_epoch,
+        &auth::fingerprint(k_auth, &vault_id),
+    )
+}
+
 impl Unlocked {
     /// Writes the in-memory state back with a new epoch and MAC, plus audit entries (and any
     /// waiting in the local audit log), in one transaction.

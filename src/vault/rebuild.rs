@@ -185,19 +185,6 @@ pub fn rebuild_keystore(
         opened.len()
     );
     let mut state = state;
-    super::keystore::write_state(
-        &mut db,
-        &mut state,
-        &k_auth,
-        &super::audit::audit_key(&k_auth, &vault_id),
-        &[(t, "recover", &detail)],
-    )?;
-    local_state::record_epoch(&vault_id, state.config.epoch)?;
-    // A deliberate reset of trust: the new database starts a new K_auth history.
-    local_state::reset_auth(
-        &vault_id,
-        1,
-        &crate::crypto::auth::fingerprint(&k_auth, &vault_id),
-    )?;
+    super::keystore::write_first_state(&mut db, &mut state, &k_auth, (t, "recover", &detail))?;
     Ok(path)
 }
