@@ -867,6 +867,10 @@ pub fn rotate(
     }
     s.seals.retain(|x| x.generation != old);
     s.rotation = None;
+    // Every file now has a key no revoked party ever saw (unless it was damaged).
+    if reencrypt && done.damaged == 0 {
+        s.config.revoked_since_reencrypt = false;
+    }
     let _ = std::fs::remove_file(root_path.join(recovery_file::file_name(old)));
     let summary = format!(
         "generation {old} -> {new} done: {} entries; {} files re-encrypted, {} headers, {} names, {} directory IDs, {} symlinks, {} xattrs rewritten",

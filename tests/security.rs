@@ -1207,3 +1207,44 @@ fn a_format_upgrade_killed_at_any_moment_leaves_a_vault_that_opens() {
         outcomes[0], outcomes[1]
     );
 }
+
+/// Design review (3.7, 3.11): `status` says when someone was revoked and no `rotate
+/// --reencrypt` has finished since (until then they read what their copy of the keys opens),
+/// and a removed slot's ID is never given to another slot (audit entries name slots).
+#[test]
+fn status_tracks_an_incomplete_revocation_and_slot_ids_are_never_reused() {
+    let v = TestVault::new(4096);
+    let status = || {
+        let o = run_ok(vaultfs(&v.state).args(["status", "--json"]).arg(&v.vault));
+        serde_json::from_slice::<serde_json::Value>(&o.stdout).unwrap()
+    };
+    let pw = v.tmp.path().join("other");
+    fs::write(&pw, "another password\n").unwrap();
+    let add = |label: &str| {
+        run_ok(&mut v.with_password(&[
+            "keyslot",
+            "add",
+            "--label",
+            label,
+            "--new-passfile",
+            pw.to_str().unwrap(),
+        ]));
+    };
+    assert_eq!(status()["revoked_since_reencrypt"], false);
+    add("bob");
+    let bob_id = status()["keyslots"][1]["id"].as_u64().unwrap();
+    run_ok(&mut v.with_password(&["keyslot", "remove", "--label", "bob"]));
+    add("carol");
+    let s = status();
+    let carol_id = s["keyslots"][1]["id"].as_u64().unwrap();
+    assert!(carol_id > bob_id, "slot ID {bob_id} given out again");
+    assert_eq!(s["revoked_since_reencrypt"], true);
+    run_ok(&mut v.with_password(&["rotate"]));
+    assert_eq!(
+        status()["revoked_since_reencrypt"],
+        true,
+        "a rotation without --reencrypt"
+    );
+    run_ok(&mut v.with_password(&["rotate", "--reencrypt"]));
+    assert_eq!(status()["revoked_since_reencrypt"], false);
+}

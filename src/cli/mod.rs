@@ -839,6 +839,11 @@ fn cmd_status(a: StatusArgs) -> Result<()> {
         "auth epoch   {} (renewed by every passwd, keyslot remove and recover)",
         s.auth_epoch
     );
+    if s.revoked_since_reencrypt {
+        println!(
+            "revocation   incomplete: run `vaultfs rotate --reencrypt` (until then a revoked password or slot still reads what its copy of the keys opens)"
+        );
+    }
     if s.backing_missing.is_empty() {
         println!("backing      supports everything vaultfs uses");
     } else {

@@ -90,6 +90,8 @@ ALTER TABLE config ADD COLUMN audit_count INTEGER NOT NULL DEFAULT 0;
 ALTER TABLE config ADD COLUMN audit_head BLOB NOT NULL DEFAULT x'';
 ALTER TABLE config ADD COLUMN legacy_nodes INTEGER NOT NULL DEFAULT 1;
 ALTER TABLE config ADD COLUMN auth_epoch INTEGER NOT NULL DEFAULT 1;
+ALTER TABLE config ADD COLUMN revoked_since_reencrypt INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE config ADD COLUMN next_slot_id INTEGER NOT NULL DEFAULT 0;
 ALTER TABLE keyslots ADD COLUMN anchor_epoch INTEGER;
 CREATE TABLE auth_links (
     slot_id  INTEGER PRIMARY KEY REFERENCES keyslots (slot_id),
@@ -386,9 +388,9 @@ impl KeyDb {
         let bad = |what: &str| VaultError::refused(p, format!("invalid {what}"));
         // Schema 1 has no audit columns: read them as a format-1 state has them (none).
         let audit_cols = if self.schema_version >= 2 {
-            "audit_count, audit_head, legacy_nodes, auth_epoch"
+            "audit_count, audit_head, legacy_nodes, auth_epoch, revoked_since_reencrypt, next_slot_id"
         } else {
-            "0, x'', 1, 1"
+            "0, x'', 1, 1, 0, 0"
         };
         let row = self
             .conn
@@ -415,6 +417,8 @@ impl KeyDb {
                             r.get::<_, Vec<u8>>(12)?,
                             r.get::<_, i64>(13)?,
                             r.get::<_, i64>(14)?,
+                            r.get::<_, i64>(15)?,
+                            r.get::<_, i64>(16)?,
                         ),
                     ))
                 },
@@ -432,7 +436,7 @@ impl KeyDb {
             created,
             epoch,
             mac,
-            (audit_count, audit_head, legacy_nodes, auth_epoch),
+            (audit_count, audit_head, legacy_nodes, auth_epoch, revoked, next_slot_id),
         ) = row;
         if format_version > FORMAT_VERSION {
             return Err(VaultError::NewerFormat {
@@ -475,6 +479,12 @@ impl KeyDb {
                 .ok()
                 .filter(|&a| a > 0)
                 .ok_or_else(|| bad("auth epoch"))?,
+            revoked_since_reencrypt: match revoked {
+                0 => false,
+                1 => true,
+                _ => return Err(bad("revoked_since_reencrypt")),
+            },
+            next_slot_id: u32::try_from(next_slot_id).map_err(|_| bad("next slot ID"))?,
         };
 
         let mut stmt = self
@@ -716,8 +726,8 @@ impl KeyDb {
         tx.execute(
             "INSERT INTO config (id, vault_id, format_version, chunk_size, longname_max, kdf_log_n, kdf_r, kdf_p,
                                  backing_missing, created, epoch, state_mac, audit_count, audit_head,
-                                 legacy_nodes, auth_epoch)
-             VALUES (1, ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)",
+                                 legacy_nodes, auth_epoch, revoked_since_reencrypt, next_slot_id)
+             VALUES (1, ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17)",
             params![
                 &c.vault_id[..],
                 c.format_version,
@@ -733,7 +743,9 @@ impl KeyDb {
                 c.audit_count,
                 c.audit_head,
                 c.legacy_nodes,
-                c.auth_epoch
+                c.auth_epoch,
+                c.revoked_since_reencrypt,
+                c.next_slot_id
             ],
         )
         .map_err(&e)?;

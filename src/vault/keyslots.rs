@@ -126,6 +126,7 @@ impl Unlocked {
             });
         }
         state.config.auth_epoch = new_epoch;
+        state.config.revoked_since_reencrypt = true;
         self.k_auth = new_key;
         // The seals' PSK derives from K_auth: reseal everything under the new one.
         let slots = self.keystore.state.slots.clone();
@@ -273,6 +274,7 @@ impl Unlocked {
             state.config.auth_epoch,
         )?;
         self.seal_live_generations_to(&slot)?;
+        self.keystore.state.config.next_slot_id = slot.slot_id + 1;
         self.keystore.state.slots.push(slot);
         self.commit(&[("keyslot-add", format!("password slot {label}"))])
     }
@@ -321,6 +323,7 @@ impl Unlocked {
             anchor_epoch: Some(self.keystore.state.config.auth_epoch),
         };
         self.seal_live_generations_to(&slot)?;
+        self.keystore.state.config.next_slot_id = slot.slot_id + 1;
         self.keystore.state.slots.push(slot.clone());
         self.write_recovery_files(&slot)?;
         self.commit(&[("keyslot-add", format!("recovery slot {label}"))])?;
@@ -367,6 +370,8 @@ impl Unlocked {
                 "refusing to remove the last password keyslot".into(),
             ));
         }
+        // Its ID is never given out again.
+        state.config.next_slot_id = state.next_slot_id();
         state.slots.retain(|s| s.slot_id != slot.slot_id);
         state.seals.retain(|s| s.slot_id != slot.slot_id);
         // What the removed slot unwrapped no longer authenticates anything.

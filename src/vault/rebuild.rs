@@ -168,6 +168,8 @@ pub fn rebuild_keystore(
             // Made by format 2: FIFOs, sockets and devices only in header-only files.
             legacy_nodes: false,
             auth_epoch: 1,
+            revoked_since_reencrypt: false,
+            next_slot_id: 0,
         },
         slots,
         generations,

@@ -39,6 +39,12 @@ pub struct Config {
     /// Format 2: the epoch of the current K_auth (1 at `init`); every revoking command
     /// (passwd, keyslot remove, recover, a new recovery key) makes a new K_auth and adds 1.
     pub auth_epoch: u32,
+    /// Format 2: K_auth was renewed (someone revoked) since the last `rotate --reencrypt`
+    /// finished: until one does, the revoked party can still read what it could.
+    pub revoked_since_reencrypt: bool,
+    /// Format 2: the lowest slot ID a new slot may take (IDs are never reused, so audit
+    /// entries that name a slot stay unambiguous).
+    pub next_slot_id: u32,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -197,7 +203,9 @@ impl VaultState {
             m.int(c.audit_count)
                 .bytes(&c.audit_head)
                 .int(c.legacy_nodes as i64)
-                .int(c.auth_epoch.into());
+                .int(c.auth_epoch.into())
+                .int(c.revoked_since_reencrypt as i64)
+                .int(c.next_slot_id.into());
         }
         let mut slots: Vec<&Slot> = self.slots.iter().collect();
         slots.sort_by_key(|s| s.slot_id);
@@ -295,7 +303,8 @@ impl VaultState {
     }
 
     pub fn next_slot_id(&self) -> u32 {
-        self.slots.iter().map(|s| s.slot_id).max().unwrap_or(0) + 1
+        let after_max = self.slots.iter().map(|s| s.slot_id).max().unwrap_or(0) + 1;
+        after_max.max(self.config.next_slot_id)
     }
 
     /// Structural checks that need no key: one active generation, at most one retiring,
@@ -395,6 +404,8 @@ pub(crate) mod tests {
                 audit_head: Vec::new(),
                 legacy_nodes: false,
                 auth_epoch: 1,
+                revoked_since_reencrypt: false,
+                next_slot_id: 2,
             },
             slots: vec![Slot {
                 slot_id: 1,

@@ -72,6 +72,9 @@ pub struct Status {
     pub epoch: u64,
     /// Epoch of the key that authenticates the key database (renewed by every revocation).
     pub auth_epoch: u32,
+    /// Someone was revoked since the last `rotate --reencrypt`: they can still read what
+    /// their copy of the keys opens.
+    pub revoked_since_reencrypt: bool,
     /// Highest epoch this machine has seen; above `epoch` means the database was rolled back.
     pub seen_epoch: u64,
     pub default_kdf: KdfStatus,
@@ -97,6 +100,7 @@ pub fn status(ks: &Keystore, audit_entries: usize) -> Result<Status> {
         created: c.created,
         epoch: c.epoch,
         auth_epoch: c.auth_epoch,
+        revoked_since_reencrypt: c.revoked_since_reencrypt,
         seen_epoch: local_state::seen_epoch(&c.vault_id)?,
         default_kdf: c.default_kdf.into(),
         backing_missing: c
