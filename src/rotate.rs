@@ -458,13 +458,18 @@ fn rewrap_header(
     if !header.generations().any(|g| g == old) {
         return Ok(false);
     }
+    // A header that does not authenticate cannot be moved: it is damaged (fsck lists it),
+    // and must not stop the rotation, and with it every revocation. It stays under the old
+    // generation; once that is destroyed the file is lost for good (as a backup made before
+    // a rotation is).
+    let Ok(key) = header.unwrap_key(keyring) else {
+        log::warn!("'{entry}': its header does not authenticate; left out of the rotation");
+        return Ok(false);
+    };
     if dry_run {
         return Ok(true);
     }
     let times = backing::fstat(fd.as_fd()).map_err(io_err("fstat".into()))?;
-    let key: Key256 = header
-        .unwrap_key(keyring)
-        .map_err(|e| VaultError::InvalidArgument(format!("header of '{entry}': {e}; run fsck")))?;
     if !header.generations().any(|g| g == new.generation) {
         header.fill_spare_slot(new, &key)?;
         backing::pwrite_all(fd.as_fd(), &header.encode(), 0)
@@ -765,7 +770,7 @@ pub fn rotate(
     reencrypt: bool,
     progress: &dyn Fn(&str, &WalkStats),
 ) -> Result<(u32, u32, WalkStats)> {
-    let (old, new, _resumed) = start(u, reencrypt)?;
+    let (old, new, resumed) = start(u, reencrypt)?;
     let root_path = u.keystore.paths.backing.clone();
     let root = backing::open_root(&root_path)
         .map_err(io_err(format!("cannot open {}", root_path.display())))?;
@@ -867,8 +872,9 @@ pub fn rotate(
     }
     s.seals.retain(|x| x.generation != old);
     s.rotation = None;
-    // Every file now has a key no revoked party ever saw (unless it was damaged).
-    if reencrypt && done.damaged == 0 {
+    // Every file now has a key no revoked party ever saw, unless one was damaged; a resumed
+    // rotation cannot tell what an earlier run of it met, so it does not say so either.
+    if reencrypt && done.damaged == 0 && !resumed {
         s.config.revoked_since_reencrypt = false;
     }
     let _ = std::fs::remove_file(root_path.join(recovery_file::file_name(old)));

@@ -91,6 +91,10 @@ impl FileStore for OwnedFd {
 /// key's 2^32 budget the way fixed 65,536-write blocks did. Nothing is given back at close:
 /// a header write then would change the file's times after the user's last operation.
 const RESERVE_BLOCK_MAX: u64 = 1 << 16;
+
+/// The largest gap a write past the end fills with sealed zeros under the writeback cache
+/// (`write_locked`); a larger one is a sparse write and makes holes.
+const GAP_FILL_MAX: u64 = 16 << 20;
 const RESERVE_BLOCK_MIN: u64 = 16;
 
 struct State {
@@ -326,7 +330,19 @@ impl<S: FileStore> OpenFile<S> {
             st.size = new_size;
             return Ok(());
         }
-        // Grow past the old last chunk; chunks skipped over become holes.
+        // Grow past the old last chunk, skipping whole chunks.
+        if first > old_last + 1 && !st.cipher.holes_allowed() {
+            // Through the writeback cache the skipped pages may just be dirty in the kernel
+            // still (a sync_file_range of a later range, a reordered writeback): sealed
+            // zeros, which those pages overwrite when they come, keep the file free of
+            // holes. Only a gap too large to fill is a sparse write.
+            let gap_start = (old_last + 1) * cs;
+            if !self.gap_wait.is_zero() && offset - gap_start <= GAP_FILL_MAX {
+                let mut filled = vec![0u8; (offset - gap_start) as usize];
+                filled.extend_from_slice(data);
+                return self.write_locked(keyring, st, gap_start, &filled);
+            }
+        }
         if first > old_last + 1 {
             self.allow_holes(keyring, st)?;
         }
