@@ -85,6 +85,14 @@ impl Walker<'_> {
 
     /// Makes sure directory `dir` (found at (`parent`, `entry`)) has its ID sealed under the
     /// new generation; returns its ID.
+    /// Whether the directory's ID (or its staged one) opens for its place; no side effects.
+    fn dir_id_checks_out(&self, dir: BorrowedFd<'_>, parent: &DirId, entry: &str) -> bool {
+        [DIRID_FILE, DIRID_NEXT_FILE].iter().any(|file| {
+            backing::read_small(dir, file, 64)
+                .is_ok_and(|bytes| open_dir_id(self.keyring, parent, entry, &bytes).is_ok())
+        })
+    }
+
     fn dir_id(&mut self, dir: BorrowedFd<'_>, parent: &DirId, entry: &str) -> Result<DirId> {
         let mut found = None;
         for file in [DIRID_FILE, DIRID_NEXT_FILE] {
@@ -147,22 +155,46 @@ impl Walker<'_> {
                         .and_then(|b| read_side_file(&e.name, &b).ok())
                     {
                         Some(enc) => enc,
-                        None => continue, // damaged: fsck's business, not rotation's
+                        None => {
+                            // Its name is lost (fsck's business), not its contents.
+                            self.rescue(dir, &e.name)?;
+                            continue;
+                        }
                     }
                 }
                 EntryKind::Reserved => {
                     self.clean_leftover(dir, &e.name, &names_here);
                     continue;
                 }
+                // fsck --repair keeps entries whose name was lost in the root's lost+found.
+                EntryKind::Foreign if self.path.is_empty() && e.name == "lost+found" => {
+                    self.rescue(dir, &e.name)?;
+                    continue;
+                }
                 EntryKind::Foreign => continue,
             };
             let Ok((plain, generation)) = decrypt_name(self.keyring, id, &encoded) else {
+                // A name moved here from elsewhere, or damaged: not renamable, but its keys
+                // must still move, or destroying the old generation would lose it.
+                self.rescue(dir, &e.name)?;
                 continue;
             };
             self.stats.entries += 1;
             let st = backing::lstat(dir, &e.name)
                 .map_err(io_err(format!("cannot stat '{}'", e.name)))?;
             let is_dir = st.st_mode & libc::S_IFMT == libc::S_IFDIR;
+            // A directory whose ID does not check out can be neither renamed (its ID is
+            // bound to its name) nor walked by name: it must not stall the rotation, and
+            // what is inside keeps its keys (fsck --repair recovers the names).
+            if is_dir
+                && !backing::open_dir_path(dir, &e.name)
+                    .is_ok_and(|child| self.dir_id_checks_out(child.as_fd(), id, &e.name))
+            {
+                log::warn!("a directory ID does not check out; its entries keep their names");
+                self.stats.damaged += 1;
+                self.rescue(dir, &e.name)?;
+                continue;
+            }
             // 1. The name, under the new generation (a directory carries its ID along).
             let mut entry = e.name.clone();
             if generation != self.new.generation {
@@ -175,7 +207,19 @@ impl Walker<'_> {
                 libc::S_IFDIR => {
                     let child = backing::open_dir_path(dir, &entry)
                         .map_err(io_err(format!("cannot open directory '{entry}'")))?;
-                    let child_id = self.dir_id(child.as_fd(), id, &entry)?;
+                    let child_id = match self.dir_id(child.as_fd(), id, &entry) {
+                        Ok(child_id) => child_id,
+                        Err(e) => {
+                            // A damaged directory ID must not stall the rotation; what is
+                            // inside keeps its contents (fsck --repair recovers the names).
+                            log::warn!(
+                                "a directory ID does not check out ({e}); its entries keep their names"
+                            );
+                            self.stats.damaged += 1;
+                            self.rescue(dir, &entry)?;
+                            continue;
+                        }
+                    };
                     self.xattrs(dir, &entry)?;
                     self.path.push(entry.clone());
                     let walked = self.walk_dir(child.as_fd(), &child_id);
@@ -206,6 +250,40 @@ impl Walker<'_> {
                 _ => {}
             }
             (self.progress)(&self.stats);
+        }
+        Ok(())
+    }
+
+    /// Moves what can move without names to the new generation, in a part of the tree whose
+    /// names cannot be read (a lost name, a damaged directory ID, `lost+found`): file
+    /// headers, symlink targets and xattrs, recursively. Names there stay as they are;
+    /// counted as damaged, so the revocation is not declared complete.
+    fn rescue(&mut self, dir: BorrowedFd<'_>, entry: &str) -> Result<()> {
+        let Ok(st) = backing::lstat(dir, entry) else {
+            return Ok(());
+        };
+        match st.st_mode & libc::S_IFMT {
+            libc::S_IFREG => {
+                self.xattrs(dir, entry)?;
+                if rewrap_header(self.keyring, self.old, self.new, dir, entry, self.dry_run)? {
+                    self.stats.headers += 1;
+                    self.stats.damaged += 1;
+                }
+            }
+            libc::S_IFLNK => self.symlink(dir, entry)?,
+            libc::S_IFDIR => {
+                let child = backing::open_dir_path(dir, entry)
+                    .map_err(io_err(format!("cannot open directory '{entry}'")))?;
+                self.xattrs(dir, entry)?;
+                let entries = backing::list(self.readable(child.as_fd())?.as_fd())
+                    .map_err(io_err("cannot list a directory".into()))?;
+                for e in entries {
+                    if !matches!(names::classify(&e.name), EntryKind::Reserved) {
+                        self.rescue(child.as_fd(), &e.name)?;
+                    }
+                }
+            }
+            _ => {}
         }
         Ok(())
     }
@@ -354,13 +432,15 @@ impl Walker<'_> {
         if blob::blob_generation(&raw).ok() != Some(self.old) {
             return Ok(());
         }
+        let Ok(plain) = blob::open_symlink(self.keyring, &target) else {
+            // Damaged: fsck lists it; it must not stop the rotation.
+            log::warn!("symlink '{entry}': its target does not authenticate; left out");
+            return Ok(());
+        };
         self.stats.symlinks += 1;
         if self.dry_run {
             return Ok(());
         }
-        let plain = blob::open_symlink(self.keyring, &target).map_err(|e| {
-            VaultError::InvalidArgument(format!("symlink '{entry}': {e}; run fsck"))
-        })?;
         let st = backing::lstat(dir, entry).map_err(io_err("lstat".into()))?;
         let sealed = blob::seal_symlink(self.new, &plain)?;
         let temp = temp_name();

@@ -5,7 +5,7 @@ mod common;
 
 use std::fs;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use common::*;
@@ -1286,36 +1286,44 @@ fn sync_file_range_of_a_later_range_leaves_no_holes() {
     }
     let v = TestVault::new(4096);
     v.mount();
-    let data: Vec<u8> = (0..65536).map(|i| (i % 251) as u8 + 1).collect();
-    {
-        let f = fs::File::create(v.p("db")).unwrap();
+    // 64 KiB with its last 16 KiB synced first; and (fourth review) 24 MiB with its last MiB
+    // synced first, a gap larger than the first fix filled.
+    let cases: [(&str, usize, i64); 2] =
+        [("db", 65536, 49152), ("big", 24 << 20, (23 << 20) as i64)];
+    for (name, len, tail) in cases {
+        let data: Vec<u8> = (0..len).map(|i| (i % 251) as u8 + 1).collect();
+        let f = fs::File::create(v.p(name)).unwrap();
         std::io::Write::write_all(&mut &f, &data).unwrap();
         // SAFETY: sync_file_range on an open fd.
         let r = unsafe {
             libc::sync_file_range(
                 f.as_raw_fd(),
-                49152,
-                16384,
+                tail,
+                len as i64 - tail,
                 libc::SYNC_FILE_RANGE_WAIT_BEFORE
                     | libc::SYNC_FILE_RANGE_WRITE
                     | libc::SYNC_FILE_RANGE_WAIT_AFTER,
             )
         };
         assert_eq!(r, 0);
+        drop(f);
+        assert!(fs::read(v.p(name)).unwrap() == data, "{name} reads back");
     }
-    assert_eq!(fs::read(v.p("db")).unwrap(), data);
     v.unmount();
-    let backing = backing_of(&v, "db");
-    assert_eq!(
-        &fs::read(&backing).unwrap()[8..12],
-        &[0, 2, 0, 0],
-        "no HOLES flag"
-    );
-    let f = fs::OpenOptions::new().write(true).open(&backing).unwrap();
-    std::os::unix::fs::FileExt::write_all_at(&f, &[0u8; 4124], 144 + 2 * 4124).unwrap();
-    drop(f);
+    for name in ["db", "big"] {
+        let backing = backing_of(&v, name);
+        assert_eq!(
+            &fs::read(&backing).unwrap()[8..12],
+            &[0, 2, 0, 0],
+            "{name}: no HOLES flag"
+        );
+        let f = fs::OpenOptions::new().write(true).open(&backing).unwrap();
+        std::os::unix::fs::FileExt::write_all_at(&f, &[0u8; 4124], 144 + 2 * 4124).unwrap();
+    }
     v.mount();
-    assert_eq!(errno_of(fs::read(v.p("db"))), libc::EIO);
+    for name in ["db", "big"] {
+        assert_eq!(errno_of(fs::read(v.p(name))), libc::EIO, "{name}");
+    }
     v.unmount();
 }
 
@@ -1384,4 +1392,78 @@ fn a_resumed_reencryption_does_not_declare_the_revocation_complete() {
     );
     run_ok(&mut v.with_password(&["rotate", "--reencrypt"]));
     assert_eq!(status()["revoked_since_reencrypt"], false);
+}
+
+/// Fourth review, findings 2 and 3: a damaged directory ID stopped every rotation (and so
+/// every revocation), and files whose names were lost (moved by the backing-store writer, or
+/// kept in lost+found by fsck --repair) kept their old keys, lost for good once the old
+/// generation was destroyed. The rotation now finishes and moves every file key it can
+/// reach without names; fsck --repair then recovers the names.
+#[test]
+fn rotation_moves_the_keys_of_files_whose_names_cannot_be_read() {
+    if !fuse_available() {
+        return;
+    }
+    let v = TestVault::new(4096);
+    v.mount();
+    fs::create_dir_all(v.p("d/sub")).unwrap();
+    fs::write(v.p("d/sub/inside"), b"inside a damaged directory").unwrap();
+    fs::create_dir(v.p("e")).unwrap();
+    fs::write(v.p("moved"), b"moved by the writer").unwrap();
+    fs::write(v.p("kept"), b"kept in lost+found").unwrap();
+    v.unmount();
+    // A name moved to another directory, and one moved and then put in lost+found.
+    let moved = backing_of(&v, "moved");
+    let e = backing_of(&v, "e");
+    fs::rename(&moved, e.join(moved.file_name().unwrap())).unwrap();
+    let kept = backing_of(&v, "kept");
+    fs::rename(&kept, e.join(kept.file_name().unwrap())).unwrap();
+    let o = v.with_password(&["fsck", "--repair"]).output().unwrap();
+    assert_eq!(
+        o.status.code(),
+        Some(vaultfs::exitcodes::REPAIRED),
+        "{}",
+        String::from_utf8_lossy(&o.stdout)
+    );
+    // The writer moves "kept"'s twin out again: "moved" is back in e/ by hand.
+    let lf = v.vault.join("lost+found");
+    let in_lf: Vec<_> = fs::read_dir(&lf)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert_eq!(in_lf.len(), 2);
+    fs::rename(&in_lf[0], e.join(in_lf[0].file_name().unwrap())).unwrap();
+    // A damaged directory ID.
+    let d = backing_of(&v, "d");
+    let mut id = fs::read(d.join("vaultfs.dirid")).unwrap();
+    id[20] ^= 1;
+    fs::write(d.join("vaultfs.dirid"), &id).unwrap();
+    let o = v.with_password(&["rotate"]).output().unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    // Every file header in the vault (lost names, lost+found, the damaged directory's
+    // file) names only the new generation (2): no key was lost with generation 1.
+    fn headers(dir: &Path, out: &mut Vec<(PathBuf, u32, u32)>) {
+        for e in fs::read_dir(dir).unwrap() {
+            let p = e.unwrap().path();
+            let name = p.file_name().unwrap().to_str().unwrap().to_string();
+            if p.is_dir() {
+                headers(&p, out);
+            } else if p.is_file() && !name.starts_with("vaultfs.") {
+                let b = fs::read(&p).unwrap();
+                let g0 = u32::from_be_bytes(b[40..44].try_into().unwrap());
+                let g1 = u32::from_be_bytes(b[92..96].try_into().unwrap());
+                out.push((p, g0, g1));
+            }
+        }
+    }
+    let mut found = Vec::new();
+    headers(&v.vault, &mut found);
+    found.retain(|(p, _, _)| !p.ends_with("vaultfs.db"));
+    assert_eq!(found.len(), 3, "{found:?}");
+    for (p, g0, g1) in &found {
+        assert!(
+            *g0 != 1 && *g1 != 1 && (*g0 == 2 || *g1 == 2),
+            "{p:?}: generations {g0}, {g1}"
+        );
+    }
 }

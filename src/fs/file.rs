@@ -93,8 +93,9 @@ impl FileStore for OwnedFd {
 const RESERVE_BLOCK_MAX: u64 = 1 << 16;
 
 /// The largest gap a write past the end fills with sealed zeros under the writeback cache
-/// (`write_locked`); a larger one is a sparse write and makes holes.
-const GAP_FILL_MAX: u64 = 16 << 20;
+/// (`write_locked`): more than the kernel plausibly holds dirty ahead of a write it sends
+/// early. A larger one is a sparse write and makes holes.
+const GAP_FILL_MAX: u64 = 1 << 30;
 const RESERVE_BLOCK_MIN: u64 = 16;
 
 struct State {
@@ -333,14 +334,21 @@ impl<S: FileStore> OpenFile<S> {
         // Grow past the old last chunk, skipping whole chunks.
         if first > old_last + 1 && !st.cipher.holes_allowed() {
             // Through the writeback cache the skipped pages may just be dirty in the kernel
-            // still (a sync_file_range of a later range, a reordered writeback): sealed
-            // zeros, which those pages overwrite when they come, keep the file free of
-            // holes. Only a gap too large to fill is a sparse write.
+            // still (a sync_file_range or msync of a later range, a reordered writeback):
+            // sealed zeros, which those pages overwrite when they come, keep the file free
+            // of holes. Written 1 MiB at a time, each extending the file without a gap.
+            // Only a gap too large to fill is a sparse write (`truncate`, `fallocate` and a
+            // seek past the end with O_TRUNC'd files make holes the explicit way).
             let gap_start = (old_last + 1) * cs;
             if !self.gap_wait.is_zero() && offset - gap_start <= GAP_FILL_MAX {
-                let mut filled = vec![0u8; (offset - gap_start) as usize];
-                filled.extend_from_slice(data);
-                return self.write_locked(keyring, st, gap_start, &filled);
+                let zeros = vec![0u8; (1 << 20).min(offset - gap_start) as usize];
+                let mut at = gap_start;
+                while at < offset {
+                    let n = (offset - at).min(zeros.len() as u64) as usize;
+                    self.write_locked(keyring, st, at, &zeros[..n])?;
+                    at += n as u64;
+                }
+                return self.write_locked(keyring, st, offset, data);
             }
         }
         if first > old_last + 1 {
