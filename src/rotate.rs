@@ -85,25 +85,23 @@ impl Walker<'_> {
 
     /// Makes sure directory `dir` (found at (`parent`, `entry`)) has its ID sealed under the
     /// new generation; returns its ID.
-    /// Whether the directory's ID (or its staged one) opens for its place; no side effects.
-    fn dir_id_checks_out(&self, dir: BorrowedFd<'_>, parent: &DirId, entry: &str) -> bool {
-        [DIRID_FILE, DIRID_NEXT_FILE].iter().any(|file| {
-            backing::read_small(dir, file, 64)
-                .is_ok_and(|bytes| open_dir_id(self.keyring, parent, entry, &bytes).is_ok())
+    /// The directory's ID from `vaultfs.dirid`, else from a staged `vaultfs.dirid.new`, if
+    /// one opens for its place: (ID, its generation, the file it came from). No side effects.
+    fn find_dir_id(
+        &self,
+        dir: BorrowedFd<'_>,
+        parent: &DirId,
+        entry: &str,
+    ) -> Option<(DirId, u32, &'static str)> {
+        [DIRID_FILE, DIRID_NEXT_FILE].into_iter().find_map(|file| {
+            let bytes = backing::read_small(dir, file, 64).ok()?;
+            let (id, generation) = open_dir_id(self.keyring, parent, entry, &bytes).ok()?;
+            Some((id, generation, file))
         })
     }
 
     fn dir_id(&mut self, dir: BorrowedFd<'_>, parent: &DirId, entry: &str) -> Result<DirId> {
-        let mut found = None;
-        for file in [DIRID_FILE, DIRID_NEXT_FILE] {
-            if let Ok(bytes) = backing::read_small(dir, file, 64)
-                && let Ok((id, generation)) = open_dir_id(self.keyring, parent, entry, &bytes)
-            {
-                found = Some((id, generation, file));
-                break;
-            }
-        }
-        let (id, generation, file) = found.ok_or_else(|| {
+        let (id, generation, file) = self.find_dir_id(dir, parent, entry).ok_or_else(|| {
             VaultError::InvalidArgument(format!(
                 "directory ID of backing entry '{entry}' does not check out; run fsck"
             ))
@@ -188,7 +186,7 @@ impl Walker<'_> {
             // what is inside keeps its keys (fsck --repair recovers the names).
             if is_dir
                 && !backing::open_dir_path(dir, &e.name)
-                    .is_ok_and(|child| self.dir_id_checks_out(child.as_fd(), id, &e.name))
+                    .is_ok_and(|child| self.find_dir_id(child.as_fd(), id, &e.name).is_some())
             {
                 log::warn!("a directory ID does not check out; its entries keep their names");
                 self.stats.damaged += 1;
@@ -207,19 +205,7 @@ impl Walker<'_> {
                 libc::S_IFDIR => {
                     let child = backing::open_dir_path(dir, &entry)
                         .map_err(io_err(format!("cannot open directory '{entry}'")))?;
-                    let child_id = match self.dir_id(child.as_fd(), id, &entry) {
-                        Ok(child_id) => child_id,
-                        Err(e) => {
-                            // A damaged directory ID must not stall the rotation; what is
-                            // inside keeps its contents (fsck --repair recovers the names).
-                            log::warn!(
-                                "a directory ID does not check out ({e}); its entries keep their names"
-                            );
-                            self.stats.damaged += 1;
-                            self.rescue(dir, &entry)?;
-                            continue;
-                        }
-                    };
+                    let child_id = self.dir_id(child.as_fd(), id, &entry)?;
                     self.xattrs(dir, &entry)?;
                     self.path.push(entry.clone());
                     let walked = self.walk_dir(child.as_fd(), &child_id);

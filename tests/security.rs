@@ -44,6 +44,53 @@ fn as_nobody(script: &str) -> std::process::Output {
         .unwrap()
 }
 
+/// `vaultfs status --json` of the vault.
+fn status_of(v: &TestVault) -> serde_json::Value {
+    let o = run_ok(vaultfs(&v.state).args(["status", "--json"]).arg(&v.vault));
+    serde_json::from_slice(&o.stdout).unwrap()
+}
+
+/// `vaultfs keyslot add --label LABEL` with the password in `pw`.
+fn add_slot(v: &TestVault, label: &str, pw: &Path) {
+    run_ok(&mut v.with_password(&[
+        "keyslot",
+        "add",
+        "--label",
+        label,
+        "--new-passfile",
+        pw.to_str().unwrap(),
+    ]));
+}
+
+/// 400 files of 9,000 bytes: a rotation long enough to be caught in the middle.
+fn fill_for_rotation(v: &TestVault) {
+    v.mount();
+    for i in 0..400 {
+        fs::write(v.p(&format!("f{i}")), vec![b'x'; 9000]).unwrap();
+    }
+    v.unmount();
+}
+
+/// Kills `rotate --reencrypt` once `status` shows it under way, leaving it unfinished;
+/// `before_each` runs before every try (a try whose rotation finished first is repeated).
+fn interrupt_a_reencryption(v: &TestVault, mut before_each: impl FnMut(u32)) {
+    let rotating = || !status_of(v)["rotation"].is_null();
+    for n in 0..20 {
+        before_each(n);
+        let mut child = v.with_password(&["rotate", "--reencrypt"]).spawn().unwrap();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while !rotating() && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(2));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        if rotating() {
+            return;
+        }
+    }
+    panic!("never caught a rotation in progress");
+}
+
 /// Mode bits of everything under `dir`, recursively (symlinks not followed).
 fn modes_under(dir: &Path) -> Vec<(String, u32, bool)> {
     let mut out = Vec::new();
@@ -729,41 +776,11 @@ fn no_revocation_during_an_unfinished_rotation() {
         return;
     }
     let v = TestVault::new(4096);
-    v.mount();
-    for i in 0..400 {
-        fs::write(v.p(&format!("f{i}")), vec![b'x'; 9000]).unwrap();
-    }
-    v.unmount();
+    fill_for_rotation(&v);
     let pw2 = v.tmp.path().join("pw2");
     fs::write(&pw2, "the new password\n").unwrap();
-    run_ok(&mut v.with_password(&[
-        "keyslot",
-        "add",
-        "--label",
-        "bob",
-        "--new-passfile",
-        pw2.to_str().unwrap(),
-    ]));
-    let rotating = || {
-        let o = run_ok(vaultfs(&v.state).args(["status", "--json"]).arg(&v.vault));
-        let s: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
-        !s["rotation"].is_null()
-    };
-    let mut caught = false;
-    for _ in 0..20 {
-        let mut child = v.with_password(&["rotate", "--reencrypt"]).spawn().unwrap();
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-        while !rotating() && std::time::Instant::now() < deadline {
-            std::thread::sleep(std::time::Duration::from_millis(2));
-        }
-        let _ = child.kill();
-        let _ = child.wait();
-        if rotating() {
-            caught = true;
-            break;
-        }
-    }
-    assert!(caught, "never caught a rotation in progress");
+    add_slot(&v, "bob", &pw2);
+    interrupt_a_reencryption(&v, |_| {});
     for args in [
         vec!["passwd", "--new-passfile", pw2.to_str().unwrap()],
         vec!["keyslot", "remove", "--label", "bob"],
@@ -938,14 +955,7 @@ fn a_removed_member_cannot_forge_the_key_database_after_the_revocation() {
     let v = TestVault::new(4096);
     let bob_pw = v.tmp.path().join("bob");
     fs::write(&bob_pw, "bob's password\n").unwrap();
-    run_ok(&mut v.with_password(&[
-        "keyslot",
-        "add",
-        "--label",
-        "bob",
-        "--new-passfile",
-        bob_pw.to_str().unwrap(),
-    ]));
+    add_slot(&v, "bob", &bob_pw);
     // Bob keeps a copy of the database, and his password opens his slot in it: K_auth.
     let copy = v.tmp.path().join("copy");
     fs::create_dir(&copy).unwrap();
@@ -1088,14 +1098,7 @@ fn a_damaged_file_does_not_stall_a_rotation() {
     v.unmount();
     let bob = v.tmp.path().join("bob");
     fs::write(&bob, "bob's password\n").unwrap();
-    run_ok(&mut v.with_password(&[
-        "keyslot",
-        "add",
-        "--label",
-        "bob",
-        "--new-passfile",
-        bob.to_str().unwrap(),
-    ]));
+    add_slot(&v, "bob", &bob);
     for name in ["bad", "fifo"] {
         let f = fs::OpenOptions::new()
             .append(true)
@@ -1121,18 +1124,9 @@ fn a_damaged_file_does_not_stall_a_rotation() {
     assert!(o.status.success(), "{err}");
     assert!(err.contains("damaged files"), "{err}");
     // Damaged files keep their keys: the revocation is not complete, and status says so.
-    let st = run_ok(vaultfs(&v.state).args(["status", "--json"]).arg(&v.vault));
-    let st: serde_json::Value = serde_json::from_slice(&st.stdout).unwrap();
-    assert_eq!(st["revoked_since_reencrypt"], true);
+    assert_eq!(status_of(&v)["revoked_since_reencrypt"], true);
     // And revocations stay possible.
-    run_ok(&mut v.with_password(&[
-        "keyslot",
-        "add",
-        "--label",
-        "carol",
-        "--new-passfile",
-        bob.to_str().unwrap(),
-    ]));
+    add_slot(&v, "carol", &bob);
     run_ok(&mut v.with_password(&["keyslot", "remove", "--label", "carol"]));
     v.mount();
     assert_eq!(fs::read(v.p("good")).unwrap(), b"fine");
@@ -1239,22 +1233,10 @@ fn a_format_upgrade_killed_at_any_moment_leaves_a_vault_that_opens() {
 #[test]
 fn status_tracks_an_incomplete_revocation_and_slot_ids_are_never_reused() {
     let v = TestVault::new(4096);
-    let status = || {
-        let o = run_ok(vaultfs(&v.state).args(["status", "--json"]).arg(&v.vault));
-        serde_json::from_slice::<serde_json::Value>(&o.stdout).unwrap()
-    };
+    let status = || status_of(&v);
     let pw = v.tmp.path().join("other");
     fs::write(&pw, "another password\n").unwrap();
-    let add = |label: &str| {
-        run_ok(&mut v.with_password(&[
-            "keyslot",
-            "add",
-            "--label",
-            label,
-            "--new-passfile",
-            pw.to_str().unwrap(),
-        ]));
-    };
+    let add = |label: &str| add_slot(&v, label, &pw);
     assert_eq!(status()["revoked_since_reencrypt"], false);
     add("bob");
     let bob_id = status()["keyslots"][1]["id"].as_u64().unwrap();
@@ -1336,54 +1318,20 @@ fn a_resumed_reencryption_does_not_declare_the_revocation_complete() {
         return;
     }
     let v = TestVault::new(4096);
-    v.mount();
-    for i in 0..400 {
-        fs::write(v.p(&format!("f{i}")), vec![b'x'; 9000]).unwrap();
-    }
-    v.unmount();
+    fill_for_rotation(&v);
     let pw2 = v.tmp.path().join("pw2");
     fs::write(&pw2, "bob's password\n").unwrap();
-    run_ok(&mut v.with_password(&[
-        "keyslot",
-        "add",
-        "--label",
-        "bob",
-        "--new-passfile",
-        pw2.to_str().unwrap(),
-    ]));
+    add_slot(&v, "bob", &pw2);
     run_ok(&mut v.with_password(&["keyslot", "remove", "--label", "bob"]));
-    let status = || {
-        let o = run_ok(vaultfs(&v.state).args(["status", "--json"]).arg(&v.vault));
-        serde_json::from_slice::<serde_json::Value>(&o.stdout).unwrap()
-    };
-    let mut caught = false;
-    for n in 0..20 {
+    let status = || status_of(&v);
+    interrupt_a_reencryption(&v, |n| {
         if status()["revoked_since_reencrypt"] == false {
             // A rotation that finished before the kill: revoke someone again.
             let label = format!("bob{n}");
-            run_ok(&mut v.with_password(&[
-                "keyslot",
-                "add",
-                "--label",
-                &label,
-                "--new-passfile",
-                pw2.to_str().unwrap(),
-            ]));
+            add_slot(&v, &label, &pw2);
             run_ok(&mut v.with_password(&["keyslot", "remove", "--label", &label]));
         }
-        let mut child = v.with_password(&["rotate", "--reencrypt"]).spawn().unwrap();
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-        while status()["rotation"].is_null() && std::time::Instant::now() < deadline {
-            std::thread::sleep(std::time::Duration::from_millis(2));
-        }
-        let _ = child.kill();
-        let _ = child.wait();
-        if !status()["rotation"].is_null() {
-            caught = true;
-            break;
-        }
-    }
-    assert!(caught, "never caught a rotation in progress");
+    });
     run_ok(&mut v.with_password(&["rotate", "--reencrypt"]));
     assert_eq!(
         status()["revoked_since_reencrypt"],

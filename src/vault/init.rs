@@ -188,23 +188,15 @@ fn create(o: &InitOptions, keystore: &Path, password: &[u8]) -> Result<InitRepor
     }
 
     let state = VaultState {
-        config: Config {
+        config: Config::new_database(
             vault_id,
-            format_version: FORMAT_VERSION,
-            chunk_size: o.chunk_size,
+            o.chunk_size,
             longname_max,
-            default_kdf: o.kdf,
-            backing_missing: features.missing.join(","),
-            created: t,
-            epoch: 1,
-            audit_count: 0,
-            audit_head: Vec::new(),
-            // Made by format 2: FIFOs, sockets and devices only in header-only files.
-            legacy_nodes: false,
-            auth_epoch: 1,
-            revoked_since_reencrypt: false,
-            next_slot_id: 0,
-        },
+            o.kdf,
+            features.missing.join(","),
+            t,
+            1,
+        ),
         slots,
         generations: vec![Generation {
             generation: 1,

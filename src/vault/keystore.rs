@@ -359,30 +359,24 @@ impl Unlocked {
     pub fn commit(&mut self, events: &[(&str, String)]) -> Result<()> {
         // Nothing is written on top of an audit log that someone has cut or edited.
         let audit_key = self.audit_key()?;
+        if let Err(why) = audit::check(
+            &self.keystore.db.conn,
+            &audit_key,
+            &self.keystore.state.config,
+        )? {
+            return Err(VaultError::tampered(
+                &self.keystore.paths.keystore,
+                format!("{why}; restore it from a backup"),
+            ));
+        }
         if self.keystore.state.config.format_version < 2 {
             // Upgrading from format 1: every member ever removed under format 1 knows its
             // K_auth, so the first format-2 write renews it.
-            if let Err(why) = audit::check(
-                &self.keystore.db.conn,
-                &audit_key,
-                &self.keystore.state.config,
-            )? {
-                return Err(VaultError::tampered(
-                    &self.keystore.paths.keystore,
-                    format!("{why}; restore it from a backup"),
-                ));
-            }
             self.renew_k_auth(None)?;
         }
         let k_auth = self.k_auth.clone();
         let ks = &mut self.keystore;
         let vault_id = ks.state.config.vault_id;
-        if let Err(why) = audit::check(&ks.db.conn, &audit_key, &ks.state.config)? {
-            return Err(VaultError::tampered(
-                &ks.paths.keystore,
-                format!("{why}; restore it from a backup"),
-            ));
-        }
         ks.state.config.epoch += 1;
         // A format-1 vault becomes format 2 with its first write by this build (the marker
         // follows right after the commit; one still at 1 is raised by the next writer).

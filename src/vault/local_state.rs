@@ -334,10 +334,7 @@ pub fn record_auth(vault_id: &VaultId, epoch: u32, fingerprint: &[u8; 32]) -> Re
     if seen_auth(vault_id)?.is_some_and(|(e, f)| e > epoch || (e == epoch && &f == fingerprint)) {
         return Ok(());
     }
-    StateDir::vault(vault_id)?.write_atomic(
-        "auth",
-        format!("{epoch} {}\n", HEXLOWER.encode(fingerprint)).as_bytes(),
-    )
+    reset_auth(vault_id, epoch, fingerprint)
 }
 
 /// Replaces the record (a new vault, or a key database rebuilt from the recovery key).

@@ -152,25 +152,17 @@ pub fn rebuild_keystore(
         .map(|f| f.missing.join(","))
         .unwrap_or_default();
     let state = VaultState {
-        config: Config {
+        config: Config::new_database(
             vault_id,
-            format_version: super::state::FORMAT_VERSION,
-            chunk_size: info0.chunk_size,
-            longname_max: info0.longname_max.into(),
-            default_kdf: kdf,
-            backing_missing: missing,
-            created: t,
-            // Above anything this machine has seen, so the rebuilt database is not taken for a
-            // rollback.
-            epoch: local_state::seen_epoch(&vault_id)? + 1,
-            audit_count: 0,
-            audit_head: Vec::new(),
-            // Made by format 2: FIFOs, sockets and devices only in header-only files.
-            legacy_nodes: false,
-            auth_epoch: 1,
-            revoked_since_reencrypt: false,
-            next_slot_id: 0,
-        },
+            info0.chunk_size,
+            info0.longname_max.into(),
+            kdf,
+            missing,
+            t,
+            // Above anything this machine has seen, so the rebuilt database is not taken
+            // for a rollback.
+            local_state::seen_epoch(&vault_id)? + 1,
+        ),
         slots,
         generations,
         seals,

@@ -47,6 +47,38 @@ pub struct Config {
     pub next_slot_id: u32,
 }
 
+impl Config {
+    /// The configuration of a key database this build creates (`init`, a rebuilt keystore):
+    /// the current format, no audit entries yet, the first K_auth, no revocation, and FIFOs,
+    /// sockets and devices only in header-only files.
+    pub fn new_database(
+        vault_id: VaultId,
+        chunk_size: u32,
+        longname_max: u32,
+        default_kdf: KdfParams,
+        backing_missing: String,
+        created: i64,
+        epoch: u64,
+    ) -> Config {
+        Config {
+            vault_id,
+            format_version: FORMAT_VERSION,
+            chunk_size,
+            longname_max,
+            default_kdf,
+            backing_missing,
+            created,
+            epoch,
+            audit_count: 0,
+            audit_head: Vec::new(),
+            legacy_nodes: false,
+            auth_epoch: 1,
+            revoked_since_reencrypt: false,
+            next_slot_id: 0,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum SlotKind {
