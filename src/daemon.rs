@@ -187,6 +187,7 @@ pub fn mount(mut req: MountRequest, password: &[u8]) -> Result<()> {
         writeback_cache: !req.settings.shared_storage && !req.settings.no_writeback_cache,
         kernel_checks_permissions: req.settings.kernel_checks_permissions(),
         legacy_nodes: unlocked.state().config.legacy_nodes,
+        sparse: unlocked.state().config.sparse,
     };
     let root = backing::open_root(&vault)
         .map_err(VaultError::io(format!("cannot open {}", vault.display())))?;

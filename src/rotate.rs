@@ -13,7 +13,7 @@ use std::path::Path;
 use crate::crypto::blob;
 use crate::crypto::chunk::ChunkLayout;
 use crate::crypto::dirid::{ROOT_PARENT, open_dir_id, seal_dir_id};
-use crate::crypto::header::{FileHeader, HEADER_LEN};
+use crate::crypto::header::{FileHeader, HEADER_LEN, NodeType};
 use crate::crypto::keys::Key256;
 use crate::crypto::names::{
     self, BackingName, DIRID_FILE, DIRID_NEXT_FILE, EntryKind, decrypt_name, encrypt_name,
@@ -41,6 +41,11 @@ pub struct WalkStats {
     /// Files whose contents did not decrypt: their headers moved to the new generation, their
     /// contents were not re-encrypted (fsck lists them).
     pub damaged: u64,
+    /// FIFOs, sockets and device nodes of a format-1 vault moved into header-only files.
+    pub nodes: u64,
+    /// Such nodes left as they are (hard-linked, or where names cannot be read); while any
+    /// remain the vault keeps accepting backing nodes (`config.legacy_nodes`).
+    pub raw_nodes_left: u64,
 }
 
 impl WalkStats {
@@ -65,6 +70,8 @@ struct Walker<'a> {
     dry_run: bool,
     /// --reencrypt: files get a fresh key and are rewritten instead of rewrapped.
     reencrypt: bool,
+    /// The vault accepts format 1's backing FIFOs, sockets and devices: convert them.
+    convert_nodes: bool,
     layout: ChunkLayout,
     /// Backing names from the root to the directory being walked.
     path: Vec<String>,
@@ -233,6 +240,7 @@ impl Walker<'_> {
                     }
                 }
                 libc::S_IFLNK => self.symlink(dir, &entry)?,
+                _ if self.convert_nodes => self.convert_node(dir, &entry, &st)?,
                 _ => {}
             }
             (self.progress)(&self.stats);
@@ -269,8 +277,51 @@ impl Walker<'_> {
                     }
                 }
             }
+            _ if self.convert_nodes && NodeType::from_mode(st.st_mode).is_some() => {
+                self.stats.raw_nodes_left += 1;
+            }
             _ => {}
         }
+        Ok(())
+    }
+
+    /// A format-1 vault's FIFO, socket or device node (a backing node of that type) becomes
+    /// a header-only file with the same type, device number, mode, owner and times, renamed
+    /// over it; once none is left the vault stops accepting backing nodes, and a planted one
+    /// reads EIO. A hard-linked node stays (one file cannot take several names' places).
+    fn convert_node(
+        &mut self,
+        dir: BorrowedFd<'_>,
+        entry: &str,
+        st: &rustix::fs::Stat,
+    ) -> Result<()> {
+        let Some(node) = NodeType::from_mode(st.st_mode) else {
+            return Ok(());
+        };
+        if self.dry_run || st.st_nlink > 1 {
+            self.stats.raw_nodes_left += 1;
+            return Ok(());
+        }
+        let header = FileHeader::create_node(self.keyring, node, st.st_rdev as u32)?;
+        let temp = temp_name();
+        let fd = backing::create_regular(dir, &temp, 0o600)
+            .map_err(io_err("cannot create a temp file".into()))?;
+        let written = (|| {
+            backing::pwrite_all(fd.as_fd(), &header.encode(), 0)?;
+            if rustix::process::geteuid().is_root() {
+                backing::chown_fd(fd.as_fd(), Some(st.st_uid), Some(st.st_gid))?;
+            }
+            backing::chmod_fd(fd.as_fd(), st.st_mode & 0o7777)?;
+            restore_times(fd.as_fd(), st);
+            backing::fsync(fd.as_fd())?;
+            backing::rename(dir, &temp, dir, entry, rustix::fs::RenameFlags::empty())
+        })();
+        if let Err(e) = written {
+            let _ = backing::unlink(dir, &temp);
+            return Err(io_err(format!("cannot convert node '{entry}'"))(e));
+        }
+        backing::fsync(self.readable(dir)?.as_fd()).map_err(io_err("fsync".into()))?;
+        self.stats.nodes += 1;
         Ok(())
     }
 
@@ -571,16 +622,18 @@ fn write_reencrypted(
         .map_err(io_err("cannot create a temp file".into()))?;
     let keep = backing::reopen(created.as_fd(), rustix::fs::OFlags::RDWR)
         .map_err(io_err("cannot reopen a temp file".into()))?;
+    // Only a file whose header allows holes has any: elsewhere an all-zero chunk is damage,
+    // which the read below reports. Its copy keeps them (and so allows holes too); any other
+    // file's copy gets none, whatever the vault's setting.
+    let holes = old.holes_allowed();
     let new = OpenFile::create(created, keyring, layout)
-        .map_err(|e| VaultError::InvalidArgument(format!("cannot write a new file (errno {e})")))?;
+        .map_err(|e| VaultError::InvalidArgument(format!("cannot write a new file (errno {e})")))?
+        .with_sparse(holes);
     let size = old.size();
     let cs = layout.chunk_size() as u64;
     let last = layout.last_chunk_index(size);
     let ct_len = layout.ciphertext_chunk_len() as usize;
     let mut ct = vec![0u8; ct_len];
-    // Only a file whose header allows holes has any: elsewhere an all-zero chunk is damage,
-    // which the read below reports.
-    let holes = old.holes_allowed();
     for i in 0..layout.chunk_count(size) {
         if holes && i < last {
             let n = backing::pread_full(src, &mut ct, layout.chunk_offset(i))
@@ -864,6 +917,7 @@ pub fn rotate(
             longname_max: u.keystore.state.config.longname_max as usize,
             dry_run,
             reencrypt,
+            convert_nodes: u.keystore.state.config.legacy_nodes,
             layout,
             path: Vec::new(),
             groups: BTreeMap::new(),
@@ -943,6 +997,11 @@ pub fn rotate(
     if reencrypt && done.damaged == 0 && !resumed {
         s.config.revoked_since_reencrypt = false;
     }
+    // Format 1's backing nodes are all header-only files now: a backing node is planted.
+    if s.config.legacy_nodes && left.raw_nodes_left == 0 {
+        s.config.legacy_nodes = false;
+    }
+    done.raw_nodes_left = left.raw_nodes_left;
     let _ = std::fs::remove_file(root_path.join(recovery_file::file_name(old)));
     let summary = format!(
         "generation {old} -> {new} done: {} entries; {} files re-encrypted, {} headers, {} names, {} directory IDs, {} symlinks, {} xattrs rewritten",

@@ -71,6 +71,7 @@ fn no_recovery_key_means_no_recovery_slot_or_file() {
     let report = init(
         &vaultfs::vault::init::InitOptions {
             recovery_key: false,
+            sparse: false,
             ..fast_options(&vault)
         },
         PASSWORD,
@@ -208,7 +209,7 @@ fn newer_versions_are_refused() {
     let (vault, _) = new_vault(tmp.path(), "v");
     let db = vault.join("vaultfs.db");
     let good = fs::read(&db).unwrap();
-    sql(&vault, "PRAGMA user_version = 3;");
+    sql(&vault, "PRAGMA user_version = 4;");
     let e = err(unlock(&vault, None, false, PASSWORD));
     assert!(matches!(e, VaultError::NewerFormat { .. }), "{e}");
     assert_eq!(e.exit_code(), exitcodes::NEWER_FORMAT);
@@ -243,6 +244,7 @@ fn edited_configuration_is_refused() {
         "UPDATE keyslots SET kdf_log_n = 30 WHERE slot_id = 1;",
         "UPDATE keyslots SET kdf_r = 1000 WHERE slot_id = 1;",
         "UPDATE config SET kdf_log_n = 40;",
+        "UPDATE config SET sparse = 2;",
         "UPDATE config SET chunk_size = 5000;",
         "UPDATE config SET longname_max = 20;",
         "UPDATE generations SET state = 'retiring';",
@@ -261,6 +263,8 @@ fn edited_configuration_is_refused() {
         "UPDATE config SET chunk_size = 65536;",
         "UPDATE config SET longname_max = 100;",
         "UPDATE config SET epoch = 99;",
+        // Turning holes on would let later sparse writes make zeroed chunks pass as holes.
+        "UPDATE config SET sparse = 1;",
         "UPDATE keyslots SET label = 'mallory' WHERE slot_id = 1;",
         "DELETE FROM generation_seals WHERE slot_id = 2;",
         "DELETE FROM generation_seals WHERE slot_id = 2; DELETE FROM keyslots WHERE slot_id = 2;",

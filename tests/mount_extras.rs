@@ -11,7 +11,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::Path;
 
-use common::{contains, each_chunk_size};
+use common::{TestVault, contains, each_chunk_size, each_chunk_size_sparse};
 
 fn cpath(p: &Path) -> CString {
     CString::new(p.as_os_str().as_bytes()).unwrap()
@@ -154,7 +154,12 @@ fn read_all(p: &Path) -> Vec<u8> {
 
 #[test]
 fn fallocate_and_punch_hole_against_a_model() {
-    each_chunk_size(|v, cs| {
+    each_chunk_size(fallocate_and_punch_against_a_model);
+    each_chunk_size_sparse(fallocate_and_punch_against_a_model);
+}
+
+fn fallocate_and_punch_against_a_model(v: &TestVault, cs: usize) {
+    {
         let p = v.p("fa");
         let mut model: Vec<u8> = (0..6 * cs + 77).map(|i| (i % 251) as u8 + 1).collect();
         fs::write(&p, &model).unwrap();
@@ -190,12 +195,12 @@ fn fallocate_and_punch_hole_against_a_model() {
         v.unmount();
         v.mount();
         assert_eq!(read_all(&p), model);
-    });
+    }
 }
 
 #[test]
 fn seek_data_and_seek_hole_follow_the_holes() {
-    each_chunk_size(|v, cs| {
+    each_chunk_size_sparse(|v, cs| {
         let p = v.p("sparse");
         let f = OpenOptions::new()
             .read(true)
@@ -223,9 +228,46 @@ fn seek_data_and_seek_hole_follow_the_holes() {
     });
 }
 
+/// A vault made without `--sparse` stores no holes: the same file is data up to its end,
+/// and its backing file is allocated throughout.
+#[test]
+fn without_sparse_the_same_file_is_data_throughout() {
+    each_chunk_size(|v, cs| {
+        let p = v.p("dense");
+        let f = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&p)
+            .unwrap();
+        f.write_all_at(b"head", 0).unwrap();
+        f.write_all_at(b"middle", (10 * cs + 5) as u64).unwrap();
+        f.set_len((20 * cs + 3) as u64).unwrap();
+        let data = |off: u64| rustix::fs::seek(&f, rustix::fs::SeekFrom::Data(off));
+        let hole = |off: u64| rustix::fs::seek(&f, rustix::fs::SeekFrom::Hole(off));
+        assert_eq!(hole(0).unwrap(), (20 * cs + 3) as u64);
+        assert_eq!(data(cs as u64 + 1).unwrap(), cs as u64 + 1);
+        let mut expected = vec![0u8; 20 * cs + 3];
+        expected[..4].copy_from_slice(b"head");
+        expected[10 * cs + 5..10 * cs + 11].copy_from_slice(b"middle");
+        assert_eq!(read_all(&p), expected);
+        drop(f);
+        v.unmount();
+        let meta = fs::metadata(common::backing_of(v, "dense")).unwrap();
+        assert!(
+            meta.blocks() * 512 >= (20 * cs) as u64,
+            "allocated {} of {} bytes",
+            meta.blocks() * 512,
+            meta.len()
+        );
+        v.mount();
+    });
+}
+
 #[test]
 fn huge_sparse_files_stay_small_in_the_backing_store() {
-    each_chunk_size(|v, _| {
+    each_chunk_size_sparse(|v, _| {
         let p = v.p("huge");
         let five_gib = 5u64 << 30;
         let f = OpenOptions::new()

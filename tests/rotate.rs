@@ -298,7 +298,8 @@ fn reencrypt_gives_every_file_a_new_key_and_keeps_everything_else() {
     if !fuse_available() {
         return;
     }
-    let v = TestVault::new(4096);
+    // Sparse, so that the tree's sparse file has holes to keep.
+    let v = TestVault::sparse(4096);
     v.mount();
     build_tree(&v, 20);
     let before = snapshot(&v.mnt);

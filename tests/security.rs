@@ -490,12 +490,17 @@ fn a_zeroed_or_punched_chunk_reads_eio() {
     });
 }
 
-/// Finding 3: sparse files still work and stay sparse (their header allows holes), and a
-/// hole punched through the mount reads as zeros.
+/// Finding 3: sparse files still work (in a sparse vault they stay sparse, their header
+/// allowing holes), and a hole punched through the mount reads as zeros.
 #[test]
 fn sparse_files_and_punched_holes_still_read_as_zeros() {
+    each_chunk_size(sparse_file_and_punched_hole);
+    each_chunk_size_sparse(sparse_file_and_punched_hole);
+}
+
+fn sparse_file_and_punched_hole(v: &TestVault, cs: usize) {
     use std::os::unix::fs::FileExt;
-    each_chunk_size(|v, cs| {
+    {
         let p = v.p("sparse");
         let f = fs::OpenOptions::new()
             .create(true)
@@ -533,7 +538,99 @@ fn sparse_files_and_punched_holes_still_read_as_zeros() {
         let back = fs::read(&dense).unwrap();
         assert_eq!(&back[cs..2 * cs], &vec![0u8; cs][..]);
         assert_eq!(&back[2 * cs..], &vec![7u8; 2 * cs][..]);
-    });
+    }
+}
+
+/// Finding 3, the default: a vault made without `--sparse` stores no holes. A file grown by
+/// truncate, by fallocate, by a write far past its end (no writeback cache to wait for), or
+/// punched, gets sealed zeros and no HOLES flag, so a chunk zeroed in the backing store, in
+/// the zeros or in the data, reads EIO. (Before, each of these set the flag and the zeroed
+/// chunk read as zeros.) In a sparse vault the same file reads zeros: the trade-off that
+/// `init --sparse` names.
+#[test]
+fn a_vault_made_without_sparse_stores_no_holes() {
+    use std::os::unix::fs::FileExt;
+    for sparse in [false, true] {
+        for cs in [4096usize, 65536] {
+            if !fuse_available() {
+                return;
+            }
+            let v = if sparse {
+                TestVault::sparse(cs as u32)
+            } else {
+                TestVault::new(cs as u32)
+            };
+            let o = v.mount_args(&["-o", "no_writeback_cache"]);
+            assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+            let data: Vec<u8> = (0..2 * cs).map(|i| (i % 249) as u8 + 1).collect();
+            let open = |name: &str| {
+                let p = v.p(name);
+                fs::write(&p, &data).unwrap();
+                fs::OpenOptions::new()
+                    .read(true)
+                    .write(true)
+                    .open(p)
+                    .unwrap()
+            };
+            open("truncated").set_len(12 * cs as u64).unwrap();
+            rustix::fs::fallocate(
+                open("fallocated"),
+                rustix::fs::FallocateFlags::empty(),
+                0,
+                12 * cs as u64,
+            )
+            .unwrap();
+            open("written")
+                .write_all_at(b"far", 12 * cs as u64)
+                .unwrap();
+            let punched = open("punched");
+            punched.write_all_at(&data, 2 * cs as u64).unwrap();
+            rustix::fs::fallocate(
+                &punched,
+                rustix::fs::FallocateFlags::PUNCH_HOLE | rustix::fs::FallocateFlags::KEEP_SIZE,
+                cs as u64,
+                2 * cs as u64,
+            )
+            .unwrap();
+            drop(punched);
+            v.unmount();
+            let ct = cs as u64 + 28;
+            for name in ["truncated", "fallocated", "written", "punched"] {
+                let backing = backing_of(&v, name);
+                let head = fs::read(&backing).unwrap();
+                let flagged = head[11] & 1 != 0;
+                assert_eq!(
+                    flagged, sparse,
+                    "{name}: HOLES flag, sparse vault: {sparse}"
+                );
+                // Zero one chunk of data (chunk 0) and one of the zeros (chunk 2).
+                let f = fs::OpenOptions::new().write(true).open(&backing).unwrap();
+                for k in [0u64, 2] {
+                    f.write_all_at(&vec![0u8; ct as usize], 144 + k * ct)
+                        .unwrap();
+                }
+            }
+            v.mount();
+            for name in ["truncated", "fallocated", "written", "punched"] {
+                let f = fs::File::open(v.p(name)).unwrap();
+                let mut buf = vec![7u8; cs];
+                for k in [0u64, 2] {
+                    let got = f.read_exact_at(&mut buf, k * cs as u64);
+                    if sparse {
+                        got.unwrap();
+                        assert_eq!(buf, vec![0u8; cs], "{name}: chunk {k} reads as a hole");
+                    } else {
+                        assert_eq!(
+                            errno_of(got),
+                            libc::EIO,
+                            "{name}: chunk {k}, chunk size {cs}"
+                        );
+                    }
+                }
+            }
+            v.unmount();
+        }
+    }
 }
 
 /// Format 2 upgrade: a format-1 vault (the committed test vector) mounts; a writable mount
@@ -893,6 +990,46 @@ fn a_format_1_vaults_own_fifos_still_work() {
     run_ok(&mut mount_cmd(&state, &pw, &vault, &mnt));
     let md = fs::symlink_metadata(mnt.join("old-fifo")).unwrap();
     assert!(std::os::unix::fs::FileTypeExt::is_fifo(&md.file_type()));
+    run_ok(vaultfs(&state).arg("unmount").arg(&mnt));
+    // A rotation moves it into a header-only file (type, mode, times kept) and, none being
+    // left, the vault stops accepting backing nodes: one planted afterwards reads EIO.
+    let o = run_ok(
+        vaultfs(&state)
+            .args(["rotate", "--passfile"])
+            .arg(&pw)
+            .arg(&vault),
+    );
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(out.contains("Moved 1 FIFOs"), "{out}");
+    let backing_now = |plain: &str| {
+        let o = run_ok(
+            vaultfs(&state)
+                .args(["encrypt-path", "--passfile"])
+                .arg(&pw)
+                .arg(&vault)
+                .arg(plain),
+        );
+        vault.join(String::from_utf8(o.stdout).unwrap().trim())
+    };
+    // (The rotation gave it a name under the new generation.)
+    let converted = fs::symlink_metadata(backing_now("/old-fifo")).unwrap();
+    assert!(
+        converted.is_file() && converted.len() == 144,
+        "{converted:?}"
+    );
+    assert_eq!(converted.mode() & 0o7777, md.mode() & 0o7777);
+    assert_eq!(converted.mtime(), md.mtime());
+    let planted = backing_now("/planted");
+    let c = std::ffi::CString::new(planted.to_str().unwrap()).unwrap();
+    // SAFETY: mkfifo on a NUL-terminated path.
+    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+    run_ok(&mut mount_cmd(&state, &pw, &vault, &mnt));
+    let md = fs::symlink_metadata(mnt.join("old-fifo")).unwrap();
+    assert!(std::os::unix::fs::FileTypeExt::is_fifo(&md.file_type()));
+    assert_eq!(
+        errno_of(fs::symlink_metadata(mnt.join("planted"))),
+        libc::EIO
+    );
     run_ok(vaultfs(&state).arg("unmount").arg(&mnt));
 }
 

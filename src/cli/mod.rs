@@ -282,6 +282,12 @@ pub struct InitArgs {
     /// Write the recovery key to this new file (mode 0600) instead of printing it
     #[arg(long, value_name = "FILE")]
     pub recovery_key_file: Option<PathBuf>,
+    /// Store holes (truncate, fallocate, punch, writes past the end) unwritten, so sparse
+    /// files take little space. Trade-off: in a file that has a hole, a chunk zeroed in the
+    /// backing store reads as zeros instead of EIO. Without it, holes are stored as
+    /// encrypted zeros and take their full size
+    #[arg(long)]
+    pub sparse: bool,
     /// The vault (backing) directory: empty or not yet existing
     pub vault: PathBuf,
 }
@@ -544,6 +550,18 @@ fn cmd_rotate(a: RotateArgs) -> Result<()> {
             stats.damaged
         );
     }
+    if stats.nodes > 0 {
+        println!(
+            "Moved {} FIFOs, sockets and device nodes made by format 1 into header-only files.",
+            stats.nodes
+        );
+    }
+    if stats.raw_nodes_left > 0 {
+        eprintln!(
+            "warning: {} FIFOs, sockets or device nodes made by format 1 stay as they are (hard-linked, or where names cannot be read): until they go, a node planted in the backing store shows with its planted type",
+            stats.raw_nodes_left
+        );
+    }
     if !a.reencrypt {
         eprintln!(
             "note: without --reencrypt every file keeps its file key: someone who could read a file before (a removed member, an old password) still can; use --reencrypt after revoking anyone"
@@ -740,10 +758,16 @@ fn cmd_init(a: InitArgs) -> Result<()> {
         chunk_size: a.chunk_size,
         longname_max: a.longname_max,
         recovery_key: !a.no_recovery_key,
+        sparse: a.sparse,
     };
     let report = init(&opts, &password)?;
     println!("Created vault {}", report.paths.backing.display());
     println!("  key database: {}", report.paths.keystore.display());
+    if a.sparse {
+        println!(
+            "  sparse: holes are stored unwritten; in a file with a hole, a chunk zeroed in the backing store reads as zeros, not EIO"
+        );
+    }
     if report.longname_max < a.longname_max {
         println!(
             "  long-name threshold lowered to {} (the backing filesystem's name limit)",
@@ -821,6 +845,14 @@ fn cmd_status(a: StatusArgs) -> Result<()> {
     println!("vault ID     {}", s.vault_id);
     println!("format       {}", s.format_version);
     println!("chunk size   {} bytes", s.chunk_size);
+    println!(
+        "holes        {}",
+        if s.sparse {
+            "stored unwritten (init --sparse): a zeroed chunk of a file with a hole reads as zeros"
+        } else {
+            "stored as encrypted zeros"
+        }
+    );
     println!(
         "long names   encrypted names over {} bytes are stored hashed",
         s.longname_max

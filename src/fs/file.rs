@@ -4,7 +4,8 @@
 //!
 //! Size changes follow docs/FORMAT.md section 11: to grow, the old last chunk is first
 //! resealed (full) still flagged last, then the new chunks are written, then the old last
-//! chunk is resealed as non-last; chunks skipped over stay holes.
+//! chunk is resealed as non-last. Chunks skipped over are written as sealed zeros, unless
+//! the vault is sparse (`init --sparse`), where they stay holes.
 
 use std::os::fd::{AsFd, OwnedFd};
 use std::sync::RwLock;
@@ -92,10 +93,15 @@ impl FileStore for OwnedFd {
 /// a header write then would change the file's times after the user's last operation.
 const RESERVE_BLOCK_MAX: u64 = 1 << 16;
 
-/// The largest gap a write past the end fills with sealed zeros under the writeback cache
-/// (`write_locked`): more than the kernel plausibly holds dirty ahead of a write it sends
-/// early. A larger one is a sparse write and makes holes.
+/// In a sparse vault, the largest gap a write past the end fills with sealed zeros under the
+/// writeback cache (`write_locked`): more than the kernel plausibly holds dirty ahead of a
+/// write it sends early. A larger one is a sparse write and makes holes.
 const GAP_FILL_MAX: u64 = 1 << 30;
+/// How long a write that would leave a gap waits for it to fill when no other write to the
+/// file is under way.
+const GAP_GRACE: std::time::Duration = std::time::Duration::from_millis(2);
+/// Sealed zeros are written this much at a time (one buffer, reused).
+const ZERO_FILL_STEP: u64 = 1 << 20;
 const RESERVE_BLOCK_MIN: u64 = 16;
 
 struct State {
@@ -132,6 +138,26 @@ pub struct OpenFile<S: FileStore = OwnedFd> {
     gap_wait: std::time::Duration,
     /// Notified whenever the size changes, for writes waiting out a gap.
     grown: (std::sync::Mutex<()>, std::sync::Condvar),
+    /// The vault stores holes (`with_sparse`).
+    sparse: bool,
+    /// Writes to this file in progress (waiting or writing).
+    writers: std::sync::atomic::AtomicUsize,
+}
+
+/// Counts a write in `OpenFile::writers` for as long as it lives.
+struct WriterCount<'a>(&'a std::sync::atomic::AtomicUsize);
+
+impl<'a> WriterCount<'a> {
+    fn enter(count: &'a std::sync::atomic::AtomicUsize) -> Self {
+        count.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        WriterCount(count)
+    }
+}
+
+impl Drop for WriterCount<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    }
 }
 
 fn io(e: std::io::Error) -> i32 {
@@ -182,6 +208,8 @@ impl<S: FileStore> OpenFile<S> {
             }),
             gap_wait: std::time::Duration::ZERO,
             grown: Default::default(),
+            sparse: false,
+            writers: Default::default(),
         })
     }
 
@@ -196,16 +224,52 @@ impl<S: FileStore> OpenFile<S> {
             state: RwLock::new(state),
             gap_wait: std::time::Duration::ZERO,
             grown: Default::default(),
+            sparse: false,
+            writers: Default::default(),
         })
     }
 
     /// With the kernel's writeback cache, several FUSE workers write one file's pages at
     /// once, so a write past the end can arrive before the writes of the pages before it:
-    /// a gap that is not a hole. Such a write waits up to `wait` for the gap to fill before
-    /// it makes holes of it (which sets the header's HOLES flag for good).
+    /// a gap that is not a hole. In a sparse vault such a write waits up to `wait` for the
+    /// gap to fill before it fills it with sealed zeros (or, over 1 GiB, makes holes of it).
     pub fn with_gap_wait(mut self, wait: std::time::Duration) -> Self {
         self.gap_wait = wait;
         self
+    }
+
+    /// The mount's gap wait and hole policy (`VaultFs::write_policy`).
+    pub fn with_write_policy(self, fs: &super::VaultFs) -> Self {
+        let (wait, sparse) = fs.write_policy();
+        self.with_gap_wait(wait).with_sparse(sparse)
+    }
+
+    /// A sparse vault (`init --sparse`): truncate, fallocate, punch and writes past the end
+    /// leave holes, and the file's first hole sets its header's HOLES flag for good (from
+    /// then on an all-zero chunk of it reads as zeros, unauthenticated). Otherwise they
+    /// write sealed zeros, and an all-zero chunk of a version-2 file is always damage.
+    pub fn with_sparse(mut self, sparse: bool) -> Self {
+        self.sparse = sparse;
+        self
+    }
+
+    /// Whether this file may get new holes: the vault is sparse, or the file already reads
+    /// all-zero chunks as holes (a sparse vault's, or a format-1 file).
+    fn may_make_holes(&self, st: &State) -> bool {
+        self.sparse || st.cipher.holes_allowed()
+    }
+
+    /// Writes sealed zeros over plaintext [from, to), growing the file if `to` is past its
+    /// end, a bounded piece at a time.
+    fn fill_zeros(&self, keyring: &Keyring, st: &mut State, from: u64, to: u64) -> FsResult<()> {
+        let zeros = vec![0u8; ZERO_FILL_STEP.min(to.saturating_sub(from)) as usize];
+        let mut at = from;
+        while at < to {
+            let n = (to - at).min(ZERO_FILL_STEP) as usize;
+            self.write_locked(keyring, st, at, &zeros[..n])?;
+            at += n as u64;
+        }
+        Ok(())
     }
 
     /// Whether a write at `offset` would leave whole chunks unwritten in a file that does
@@ -261,10 +325,20 @@ impl<S: FileStore> OpenFile<S> {
 
     /// Writes `data` at `offset`.
     pub fn write(&self, keyring: &Keyring, offset: u64, data: &[u8]) -> FsResult<()> {
-        let deadline = std::time::Instant::now() + self.gap_wait;
+        let started = std::time::Instant::now();
+        let _writing = WriterCount::enter(&self.writers);
         let mut st = self.state.write().expect("file lock");
         while !self.gap_wait.is_zero() && self.leaves_gap(&st, offset) {
-            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            // The full wait only while another write to this file is under way (the one
+            // that fills the gap, most likely); otherwise a short grace, since the gap may
+            // be a seek past the end that nothing fills: sealed zeros then.
+            let others = self.writers.load(std::sync::atomic::Ordering::Relaxed) > 1;
+            let wait = if others {
+                self.gap_wait
+            } else {
+                self.gap_wait.min(GAP_GRACE)
+            };
+            let left = (started + wait).saturating_duration_since(std::time::Instant::now());
             if left.is_zero() {
                 break;
             }
@@ -333,21 +407,14 @@ impl<S: FileStore> OpenFile<S> {
         }
         // Grow past the old last chunk, skipping whole chunks.
         if first > old_last + 1 && !st.cipher.holes_allowed() {
-            // Through the writeback cache the skipped pages may just be dirty in the kernel
-            // still (a sync_file_range or msync of a later range, a reordered writeback):
-            // sealed zeros, which those pages overwrite when they come, keep the file free
-            // of holes. Written 1 MiB at a time, each extending the file without a gap.
-            // Only a gap too large to fill is a sparse write (`truncate`, `fallocate` and a
-            // seek past the end with O_TRUNC'd files make holes the explicit way).
+            // A vault that stores no holes fills the gap with sealed zeros. So does a sparse
+            // one under the writeback cache, where the skipped pages may just be dirty in the
+            // kernel still (a sync_file_range or msync of a later range, a reordered
+            // writeback): those pages overwrite the zeros when they come, and the file stays
+            // free of holes. There only a gap too large to be that is a sparse write.
             let gap_start = (old_last + 1) * cs;
-            if !self.gap_wait.is_zero() && offset - gap_start <= GAP_FILL_MAX {
-                let zeros = vec![0u8; (1 << 20).min(offset - gap_start) as usize];
-                let mut at = gap_start;
-                while at < offset {
-                    let n = (offset - at).min(zeros.len() as u64) as usize;
-                    self.write_locked(keyring, st, at, &zeros[..n])?;
-                    at += n as u64;
-                }
+            if !self.sparse || (!self.gap_wait.is_zero() && offset - gap_start <= GAP_FILL_MAX) {
+                self.fill_zeros(keyring, st, gap_start, offset)?;
                 return self.write_locked(keyring, st, offset, data);
             }
         }
@@ -538,6 +605,16 @@ impl<S: FileStore> OpenFile<S> {
             let chunk_end = |i: u64| {
                 l.chunk_offset(i) + (l.plaintext_len_of_chunk(i, new_size) + CHUNK_OVERHEAD) as u64
             };
+            if new_last > old_last + 1 && !self.may_make_holes(st) {
+                // No holes: the new bytes are sealed zeros. A full disk part way leaves the
+                // file as it was.
+                let filled = self.fill_zeros(keyring, st, old_size, new_size);
+                if filled.is_err() {
+                    self.resync_size(st);
+                    let _ = self.truncate_locked(keyring, st, old_size);
+                }
+                return filled;
+            }
             self.reserve_space(l.chunk_offset(old_last), chunk_end(old_last))?;
             self.reserve_space(l.chunk_offset(new_last), chunk_end(new_last))?;
             if new_last > old_last + 1 {
@@ -654,18 +731,20 @@ impl<S: FileStore> OpenFile<S> {
                     &vec![0u8; (end - end_full * cs) as usize],
                 )?;
             }
+            let (zero_from, zero_to) = (first_full * cs, end_full * cs);
+            if !self.may_make_holes(&st) {
+                // A vault that stores no holes: the range becomes sealed zeros.
+                return self.fill_zeros(keyring, &mut st, zero_from, zero_to);
+            }
             let from = l.chunk_offset(first_full);
             let to = l.chunk_offset(end_full);
             self.allow_holes(keyring, &mut st)?;
             return match self.fd.allocate(Allocation::PunchHole, from, to - from) {
                 Ok(()) => Ok(()),
                 // No hole punching in the backing: write the zeros as sealed chunks.
-                Err(e) if e.raw_os_error() == Some(libc::EOPNOTSUPP) => self.write_locked(
-                    keyring,
-                    &mut st,
-                    first_full * cs,
-                    &vec![0u8; ((end_full - first_full) * cs) as usize],
-                ),
+                Err(e) if e.raw_os_error() == Some(libc::EOPNOTSUPP) => {
+                    self.fill_zeros(keyring, &mut st, zero_from, zero_to)
+                }
                 Err(e) => Err(io(e)),
             };
         }

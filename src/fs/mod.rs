@@ -66,6 +66,8 @@ pub struct FsConfig {
     /// backing node was planted, and reads as damage; format 2 stores them as header-only
     /// files (`crypto::header::NodeType`).
     pub legacy_nodes: bool,
+    /// Files may store holes (`init --sparse`, `OpenFile::with_sparse`).
+    pub sparse: bool,
 }
 
 impl FsConfig {
@@ -1148,7 +1150,7 @@ impl VaultFs {
         })?;
         let f = OpenFile::open(file_fd, &self.keyring, self.layout)
             .map_err(|why| self.damaged(ino, "unreadable file", why))?
-            .with_gap_wait(self.gap_wait());
+            .with_write_policy(self);
         let mut open = self.open_files.lock().expect("lock");
         // Another thread may have opened it meanwhile: keep one state per inode.
         if let Some(existing) = open.get(&ino).and_then(Weak::upgrade) {
@@ -1161,12 +1163,17 @@ impl VaultFs {
 
     /// How long a write past the end waits for the writes before it (`OpenFile::
     /// with_gap_wait`): only the writeback cache sends one file's writes out of order.
-    pub(crate) fn gap_wait(&self) -> Duration {
+    fn gap_wait(&self) -> Duration {
         if self.config.writeback_cache {
             Duration::from_millis(50)
         } else {
             Duration::ZERO
         }
+    }
+
+    /// How this mount's files grow: the gap wait and whether they may store holes.
+    pub(crate) fn write_policy(&self) -> (Duration, bool) {
+        (self.gap_wait(), self.config.sparse)
     }
 
     pub(crate) fn add_handle(&self, h: Handle) -> u64 {

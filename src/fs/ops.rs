@@ -364,7 +364,7 @@ impl VaultFs {
             let fd = backing::create_regular(dfd, entry, mode & 0o777).map_err(errno)?;
             // A half-made file (no header) must not stay behind.
             OpenFile::create(fd, &self.keyring, self.layout)
-                .map(|f| Made::File(Box::new(f.with_gap_wait(self.gap_wait()))))
+                .map(|f| Made::File(Box::new(f.with_write_policy(self))))
                 .inspect_err(|_| {
                     let _ = backing::unlink(dfd, entry);
                 })

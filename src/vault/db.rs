@@ -19,7 +19,7 @@ use crate::crypto::keyslot::KdfParams;
 /// "VFS1": PRAGMA application_id of every vaultfs key database.
 pub const APPLICATION_ID: i32 = 0x5646_5331;
 /// Schema version (PRAGMA user_version). Bump with a new entry in `MIGRATIONS`.
-pub const SCHEMA_VERSION: i64 = 2;
+pub const SCHEMA_VERSION: i64 = 3;
 
 /// Migrations: entry i brings the schema from version i to i + 1.
 const MIGRATIONS: &[&str] = &[
@@ -102,6 +102,9 @@ CREATE TABLE auth_history (
     auth_epoch  INTEGER PRIMARY KEY,
     wrapped     BLOB    NOT NULL
 );
+"#,
+    r#"
+ALTER TABLE config ADD COLUMN sparse INTEGER NOT NULL DEFAULT 0;
 "#,
 ];
 
@@ -392,12 +395,18 @@ impl KeyDb {
         } else {
             "0, x'', 1, 1, 0, 0"
         };
+        // Schema 2 has no `sparse` column: those vaults store no holes.
+        let sparse_col = if self.schema_version >= 3 {
+            "sparse"
+        } else {
+            "0"
+        };
         let row = self
             .conn
             .query_row(
                 &format!(
                     "SELECT vault_id, format_version, chunk_size, longname_max, kdf_log_n, kdf_r, kdf_p,
-                            backing_missing, created, epoch, state_mac, {audit_cols}
+                            backing_missing, created, epoch, state_mac, {audit_cols}, {sparse_col}
                      FROM config WHERE id = 1"
                 ),
                 [],
@@ -420,6 +429,7 @@ impl KeyDb {
                             r.get::<_, i64>(15)?,
                             r.get::<_, i64>(16)?,
                         ),
+                        r.get::<_, i64>(17)?,
                     ))
                 },
             )
@@ -437,6 +447,7 @@ impl KeyDb {
             epoch,
             mac,
             (audit_count, audit_head, legacy_nodes, auth_epoch, revoked, next_slot_id),
+            sparse,
         ) = row;
         if format_version > FORMAT_VERSION {
             return Err(VaultError::NewerFormat {
@@ -485,6 +496,11 @@ impl KeyDb {
                 _ => return Err(bad("revoked_since_reencrypt")),
             },
             next_slot_id: u32::try_from(next_slot_id).map_err(|_| bad("next slot ID"))?,
+            sparse: match sparse {
+                0 => false,
+                1 if format_version >= 2 => true,
+                _ => return Err(bad("sparse")),
+            },
         };
 
         let mut stmt = self
@@ -726,8 +742,8 @@ impl KeyDb {
         tx.execute(
             "INSERT INTO config (id, vault_id, format_version, chunk_size, longname_max, kdf_log_n, kdf_r, kdf_p,
                                  backing_missing, created, epoch, state_mac, audit_count, audit_head,
-                                 legacy_nodes, auth_epoch, revoked_since_reencrypt, next_slot_id)
-             VALUES (1, ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17)",
+                                 legacy_nodes, auth_epoch, revoked_since_reencrypt, next_slot_id, sparse)
+             VALUES (1, ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18)",
             params![
                 &c.vault_id[..],
                 c.format_version,
@@ -745,7 +761,8 @@ impl KeyDb {
                 c.legacy_nodes,
                 c.auth_epoch,
                 c.revoked_since_reencrypt,
-                c.next_slot_id
+                c.next_slot_id,
+                c.sparse
             ],
         )
         .map_err(&e)?;

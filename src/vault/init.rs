@@ -31,6 +31,8 @@ pub struct InitOptions {
     pub chunk_size: u32,
     pub longname_max: u32,
     pub recovery_key: bool,
+    /// Let files store holes (`init --sparse`; see `Config::sparse` for the trade-off).
+    pub sparse: bool,
 }
 
 pub struct InitReport {
@@ -188,15 +190,18 @@ fn create(o: &InitOptions, keystore: &Path, password: &[u8]) -> Result<InitRepor
     }
 
     let state = VaultState {
-        config: Config::new_database(
-            vault_id,
-            o.chunk_size,
-            longname_max,
-            o.kdf,
-            features.missing.join(","),
-            t,
-            1,
-        ),
+        config: Config {
+            sparse: o.sparse,
+            ..Config::new_database(
+                vault_id,
+                o.chunk_size,
+                longname_max,
+                o.kdf,
+                features.missing.join(","),
+                t,
+                1,
+            )
+        },
         slots,
         generations: vec![Generation {
             generation: 1,

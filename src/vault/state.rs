@@ -45,6 +45,11 @@ pub struct Config {
     /// Format 2: the lowest slot ID a new slot may take (IDs are never reused, so audit
     /// entries that name a slot stay unambiguous).
     pub next_slot_id: u32,
+    /// Schema 3 (`init --sparse`): files may store holes. A file's first hole sets the
+    /// HOLES flag in its header, and from then on an all-zero chunk of it reads as zeros,
+    /// unauthenticated. Without it, truncate, fallocate, punch and writes past the end store
+    /// sealed zeros, and every all-zero chunk of a format-2 file is damage.
+    pub sparse: bool,
 }
 
 impl Config {
@@ -75,6 +80,7 @@ impl Config {
             auth_epoch: 1,
             revoked_since_reencrypt: false,
             next_slot_id: 0,
+            sparse: false,
         }
     }
 }
@@ -238,6 +244,11 @@ impl VaultState {
                 .int(c.auth_epoch.into())
                 .int(c.revoked_since_reencrypt as i64)
                 .int(c.next_slot_id.into());
+            // Added with schema 3, and only when set, so the MACs of existing format-2
+            // vaults stay as they were (a typed field: no other field can take its place).
+            if c.sparse {
+                m.str("sparse");
+            }
         }
         let mut slots: Vec<&Slot> = self.slots.iter().collect();
         slots.sort_by_key(|s| s.slot_id);
@@ -438,6 +449,7 @@ pub(crate) mod tests {
                 auth_epoch: 1,
                 revoked_since_reencrypt: false,
                 next_slot_id: 2,
+                sparse: false,
             },
             slots: vec![Slot {
                 slot_id: 1,

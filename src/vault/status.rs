@@ -67,6 +67,8 @@ pub struct Status {
     pub vault_id: String,
     pub format_version: i64,
     pub chunk_size: u32,
+    /// Files store holes (`init --sparse`).
+    pub sparse: bool,
     pub longname_max: u32,
     pub created: i64,
     pub epoch: u64,
@@ -96,6 +98,7 @@ pub fn status(ks: &Keystore, audit_entries: usize) -> Result<Status> {
         vault_id: data_encoding::HEXLOWER.encode(&c.vault_id),
         format_version: c.format_version,
         chunk_size: c.chunk_size,
+        sparse: c.sparse,
         longname_max: c.longname_max,
         created: c.created,
         epoch: c.epoch,

@@ -45,6 +45,7 @@ pub fn fast_options(vault: &Path) -> InitOptions {
         chunk_size: 4096,
         longname_max: 255,
         recovery_key: true,
+        sparse: false,
     }
 }
 
@@ -106,6 +107,15 @@ pub struct TestVault {
 
 impl TestVault {
     pub fn new(chunk_size: u32) -> TestVault {
+        TestVault::with_init_args(chunk_size, &[])
+    }
+
+    /// A vault made by `init --sparse`: files store holes.
+    pub fn sparse(chunk_size: u32) -> TestVault {
+        TestVault::with_init_args(chunk_size, &["--sparse"])
+    }
+
+    pub fn with_init_args(chunk_size: u32, extra: &[&str]) -> TestVault {
         let tmp = tempfile::Builder::new()
             .prefix("vaultfs-test-")
             .tempdir()
@@ -129,6 +139,7 @@ impl TestVault {
                     "--chunk-size",
                 ])
                 .arg(chunk_size.to_string())
+                .args(extra)
                 .arg("--passfile")
                 .arg(&passfile)
                 .arg(&vault),
@@ -314,11 +325,20 @@ pub fn errno_of<T>(r: std::io::Result<T>) -> i32 {
 
 /// Runs `f` on a fresh mounted vault for each chunk size tested (4 KiB and 64 KiB).
 pub fn each_chunk_size(f: impl Fn(&TestVault, usize)) {
+    each_chunk_size_with(&[], f)
+}
+
+/// `each_chunk_size` on vaults made by `init --sparse`.
+pub fn each_chunk_size_sparse(f: impl Fn(&TestVault, usize)) {
+    each_chunk_size_with(&["--sparse"], f)
+}
+
+fn each_chunk_size_with(init_args: &[&str], f: impl Fn(&TestVault, usize)) {
     if !fuse_available() {
         return;
     }
     for cs in [4096u32, 65536] {
-        let v = TestVault::new(cs);
+        let v = TestVault::with_init_args(cs, init_args);
         v.mount();
         f(&v, cs as usize);
         v.unmount();
