@@ -301,3 +301,83 @@ fn a_lost_key_database_is_rebuilt_from_the_recovery_files() {
     assert_eq!(o.status.code(), Some(exitcodes::MOUNT_FAILED));
     tv.unmount();
 }
+
+/// A key database lost while a rotation was under way leaves two recovery files. The
+/// rebuild will not guess whether the newer one is genuine (SECURITY.md: a planted one would
+/// learn every file key); told so with --interrupted-rotation it finishes that rotation,
+/// then rotates once more to a generation of its own, and every file reads back.
+#[test]
+fn a_rebuild_after_an_interrupted_rotation_needs_the_owners_word() {
+    if !common::fuse_available() {
+        return;
+    }
+    let tv = common::TestVault::new(4096);
+    let key_file = tv.tmp.path().join("rk");
+    run_ok(
+        vaultfs(&tv.state)
+            .args(["keyslot", "add", "--recovery", "--passfile"])
+            .arg(&tv.passfile)
+            .arg("--recovery-key-file")
+            .arg(&key_file)
+            .arg(&tv.vault),
+    );
+    tv.mount();
+    for i in 0..400 {
+        fs::write(tv.p(&format!("f{i}")), format!("file {i}")).unwrap();
+    }
+    tv.unmount();
+    // Kill the rotation once it has written the next generation's recovery file.
+    let mut rotation = vaultfs(&tv.state)
+        .args(["rotate", "--passfile"])
+        .arg(&tv.passfile)
+        .arg(&tv.vault)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let next = tv.vault.join("vaultfs.recovery.2");
+    while !next.exists() {
+        std::thread::sleep(std::time::Duration::from_micros(200));
+    }
+    std::thread::sleep(std::time::Duration::from_millis(5));
+    rotation.kill().unwrap();
+    rotation.wait().unwrap();
+    fs::write(tv.vault.join("vaultfs.db"), b"lost").unwrap();
+    let rebuild = |extra: &[&str]| {
+        vaultfs(&tv.state)
+            .args([
+                "recover",
+                "--rebuild-keystore",
+                "--scrypt-logn",
+                "10",
+                "--recovery-key-file",
+            ])
+            .arg(&key_file)
+            .arg("--new-passfile")
+            .arg(&tv.passfile)
+            .args(extra)
+            .arg(&tv.vault)
+            .output()
+            .unwrap()
+    };
+    let o = rebuild(&[]);
+    assert!(!o.status.success());
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("--interrupted-rotation"),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let o = rebuild(&["--interrupted-rotation"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert_eq!(out.matches("Rotated generation").count(), 2, "{out}");
+    assert!(out.contains("Rotated generation 2 -> 3"), "{out}");
+    tv.mount();
+    for i in 0..400 {
+        assert_eq!(
+            fs::read_to_string(tv.p(&format!("f{i}"))).unwrap(),
+            format!("file {i}")
+        );
+    }
+    tv.unmount();
+}

@@ -1552,3 +1552,143 @@ fn rotation_moves_the_keys_of_files_whose_names_cannot_be_read() {
         );
     }
 }
+
+/// Design review H4: every member anchored where the recovery slot is knows the K_auth that
+/// seals the recovery files, so a removed member who writes the backing store can plant
+/// `vaultfs.recovery.<N+1>` holding a master key of their own. `recover --rebuild-keystore`
+/// made the newest generation it found active, and everything written after the rebuild
+/// was wrapped under the planted key. Now two recovery files stop the rebuild (only the
+/// owner knows whether a rotation was running), and a rebuild ends with a rotation to a
+/// generation it made itself, under a fresh K_auth: nothing written afterwards opens with
+/// any key the recovery files named.
+#[test]
+fn a_planted_recovery_file_never_becomes_the_generation_new_files_use() {
+    use vaultfs::crypto::header::{FileHeader, HEADER_LEN};
+    use vaultfs::crypto::keys::Key256;
+    use vaultfs::crypto::{GenerationKeys, Keyring};
+    use vaultfs::vault::recovery_file::RecoveryFileInfo;
+    if !fuse_available() {
+        return;
+    }
+    common::isolate_state();
+    let v = TestVault::new(4096);
+    let key_file = v.tmp.path().join("rk");
+    run_ok(
+        vaultfs(&v.state)
+            .args(["keyslot", "add", "--recovery", "--passfile"])
+            .arg(&v.passfile)
+            .arg("--recovery-key-file")
+            .arg(&key_file)
+            .arg(&v.vault),
+    );
+    let bob_pw = v.tmp.path().join("bob");
+    fs::write(&bob_pw, "bob's password\n").unwrap();
+    add_slot(&v, "bob", &bob_pw);
+    // Bob, a member, learns K_auth from his slot (in a copy, as any member can).
+    let copy = v.tmp.path().join("copy");
+    fs::create_dir(&copy).unwrap();
+    for f in ["vaultfs.vault", "vaultfs.db"] {
+        fs::copy(v.vault.join(f), copy.join(f)).unwrap();
+    }
+    let bob = vaultfs::vault::init::unlock(&copy, None, false, b"bob's password").unwrap();
+    let (k_auth, vault_id) = (bob.k_auth.clone(), bob.keyring.vault_id);
+    drop(bob);
+    run_ok(&mut v.with_password(&["keyslot", "remove", "--label", "bob"]));
+    // Removed, he plants generation 2 with a master key of his own, sealed as the real one.
+    let real = fs::read(v.vault.join("vaultfs.recovery.1")).unwrap();
+    let mut info = RecoveryFileInfo::decode(&real).unwrap();
+    info.generation = 2;
+    let bobs_master = Key256::random().unwrap();
+    fs::write(
+        v.vault.join("vaultfs.recovery.2"),
+        info.seal(&k_auth, &bobs_master).unwrap(),
+    )
+    .unwrap();
+    v.mount();
+    fs::write(v.p("before"), b"written before the loss").unwrap();
+    v.unmount();
+    let db = v.vault.join("vaultfs.db");
+    fs::write(&db, b"lost").unwrap();
+    let rebuild = || {
+        vaultfs(&v.state)
+            .args([
+                "recover",
+                "--rebuild-keystore",
+                "--scrypt-logn",
+                "10",
+                "--recovery-key-file",
+            ])
+            .arg(&key_file)
+            .arg("--new-passfile")
+            .arg(&v.passfile)
+            .arg(&v.vault)
+            .output()
+            .unwrap()
+    };
+    let o = rebuild();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success(), "two recovery files were trusted");
+    assert!(
+        err.contains("vaultfs.recovery.2") && err.contains("planted"),
+        "{err}"
+    );
+    assert_eq!(fs::read(&db).unwrap(), b"lost", "nothing was touched");
+    // The owner ran no rotation: the newer file goes aside, and the rebuild runs.
+    fs::rename(
+        v.vault.join("vaultfs.recovery.2"),
+        v.tmp.path().join("planted"),
+    )
+    .unwrap();
+    let o = rebuild();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    v.mount();
+    assert_eq!(fs::read(v.p("before")).unwrap(), b"written before the loss");
+    fs::write(v.p("after"), b"written after the rebuild").unwrap();
+    v.unmount();
+    // No key the recovery files named opens anything written since: not Bob's planted one,
+    // not generation 1's (which Bob held as a member).
+    let old_master = {
+        let seed =
+            vaultfs::crypto::recovery_key::decode(fs::read_to_string(&key_file).unwrap().trim())
+                .unwrap();
+        vaultfs::vault::recovery_file::open(&real, &seed).unwrap().2
+    };
+    for name in ["after", "before"] {
+        // (Found on the owner's machine: this process is Bob's, whose record of the vault's
+        // K_auth the rebuilt database does not continue.)
+        let o = run_ok(
+            vaultfs(&v.state)
+                .args(["encrypt-path", "--passfile"])
+                .arg(&v.passfile)
+                .arg(&v.vault)
+                .arg(format!("/{name}")),
+        );
+        let backing = v.vault.join(String::from_utf8(o.stdout).unwrap().trim());
+        let bytes = fs::read(backing).unwrap();
+        let header = FileHeader::decode(&bytes[..HEADER_LEN]).unwrap();
+        for g in header.generations().collect::<Vec<_>>() {
+            for master in [&bobs_master, &old_master] {
+                let keyring = Keyring::new(
+                    vault_id,
+                    GenerationKeys::derive(&vault_id, g, master.clone()),
+                    None,
+                );
+                assert!(
+                    header.unwrap_key(&keyring).is_err(),
+                    "{name}: a key from the recovery files opens its header (generation {g})"
+                );
+            }
+        }
+    }
+    // The recovery file left is resealed under the rebuilt database's K_auth, not Bob's.
+    let now = fs::read_dir(&v.vault)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .find(|n| n.starts_with("vaultfs.recovery."))
+        .unwrap();
+    let resealed = RecoveryFileInfo::decode(&fs::read(v.vault.join(&now)).unwrap()).unwrap();
+    assert_ne!(
+        resealed.slot_blob, info.slot_blob,
+        "recovery slot rewrapped"
+    );
+}

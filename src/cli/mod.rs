@@ -150,6 +150,11 @@ pub struct RecoverArgs {
     /// Recreate a lost or corrupt key database from the recovery files in the vault
     #[arg(long)]
     pub rebuild_keystore: bool,
+    /// With --rebuild-keystore: the vault holds two recovery files because a rotation was
+    /// under way when the key database was lost; trust both (a planted newer one would
+    /// learn every file key)
+    #[arg(long, requires = "rebuild_keystore")]
+    pub interrupted_rotation: bool,
     /// With --rebuild-keystore: scrypt cost of the new password slot
     #[arg(long, value_name = "N", default_value_t = KdfParams::DEFAULT.log_n)]
     pub scrypt_logn: u8,
@@ -475,6 +480,7 @@ fn cmd_recover(a: RecoverArgs) -> Result<()> {
     crate::vault::keyslots::ensure_not_mounted(&a.vault)?;
     let seed = read_recovery_key(a.recovery_key_file.as_deref())?;
     if a.rebuild_keystore {
+        let _lock = crate::rotate::lock_vault(&a.vault)?;
         let new = a.new_password.get(&a.vault.display().to_string())?;
         let kdf = KdfParams {
             log_n: a.scrypt_logn,
@@ -486,10 +492,30 @@ fn cmd_recover(a: RecoverArgs) -> Result<()> {
             &seed,
             &new,
             kdf,
+            a.interrupted_rotation,
         )?;
         println!(
             "Rebuilt the key database at {} with a new password for keyslot 'default'.",
             path.display()
+        );
+        // The generations came from files that any former member could have forged: move
+        // everything to a new one that only this database knows (finishing first a rotation
+        // that the files show under way).
+        let mut u = crate::vault::init::unlock(&a.vault, a.keystore.as_deref(), true, &new)?;
+        let rotated = (|| {
+            if u.keystore.state.rotation.is_some() {
+                rotate_and_report(&mut u, false)?;
+            }
+            rotate_and_report(&mut u, false)
+        })();
+        if let Err(e) = rotated {
+            eprintln!(
+                "error: the rebuilt database still uses generations read from the recovery files; finish with `vaultfs rotate` before writing to the vault"
+            );
+            return Err(e);
+        }
+        println!(
+            "Former members keep what their copies of the old keys open until `vaultfs rotate --reencrypt`."
         );
         return Ok(());
     }
@@ -518,6 +544,17 @@ fn cmd_rotate(a: RotateArgs) -> Result<()> {
     let _lock = crate::rotate::lock_vault(&a.vault)?;
     let password = a.password.get(&a.vault.display().to_string())?;
     let mut u = crate::vault::init::unlock(&a.vault, a.keystore.as_deref(), true, &password)?;
+    rotate_and_report(&mut u, a.reencrypt)?;
+    if !a.reencrypt {
+        eprintln!(
+            "note: without --reencrypt every file keeps its file key: someone who could read a file before (a removed member, an old password) still can; use --reencrypt after revoking anyone"
+        );
+    }
+    Ok(())
+}
+
+/// Runs (or resumes) a rotation with a progress spinner, then says what it did.
+fn rotate_and_report(u: &mut crate::vault::keystore::Unlocked, reencrypt: bool) -> Result<()> {
     let started = std::time::Instant::now();
     let bar = indicatif::ProgressBar::new_spinner();
     bar.set_style(
@@ -531,7 +568,7 @@ fn cmd_rotate(a: RotateArgs) -> Result<()> {
         ));
         bar.tick();
     };
-    let (old, new, stats) = crate::rotate::rotate(&mut u, a.reencrypt, &progress)?;
+    let (old, new, stats) = crate::rotate::rotate(u, reencrypt, &progress)?;
     bar.finish_and_clear();
     println!(
         "Rotated generation {old} -> {new} in {:.1} s: {} entries; re-encrypted {} files; rewrote {} headers, {} names, {} directory IDs, {} symlinks, {} xattrs. Generation {old}'s key is destroyed.",
@@ -560,11 +597,6 @@ fn cmd_rotate(a: RotateArgs) -> Result<()> {
         eprintln!(
             "warning: {} FIFOs, sockets or device nodes made by format 1 stay as they are (hard-linked, or where names cannot be read): until they go, a node planted in the backing store shows with its planted type",
             stats.raw_nodes_left
-        );
-    }
-    if !a.reencrypt {
-        eprintln!(
-            "note: without --reencrypt every file keeps its file key: someone who could read a file before (a removed member, an old password) still can; use --reencrypt after revoking anyone"
         );
     }
     Ok(())

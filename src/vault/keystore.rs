@@ -158,7 +158,10 @@ impl Keystore {
             VaultError::tampered(
                 path,
                 format!(
-                    "its authentication history differs from what this machine saw (auth epoch {seen}): forged by someone who once held a key of this vault, or replaced; restore it from a backup"
+                    "its authentication history differs from what this machine saw (auth epoch {seen}): forged by someone who once held a key of this vault, or replaced; restore it from a backup (if you rebuilt it with `recover --rebuild-keystore`, remove {} on this machine)",
+                    local_state::StateDir::vault(&vault_id)
+                        .map(|d| d.path().join("auth").display().to_string())
+                        .unwrap_or_else(|_| "this vault's auth record".into())
                 ),
             )
         };
