@@ -135,6 +135,8 @@ impl Walker<'_> {
         let sealed = seal_dir_id(self.new, &self.keyring.vault_id, parent, entry, id);
         backing::write_durable(dir, DIRID_NEXT_FILE, &temp_name(), &sealed, 0o600)
             .map_err(io_err("cannot stage a directory ID".into()))?;
+        backing::clear_planted_dir(dir, DIRID_FILE)
+            .map_err(io_err("cannot clear a planted directory".into()))?;
         backing::rename(
             dir,
             DIRID_NEXT_FILE,
@@ -277,9 +279,7 @@ impl Walker<'_> {
                     }
                 }
             }
-            _ if self.convert_nodes && NodeType::from_mode(st.st_mode).is_some() => {
-                self.stats.raw_nodes_left += 1;
-            }
+            _ if self.convert_nodes => self.convert_node(dir, entry, &st)?,
             _ => {}
         }
         Ok(())
@@ -288,7 +288,9 @@ impl Walker<'_> {
     /// A format-1 vault's FIFO, socket or device node (a backing node of that type) becomes
     /// a header-only file with the same type, device number, mode, owner and times, renamed
     /// over it; once none is left the vault stops accepting backing nodes, and a planted one
-    /// reads EIO. A hard-linked node stays (one file cannot take several names' places).
+    /// reads EIO. Every name is converted, also where names cannot be read (else a node
+    /// planted under a junk name would keep the vault accepting backing nodes for ever) and
+    /// each name of a hard-linked node on its own (two FIFOs then, no longer one).
     fn convert_node(
         &mut self,
         dir: BorrowedFd<'_>,
@@ -298,7 +300,7 @@ impl Walker<'_> {
         let Some(node) = NodeType::from_mode(st.st_mode) else {
             return Ok(());
         };
-        if self.dry_run || st.st_nlink > 1 {
+        if self.dry_run {
             self.stats.raw_nodes_left += 1;
             return Ok(());
         }
@@ -432,6 +434,8 @@ impl Walker<'_> {
         .map_err(io_err(format!("cannot rename '{old_entry}'")))?;
         backing::fsync(self.readable(dir)?.as_fd()).map_err(io_err("fsync".into()))?;
         if let Some(child) = child {
+            backing::clear_planted_dir(child.as_fd(), DIRID_FILE)
+                .map_err(io_err("cannot clear a planted directory".into()))?;
             backing::rename(
                 child.as_fd(),
                 DIRID_NEXT_FILE,

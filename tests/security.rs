@@ -11,17 +11,6 @@ use std::process::Command;
 use common::*;
 
 /// FUSE tests that act as other users need root; as anyone else they skip, loudly.
-fn root_and_fuse() -> bool {
-    if !fuse_available() {
-        return false;
-    }
-    let root = rustix::process::geteuid().is_root();
-    if !root {
-        eprintln!("\n*** SKIPPING: this test switches users and needs root ***\n");
-    }
-    root
-}
-
 /// `vaultfs mount --passfile PW VAULT MNT` with the state directory `state`.
 fn mount_cmd(state: &Path, pw: &Path, vault: &Path, mnt: &Path) -> Command {
     let mut c = vaultfs(state);
@@ -723,6 +712,11 @@ fn a_cut_or_edited_audit_log_is_detected() {
         "DELETE FROM audit",
         "UPDATE audit SET detail = 'nothing happened' WHERE seq = 2",
         "UPDATE audit SET seq = seq + 100 WHERE seq = 1",
+        // Final review: values of another type were read as an I/O-like error (exit 2).
+        "UPDATE audit SET event = CAST(event AS BLOB) WHERE seq = 1",
+        "UPDATE audit SET mac = mac || x'00' WHERE seq = 2",
+        "UPDATE audit SET detail = x'ff' WHERE seq = 2",
+        "UPDATE audit SET time = 'noon' WHERE seq = 1",
     ];
     for sql in cases {
         let v = TestVault::new(4096);
@@ -774,6 +768,8 @@ fn a_cut_or_edited_audit_log_is_detected() {
             "{sql}: passwd {err}"
         );
         assert!(err.contains("audit log"), "{err}");
+        // status still shows the log, without a password.
+        run_ok(vaultfs(&v.state).arg("status").arg(&v.vault));
     }
 }
 
@@ -991,7 +987,14 @@ fn a_format_1_vaults_own_fifos_still_work() {
     let md = fs::symlink_metadata(mnt.join("old-fifo")).unwrap();
     assert!(std::os::unix::fs::FileTypeExt::is_fifo(&md.file_type()));
     run_ok(vaultfs(&state).arg("unmount").arg(&mnt));
-    // A rotation moves it into a header-only file (type, mode, times kept) and, none being
+    // Final review: a FIFO planted under a name that does not decrypt, or a hard-linked one,
+    // was left as it was, and kept the vault accepting backing nodes for ever.
+    let junk = vault.join("A".repeat(43));
+    let c = std::ffi::CString::new(junk.to_str().unwrap()).unwrap();
+    // SAFETY: mkfifo on a NUL-terminated path.
+    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+    fs::hard_link(&junk, vault.join(format!("{}B", "A".repeat(42)))).unwrap();
+    // A rotation moves them into header-only files (type, mode, times kept) and, none being
     // left, the vault stops accepting backing nodes: one planted afterwards reads EIO.
     let o = run_ok(
         vaultfs(&state)
@@ -1000,7 +1003,7 @@ fn a_format_1_vaults_own_fifos_still_work() {
             .arg(&vault),
     );
     let out = String::from_utf8_lossy(&o.stdout);
-    assert!(out.contains("Moved 1 FIFOs"), "{out}");
+    assert!(out.contains("Moved 3 FIFOs"), "{out}");
     let backing_now = |plain: &str| {
         let o = run_ok(
             vaultfs(&state)
@@ -1691,4 +1694,48 @@ fn a_planted_recovery_file_never_becomes_the_generation_new_files_use() {
         resealed.slot_blob, info.slot_blob,
         "recovery slot rewrapped"
     );
+}
+
+/// Final review, finding 1: a directory planted under a name vaultfs writes (the staged
+/// directory ID `vaultfs.dirid.new`, the next generation's recovery file) made every
+/// `rotate` fail with EISDIR, and with the rotation unfinished every revocation was refused.
+/// vaultfs owns those names: a directory there is removed, and the rotation finishes.
+#[test]
+fn a_directory_planted_under_a_reserved_name_does_not_stall_a_rotation() {
+    if !fuse_available() {
+        return;
+    }
+    let v = TestVault::new(4096);
+    // A recovery slot, so that the rotation writes a recovery file.
+    run_ok(
+        vaultfs(&v.state)
+            .args(["keyslot", "add", "--recovery", "--passfile"])
+            .arg(&v.passfile)
+            .arg("--recovery-key-file")
+            .arg(v.tmp.path().join("rk"))
+            .arg(&v.vault),
+    );
+    v.mount();
+    fs::create_dir(v.p("sub")).unwrap();
+    fs::write(v.p("sub/file"), b"kept").unwrap();
+    v.unmount();
+    let sub = backing_of(&v, "sub");
+    for planted in [
+        sub.join("vaultfs.dirid.new/deep/er"),
+        v.vault.join("vaultfs.dirid.new"),
+        v.vault.join("vaultfs.recovery.2/x"),
+    ] {
+        fs::create_dir_all(&planted).unwrap();
+        fs::write(planted.join("junk"), b"x").unwrap();
+    }
+    let o = v.with_password(&["rotate"]).output().unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(v.vault.join("vaultfs.recovery.2").is_file());
+    // The vault is whole, and revocations are possible again.
+    v.mount();
+    assert_eq!(fs::read(v.p("sub/file")).unwrap(), b"kept");
+    v.unmount();
+    let pw2 = v.tmp.path().join("pw2");
+    fs::write(&pw2, "second password\n").unwrap();
+    run_ok(&mut v.with_password(&["passwd", "--new-passfile", pw2.to_str().unwrap()]));
 }

@@ -209,7 +209,8 @@ pub struct PathArgs {
     pub keystore: Option<PathBuf>,
     /// The vault (backing) directory
     pub vault: PathBuf,
-    /// The path to translate
+    /// The path to translate (a backing name may start with '-')
+    #[arg(allow_hyphen_values = true)]
     pub path: PathBuf,
 }
 
@@ -595,7 +596,7 @@ fn rotate_and_report(u: &mut crate::vault::keystore::Unlocked, reencrypt: bool) 
     }
     if stats.raw_nodes_left > 0 {
         eprintln!(
-            "warning: {} FIFOs, sockets or device nodes made by format 1 stay as they are (hard-linked, or where names cannot be read): until they go, a node planted in the backing store shows with its planted type",
+            "warning: {} FIFOs, sockets or device nodes made by format 1 appeared during the rotation and stay as they are: until the next rotation, a node planted in the backing store shows with its planted type",
             stats.raw_nodes_left
         );
     }

@@ -181,7 +181,12 @@ pub fn classify(backing_name: &str) -> EntryKind {
 
 /// Names vaultfs itself writes (besides long-name entries and their side files).
 fn is_known_reserved(name: &str) -> bool {
-    const ROOT_FILES: [&str; 3] = ["vaultfs.vault", "vaultfs.db", "vaultfs.db-journal"];
+    const ROOT_FILES: [&str; 4] = [
+        "vaultfs.vault",
+        "vaultfs.db",
+        "vaultfs.db-journal",
+        "vaultfs.root",
+    ];
     name == DIRID_FILE
         || name == DIRID_NEXT_FILE
         || ROOT_FILES.contains(&name)

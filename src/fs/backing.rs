@@ -128,11 +128,66 @@ pub fn write_durable(
     let fd = create_regular(dir, temp, mode)?;
     let result = pwrite_all(fd.as_fd(), data, 0)
         .and_then(|_| fsync(fd.as_fd()))
+        .and_then(|_| clear_planted_dir(dir, name))
         .and_then(|_| rename(dir, temp, dir, name, RenameFlags::empty()));
     if result.is_err() {
         let _ = unlink(dir, temp);
     }
     result
+}
+
+/// Removes a directory that someone planted under `name`, a file name vaultfs owns (a
+/// directory ID, a long name's side file): a rename of a file onto it would fail with
+/// EISDIR every time, stalling what needs it (a rotation, and with it every revocation).
+/// Anything else there is left for the rename to replace. At most 64 levels deep.
+pub fn clear_planted_dir(dir: BorrowedFd<'_>, name: &str) -> io::Result<()> {
+    // Names as raw bytes: a planted tree need not hold UTF-8 names.
+    fn remove_tree(dir: BorrowedFd<'_>, name: &std::ffi::CStr, depth: u32) -> io::Result<()> {
+        if depth > 64 {
+            return Err(io::Error::other(
+                "a planted directory tree over 64 levels deep",
+            ));
+        }
+        let sub = rustix::fs::openat(
+            dir,
+            name,
+            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(err)?;
+        let mut entries = Vec::new();
+        let mut d = Dir::read_from(&sub).map_err(err)?;
+        while let Some(e) = d.read() {
+            let e = e.map_err(err)?;
+            if !matches!(e.file_name().to_bytes(), b"." | b"..") {
+                entries.push((e.file_name().to_owned(), e.file_type()));
+            }
+        }
+        for (child, kind) in entries {
+            let is_dir = match kind {
+                FileType::Directory => true,
+                FileType::Unknown => {
+                    rustix::fs::statat(&sub, child.as_c_str(), AtFlags::SYMLINK_NOFOLLOW)
+                        .is_ok_and(|st| st.st_mode & libc::S_IFMT == libc::S_IFDIR)
+                }
+                _ => false,
+            };
+            if is_dir {
+                remove_tree(sub.as_fd(), &child, depth + 1)?;
+            } else {
+                rustix::fs::unlinkat(&sub, child.as_c_str(), AtFlags::empty()).map_err(err)?;
+            }
+        }
+        rustix::fs::unlinkat(dir, name, AtFlags::REMOVEDIR).map_err(err)
+    }
+    match lstat(dir, name) {
+        Ok(st) if st.st_mode & libc::S_IFMT == libc::S_IFDIR => {
+            log::warn!("removing a directory planted in the backing store as '{name}'");
+            let name = std::ffi::CString::new(name).map_err(io::Error::other)?;
+            remove_tree(dir, &name, 0)
+        }
+        _ => Ok(()),
+    }
 }
 
 /// One entry of a backing directory.

@@ -11,10 +11,12 @@
 pub mod backing;
 pub mod buffers;
 mod closer;
+mod damage;
 pub mod file;
 pub mod mount;
 mod ops;
 mod prefetch;
+pub(crate) mod root_attr;
 pub(crate) mod setid;
 mod xattr;
 
@@ -163,13 +165,15 @@ pub struct VaultFs {
     pub(crate) config: FsConfig,
     pub(crate) root_dev: u64,
     root_backing_ino: u64,
+    /// The plaintext root's mode and owner (`root_attr`): never the vault directory's own.
+    pub(crate) root_attr: Mutex<root_attr::RootAttr>,
     pub(crate) nodes: Mutex<HashMap<u64, Node>>,
     /// Open files by inode, shared by all handles of the inode.
     pub(crate) open_files: Mutex<HashMap<u64, Weak<OpenFile>>>,
     pub(crate) handles: Mutex<HashMap<u64, Handle>>,
     next_fh: std::sync::atomic::AtomicU64,
-    /// Backing paths whose damage was already logged (each is logged once).
-    reported: Mutex<HashSet<String>>,
+    /// Damaged objects met: counted, each logged once.
+    pub(crate) damage: damage::DamageReports,
     pub(crate) is_root: bool,
     /// The kernel handles POSIX ACLs itself (FUSE_POSIX_ACL was granted at init).
     pub(crate) kernel_acls: bool,
@@ -402,6 +406,7 @@ impl VaultFs {
         activity: Arc<Activity>,
     ) -> std::io::Result<VaultFs> {
         let st = backing::fstat(root.as_fd())?;
+        let root_attr = root_attr::RootAttr::load(root.as_fd(), !config.read_only)?;
         let id_file = backing::read_small(root.as_fd(), DIRID_FILE, 64)?;
         let (root_id, _) = open_dir_id(&keyring, &ROOT_PARENT, "", &id_file).map_err(|e| {
             std::io::Error::other(format!("the vault's root directory ID does not open: {e}"))
@@ -433,11 +438,12 @@ impl VaultFs {
             config,
             root_dev: st.st_dev,
             root_backing_ino: st.st_ino,
+            root_attr: Mutex::new(root_attr),
             nodes: Mutex::new(nodes),
             open_files: Mutex::default(),
             handles: Mutex::default(),
             next_fh: 1.into(),
-            reported: Mutex::default(),
+            damage: Default::default(),
             is_root: rustix::process::geteuid().is_root(),
             kernel_acls: false,
             activity,
@@ -446,6 +452,11 @@ impl VaultFs {
             prefetcher: prefetch::Prefetcher::new(),
             notifier: Arc::default(),
         })
+    }
+
+    /// Whether `st` is the vault directory itself.
+    pub(crate) fn is_backing_root(&self, st: &Stat) -> bool {
+        (st.st_dev, st.st_ino) == (self.root_dev, self.root_backing_ino)
     }
 
     /// FUSE inode number of a backing inode number.
@@ -462,11 +473,9 @@ impl VaultFs {
     /// Logs a damaged backing object once (with its backing path), and gives EIO.
     pub(crate) fn damaged(&self, ino: u64, what: &str, detail: impl std::fmt::Display) -> i32 {
         let path = self.backing_path(ino);
-        let key = format!("{path}: {what}");
-        let mut reported = self.reported.lock().expect("lock");
-        if reported.len() < 10_000 && reported.insert(key) {
-            log::error!("{path}: {what}: {detail}");
-        }
+        self.damage.report(format!("{path}: {what}"), || {
+            format!("{path}: {what}: {detail}")
+        });
         EIO
     }
 
@@ -877,10 +886,9 @@ impl VaultFs {
                     .map_err(|(code, why)| {
                         if code != libc::EACCES {
                             let path = format!("{}/{entry}", self.backing_path(parent));
-                            let mut reported = self.reported.lock().expect("lock");
-                            if reported.insert(path.clone()) {
-                                log::error!("{path}: directory ID does not check out: {why}");
-                            }
+                            self.damage.report(path.clone(), || {
+                                format!("{path}: directory ID does not check out: {why}")
+                            });
                         }
                         code
                     })
@@ -1088,6 +1096,12 @@ impl VaultFs {
             }
             _ => st.st_size as u64,
         };
+        let (perm, uid, gid) = if ino == ROOT {
+            let r = *self.root_attr.lock().expect("lock");
+            (r.mode, r.uid, r.gid)
+        } else {
+            (st.st_mode & 0o7777, st.st_uid, st.st_gid)
+        };
         FileAttr {
             ino: INodeNo(ino),
             size,
@@ -1097,10 +1111,10 @@ impl VaultFs {
             ctime: system_time(st.st_ctime, st.st_ctime_nsec as i64),
             crtime: UNIX_EPOCH,
             kind,
-            perm: (st.st_mode & 0o7777) as u16,
+            perm: perm as u16,
             nlink: st.st_nlink as u32,
-            uid: st.st_uid,
-            gid: st.st_gid,
+            uid,
+            gid,
             rdev,
             blksize: 4096,
             flags: 0,

@@ -195,13 +195,31 @@ impl VaultFs {
     }
 
     /// Owner of a new entry: the caller, with the parent's group if it is set-group-ID.
+    /// Whether `st` can be the entry this daemon just made: of type `kind`, its own, with
+    /// the mode it was made with (plus set-group-ID, which a directory inherits) and `links`
+    /// links. No one else can make such an entry, so a substituted one is told apart.
+    fn just_made(&self, st: &rustix::fs::Stat, kind: u32, mode: u32, links: u64) -> bool {
+        st.st_mode & libc::S_IFMT == kind
+            && st.st_uid == rustix::process::geteuid().as_raw()
+            && st.st_mode & 0o7777 & !libc::S_ISGID == mode
+            && st.st_nlink == links
+    }
+
     fn owner_for(&self, req: &Request, parent_fd: std::os::fd::BorrowedFd<'_>) -> (u32, u32, bool) {
-        let st = backing::fstat(parent_fd).ok();
-        let sgid = st.as_ref().is_some_and(|s| s.st_mode & libc::S_ISGID != 0);
-        let gid = if sgid {
-            st.map(|s| s.st_gid).unwrap_or(req.gid())
-        } else {
-            req.gid()
+        // The parent's set-group-ID bit and group: the root's are not its backing
+        // directory's (`root_attr`).
+        let parent = backing::fstat(parent_fd).ok().map(|s| {
+            if self.is_backing_root(&s) {
+                let r = *self.root_attr.lock().expect("lock");
+                (r.mode, r.gid)
+            } else {
+                (s.st_mode, s.st_gid)
+            }
+        });
+        let sgid = parent.is_some_and(|(mode, _)| mode & libc::S_ISGID != 0);
+        let gid = match parent {
+            Some((_, gid)) if sgid => gid,
+            _ => req.gid(),
         };
         (req.uid(), gid, sgid)
     }
@@ -228,8 +246,19 @@ impl VaultFs {
         let bn = self.new_entry_name(pfd.as_fd(), &pid, name)?;
         let temp = self.temp_name();
         backing::mkdir(pfd.as_fd(), &temp, 0o700).map_err(errno)?;
+        // The directory is found again by name: where others can write the backing directory,
+        // another could be in its place by now. Only the one just made is given an ID, an
+        // owner and a mode (else a local user could have root chown a directory of its
+        // choosing to them); anything else there is left alone.
+        let tfd = backing::open_dir(pfd.as_fd(), &temp).map_err(errno)?;
+        let st = backing::fstat(tfd.as_fd()).map_err(errno)?;
+        if !self.just_made(&st, libc::S_IFDIR, 0o700, 2)
+            || backing::list(tfd.as_fd()).map_or(true, |e| !e.is_empty())
+        {
+            log::warn!("a new backing directory was replaced before it was set up: refused");
+            return Err(EIO);
+        }
         let result = (|| -> FsResult<()> {
-            let tfd = backing::open_dir(pfd.as_fd(), &temp).map_err(errno)?;
             let id: [u8; 16] = keys::random_array().map_err(|_| EIO)?;
             let sealed = seal_dir_id(
                 self.keyring.active(),
@@ -319,6 +348,13 @@ impl VaultFs {
                 Made::Named => super::open_path(pfd.as_fd(), bn.entry())?,
             };
             let mut st = backing::fstat(fd.as_fd()).map_err(errno)?;
+            // A symlink is found again by name, and where others can write the backing
+            // directory another entry could be in its place by now (a hard link to a file of
+            // root's): only the symlink just made is given an owner.
+            if matches!(made, Made::Named) && !self.just_made(&st, libc::S_IFLNK, 0o777, 1) {
+                log::warn!("a new backing symlink was replaced before it was set up: refused");
+                return Err(EIO);
+            }
             let chown = self.is_root && (st.st_uid, st.st_gid) != (uid, gid);
             if chown {
                 backing::chown_fd(fd.as_fd(), Some(uid), Some(gid)).map_err(errno)?;
@@ -505,6 +541,7 @@ impl VaultFs {
     /// Step 3 of a directory move: the staged ID replaces the old one.
     fn commit_dir_id(&self, fd: &std::os::fd::OwnedFd) {
         let _ = self.retry_with_access(fd.as_fd(), 0o700, || {
+            backing::clear_planted_dir(fd.as_fd(), DIRID_FILE).map_err(errno)?;
             backing::rename(
                 fd.as_fd(),
                 DIRID_NEXT_FILE,
@@ -729,14 +766,29 @@ impl VaultFs {
                 _ => return Err(EINVAL),
             }
         }
-        if uid.is_some() || gid.is_some() {
-            backing::chown_fd(fd.as_fd(), uid, gid).map_err(errno)?;
-        }
-        if let Some(mode) = mode {
-            if kind == FileType::Symlink {
-                return Err(libc::EOPNOTSUPP);
+        if ino == ROOT && (mode.is_some() || uid.is_some() || gid.is_some()) {
+            // The root's mode and owner live in `vaultfs.root`; the vault directory stays
+            // private.
+            let mut r = self.root_attr.lock().expect("lock");
+            let mut next = *r;
+            next.uid = uid.unwrap_or(next.uid);
+            next.gid = gid.unwrap_or(next.gid);
+            // (chown(2) leaves a directory's set-ID bits as they are.)
+            if let Some(mode) = mode {
+                next.mode = mode & 0o7777;
             }
-            backing::chmod_fd(fd.as_fd(), mode & 0o7777).map_err(errno)?;
+            next.save(fd.as_fd()).map_err(errno)?;
+            *r = next;
+        } else {
+            if uid.is_some() || gid.is_some() {
+                backing::chown_fd(fd.as_fd(), uid, gid).map_err(errno)?;
+            }
+            if let Some(mode) = mode {
+                if kind == FileType::Symlink {
+                    return Err(libc::EOPNOTSUPP);
+                }
+                backing::chmod_fd(fd.as_fd(), mode & 0o7777).map_err(errno)?;
+            }
         }
         // With the writeback cache the kernel keeps times itself and sends them back, mostly
         // unchanged (on every unlink, rename and link of a file): skip the backing write then.
@@ -781,6 +833,15 @@ impl VaultFs {
 }
 
 impl Filesystem for VaultFs {
+    /// The last word on damage: how many damaged objects this mount met, however many
+    /// lines the log's rate limit dropped.
+    fn destroy(&mut self) {
+        let met = self.damage.count();
+        if met > 0 {
+            log::warn!("unmounted; damaged objects met by this mount: {met} (run vaultfs fsck)");
+        }
+    }
+
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
         self.closer.start()?;
         self.prefetcher.start()?;
@@ -1435,6 +1496,23 @@ impl Filesystem for VaultFs {
             Ok(off) => reply.offset(off as i64),
             Err(code) => reply.error(e(code)),
         }
+    }
+
+    /// No ioctl is supported: ENOTTY, as on a plain file, quietly (fuser's default logs a
+    /// warning for each, which any user of a shared mount could repeat until the log fills
+    /// the disk).
+    fn ioctl(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _flags: fuser::IoctlFlags,
+        _cmd: u32,
+        _in_data: &[u8],
+        _out_size: u32,
+        reply: fuser::ReplyIoctl,
+    ) {
+        reply.error(e(libc::ENOTTY));
     }
 
     fn access(&self, _req: &Request, ino: INodeNo, mask: fuser::AccessFlags, reply: ReplyEmpty) {

@@ -110,19 +110,46 @@ pub fn check(
     }
 }
 
-/// The last `n` entries, oldest first (no key needed; not verified).
+/// Reads the row's `time, event, detail` at `at..at+3` as vaultfs writes them (integer,
+/// text, text), or None if a value has another type: only an edit makes one.
+fn typed_entry(r: &rusqlite::Row<'_>, seq: i64, at: usize) -> rusqlite::Result<Option<AuditEntry>> {
+    use rusqlite::types::ValueRef;
+    let text = |i: usize| -> rusqlite::Result<Option<String>> {
+        Ok(match r.get_ref(i)? {
+            ValueRef::Text(t) => std::str::from_utf8(t).ok().map(String::from),
+            _ => None,
+        })
+    };
+    let time = match r.get_ref(at)? {
+        ValueRef::Integer(t) => t,
+        _ => return Ok(None),
+    };
+    let (Some(event), Some(detail)) = (text(at + 1)?, text(at + 2)?) else {
+        return Ok(None);
+    };
+    Ok(Some(AuditEntry {
+        seq,
+        time,
+        event,
+        detail,
+    }))
+}
+
+/// The last `n` entries, oldest first (no key needed; not verified; an entry whose values
+/// are not of vaultfs's types, which only an edit makes, shows as "(edited)").
 pub fn recent(conn: &Connection, n: usize) -> Result<Vec<AuditEntry>> {
     let mut stmt = conn
         .prepare("SELECT seq, time, event, detail FROM (SELECT * FROM audit ORDER BY seq DESC LIMIT ?1) ORDER BY seq")
         .map_err(|e| VaultError::InvalidArgument(format!("cannot read the audit log: {e}")))?;
     let rows = stmt
         .query_map([n as i64], |r| {
-            Ok(AuditEntry {
-                seq: r.get(0)?,
-                time: r.get(1)?,
-                event: r.get(2)?,
-                detail: r.get(3)?,
-            })
+            let seq = r.get(0)?;
+            Ok(typed_entry(r, seq, 1)?.unwrap_or(AuditEntry {
+                seq,
+                time: 0,
+                event: "(edited)".into(),
+                detail: "(a value of the wrong type)".into(),
+            }))
         })
         .and_then(|rows| rows.collect::<rusqlite::Result<Vec<_>>>())
         .map_err(|e| VaultError::InvalidArgument(format!("cannot read the audit log: {e}")))?;
@@ -136,20 +163,21 @@ pub fn verify_chain(conn: &Connection, key: &Key256) -> Result<Result<usize, i64
         .map_err(|e| VaultError::InvalidArgument(format!("cannot read the audit log: {e}")))?;
     let rows = stmt
         .query_map([], |r| {
-            Ok((
-                AuditEntry {
-                    seq: r.get(0)?,
-                    time: r.get(1)?,
-                    event: r.get(2)?,
-                    detail: r.get(3)?,
-                },
-                r.get::<_, Vec<u8>>(4)?,
-            ))
+            let seq: i64 = r.get(0)?;
+            let mac = match r.get_ref(4)? {
+                rusqlite::types::ValueRef::Blob(b) => Some(b.to_vec()),
+                _ => None,
+            };
+            Ok((seq, typed_entry(r, seq, 1)?.zip(mac)))
         })
         .and_then(|rows| rows.collect::<rusqlite::Result<Vec<_>>>())
         .map_err(|e| VaultError::InvalidArgument(format!("cannot read the audit log: {e}")))?;
     let mut prev = vec![0u8; MAC_LEN];
-    for (i, (entry, mac)) in rows.iter().enumerate() {
+    for (i, (seq, entry)) in rows.iter().enumerate() {
+        // A value of another type than vaultfs writes is an edit, like a wrong MAC.
+        let Some((entry, mac)) = entry else {
+            return Ok(Err(*seq));
+        };
         if entry.seq != i as i64 + 1 || entry_mac(key, &prev, entry).verify(mac).is_err() {
             return Ok(Err(entry.seq));
         }

@@ -323,6 +323,22 @@ pub fn errno_of<T>(r: std::io::Result<T>) -> i32 {
     }
 }
 
+/// FUSE and root (for tests that switch users): false, loudly, where either is missing;
+/// in CI a missing one fails the test.
+pub fn root_and_fuse() -> bool {
+    if !fuse_available() {
+        return false;
+    }
+    let root = rustix::process::geteuid().is_root();
+    if !root {
+        if std::env::var("CI").as_deref() == Ok("true") {
+            panic!("this test switches users and needs root: CI runs as root");
+        }
+        eprintln!("\n*** SKIPPING: this test switches users and needs root ***\n");
+    }
+    root
+}
+
 /// Runs `f` on a fresh mounted vault for each chunk size tested (4 KiB and 64 KiB).
 pub fn each_chunk_size(f: impl Fn(&TestVault, usize)) {
     each_chunk_size_with(&[], f)

@@ -1,6 +1,8 @@
 //! The mount daemon as a process: the vault lock, unlocking, forking into the background
 //! (returning only once the mount answers), hardening, logging, signals, and `unmount`.
 
+mod logfile;
+
 use std::fs;
 use std::io::{Read, Write};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
@@ -77,10 +79,41 @@ fn pidfile_name(mountpoint: &Path) -> String {
     HEXLOWER.encode(&Sha256::digest(mountpoint.as_os_str().as_encoded_bytes())[..16])
 }
 
+/// Signals whose default action ends the process and that nothing in the daemon uses: a
+/// stray one (a `kill -USR1` meant for something else, a timer, a CPU or file-size limit)
+/// must not leave a dead mount behind. SIGTERM, SIGINT and SIGHUP detach the mount
+/// (`spawn_signal_thread`); faults (SIGSEGV, SIGBUS, ...) keep their action.
+const IGNORED_SIGNALS: &[i32] = &[
+    libc::SIGPIPE,
+    libc::SIGQUIT,
+    libc::SIGUSR1,
+    libc::SIGUSR2,
+    libc::SIGALRM,
+    libc::SIGVTALRM,
+    libc::SIGPROF,
+    libc::SIGIO,
+    libc::SIGPWR,
+    libc::SIGXCPU,
+    libc::SIGXFSZ,
+    libc::SIGSTKFLT,
+    libc::SIGTRAP,
+    libc::SIGSYS,
+];
+
 /// Makes key memory hard to leak: no core dumps or ptrace by others, no swapping where the
-/// system allows it, and no death by SIGPIPE.
+/// system allows it, and no death by a stray signal.
 fn harden_process() {
-    // SAFETY: plain prctl/mlockall/signal calls with constant arguments.
+    // SAFETY: setting a signal's action to SIG_IGN; none of these is used by the daemon, its
+    // libraries or the C library (glibc's own real-time signals are below SIGRTMIN()).
+    unsafe {
+        for &sig in IGNORED_SIGNALS {
+            libc::signal(sig, libc::SIG_IGN);
+        }
+        for sig in libc::SIGRTMIN()..=libc::SIGRTMAX() {
+            libc::signal(sig, libc::SIG_IGN);
+        }
+    }
+    // SAFETY: plain prctl/mlockall calls with constant arguments.
     unsafe {
         libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0);
         if libc::mlockall(libc::MCL_CURRENT | libc::MCL_FUTURE | libc::MCL_ONFAULT) != 0 {
@@ -89,7 +122,6 @@ fn harden_process() {
                 std::io::Error::last_os_error()
             );
         }
-        libc::signal(libc::SIGPIPE, libc::SIG_IGN);
     }
     raise_fd_limit();
 }
@@ -118,7 +150,7 @@ fn raise_fd_limit() {
 }
 
 fn init_daemon_log(vault_id: &[u8; 16]) -> Result<()> {
-    let file = local_state::StateDir::vault(vault_id)?.append("daemon.log")?;
+    let file = logfile::DaemonLog::open(local_state::StateDir::vault(vault_id)?)?;
     let _ = log_builder()
         .target(env_logger::Target::Pipe(Box::new(file)))
         .try_init();
@@ -137,7 +169,11 @@ fn log_builder() -> env_logger::Builder {
 }
 
 pub fn init_stderr_log() {
-    let _ = log_builder().try_init();
+    let _ = log_builder()
+        .target(env_logger::Target::Pipe(Box::new(
+            logfile::LimitedStderr::default(),
+        )))
+        .try_init();
 }
 
 /// Unlocks and mounts. In the foreground, serves until unmounted; otherwise forks a daemon

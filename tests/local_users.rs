@@ -1,0 +1,354 @@
+//! Issue 15: local users of a shared mount (`--allow-other` on a root mount, the way a server
+//! shares a vault) cannot gain privileges, exhaust the daemon's memory or descriptors, flood
+//! its log or switch its tamper logging off, and stray signals do not kill it. Each test
+//! reproduces one finding of the review and fails on the code before its fix.
+
+mod common;
+
+use std::fs;
+use std::os::fd::AsRawFd;
+use std::path::PathBuf;
+
+use common::*;
+
+/// The daemon's log file of a test vault.
+fn daemon_log(v: &TestVault) -> PathBuf {
+    let o = run_ok(vaultfs(&v.state).args(["status", "--json"]).arg(&v.vault));
+    let status: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    v.state
+        .join("vaultfs")
+        .join(status["vault_id"].as_str().unwrap())
+        .join("daemon.log")
+}
+
+fn log_len(v: &TestVault) -> u64 {
+    fs::metadata(daemon_log(v)).map_or(0, |m| m.len())
+}
+
+/// Finding 6: SIGUSR1, SIGUSR2, SIGALRM, SIGPROF, SIGIO and SIGPWR (and the other signals
+/// whose default is to end a process) left "Transport endpoint is not connected". They are
+/// ignored now; SIGTERM still detaches the mount as documented.
+#[test]
+fn stray_signals_leave_the_mount_alive() {
+    if !fuse_available() {
+        return;
+    }
+    let v = TestVault::new(4096);
+    v.mount();
+    fs::write(v.p("still-here"), b"alive").unwrap();
+    let pid = v.daemon_pid();
+    let mut signals = vec![
+        libc::SIGUSR1,
+        libc::SIGUSR2,
+        libc::SIGALRM,
+        libc::SIGPROF,
+        libc::SIGIO,
+        libc::SIGPWR,
+        libc::SIGQUIT,
+        libc::SIGVTALRM,
+        libc::SIGXCPU,
+        libc::SIGXFSZ,
+        libc::SIGSTKFLT,
+        libc::SIGTRAP,
+        libc::SIGSYS,
+    ];
+    signals.extend([libc::SIGRTMIN(), libc::SIGRTMIN() + 5, libc::SIGRTMAX()]);
+    for sig in signals {
+        // SAFETY: signalling the test's own daemon.
+        assert_eq!(unsafe { libc::kill(pid, sig) }, 0);
+        std::thread::sleep(std::time::Duration::from_millis(30));
+        assert_eq!(
+            fs::read(v.p("still-here")).unwrap(),
+            b"alive",
+            "after signal {sig}"
+        );
+    }
+    v.unmount();
+    // SIGTERM keeps its meaning: the mount goes, the daemon exits.
+    v.mount();
+    let pid = v.daemon_pid();
+    // SAFETY: as above.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
+    for _ in 0..200 {
+        if !v.is_mounted() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    assert!(!v.is_mounted(), "SIGTERM detaches the mount");
+}
+
+/// Finding 4: fuser logged each unsupported ioctl as a three-line warning: 100,000
+/// `ioctl(TCGETS)` by `nobody` wrote 16 MB to root's state directory. They get ENOTTY,
+/// quietly, and whatever else floods the log is rate-limited.
+#[test]
+fn a_hundred_thousand_ioctls_do_not_grow_the_log() {
+    if !root_and_fuse() {
+        return;
+    }
+    let v = TestVault::new(4096);
+    // Others may reach the mount point.
+    fs::set_permissions(
+        v.tmp.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    let o = v.mount_args(&["--allow-other"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    fs::set_permissions(&v.mnt, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    fs::write(v.p("tty?"), b"no").unwrap();
+    fs::set_permissions(
+        v.p("tty?"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o644),
+    )
+    .unwrap();
+    let before = log_len(&v);
+    // SAFETY: the child makes only async-signal-safe calls (setgroups, setgid, setuid, open,
+    // ioctl, _exit) before it exits.
+    let path = std::ffi::CString::new(v.p("tty?").to_str().unwrap()).unwrap();
+    let pid = unsafe { libc::fork() };
+    assert!(pid >= 0);
+    if pid == 0 {
+        unsafe {
+            let dropped = libc::setgroups(0, std::ptr::null()) == 0
+                && libc::setgid(65534) == 0
+                && libc::setuid(65534) == 0;
+            let fd = libc::open(path.as_ptr(), libc::O_RDONLY);
+            let mut enotty = 0;
+            let mut termios: libc::termios = std::mem::zeroed();
+            for _ in 0..100_000 {
+                if libc::ioctl(fd, libc::TCGETS, &mut termios) == -1
+                    && *libc::__errno_location() == libc::ENOTTY
+                {
+                    enotty += 1;
+                }
+            }
+            libc::_exit(if !dropped || fd < 0 {
+                2
+            } else if enotty != 100_000 {
+                3
+            } else {
+                0
+            });
+        }
+    }
+    let mut status = 0;
+    // SAFETY: waiting for our own child.
+    unsafe { libc::waitpid(pid, &mut status, 0) };
+    assert!(
+        libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
+        "child status {status:#x} (2: setuid or open failed, 3: not every ioctl got ENOTTY)"
+    );
+    let grown = log_len(&v) - before;
+    assert!(grown < 1 << 20, "the log grew by {grown} bytes");
+    v.unmount();
+}
+
+/// Finding 5: after 10,000 distinct damaged objects the daemon stopped logging damage for
+/// the life of the mount: 100,000 junk names listed once, then a damaged header read EIO
+/// without a line. Now the lines are rate-limited, never switched off, and counted.
+#[test]
+fn a_damaged_file_is_logged_after_a_hundred_thousand_junk_names() {
+    if !fuse_available() {
+        return;
+    }
+    let v = TestVault::new(4096);
+    v.mount();
+    fs::create_dir(v.p("junk")).unwrap();
+    fs::write(v.p("victim"), b"soon damaged").unwrap();
+    v.unmount();
+    let junk_dir = backing_of(&v, "junk");
+    for i in 0..100_000 {
+        // Names that look encrypted but do not decrypt in this directory.
+        fs::File::create(junk_dir.join(format!("{:0>22}", format!("junk{i}")))).unwrap();
+    }
+    let victim = backing_of(&v, "victim");
+    let mut bytes = fs::read(&victim).unwrap();
+    bytes[40] ^= 1;
+    fs::write(&victim, &bytes).unwrap();
+    v.mount();
+    let listed = fs::read_dir(v.p("junk")).unwrap().count();
+    assert_eq!(listed, 0, "junk names are not listed");
+    // The log's burst is spent on junk; a second refills enough for the next line.
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    assert_eq!(errno_of(fs::read(v.p("victim"))), libc::EIO);
+    v.unmount();
+    let log = fs::read_to_string(daemon_log(&v)).unwrap();
+    let victim_entry = victim.file_name().unwrap().to_str().unwrap();
+    assert!(
+        log.lines()
+            .any(|l| l.contains(victim_entry) && l.contains("damaged objects met")),
+        "no line for the damaged file in {} bytes of log",
+        log.len()
+    );
+    assert!(
+        log.contains("log lines dropped"),
+        "the flood was rate-limited"
+    );
+    assert!(
+        log.lines()
+            .any(|l| l.contains("damaged objects met by this mount: 100001")),
+        "the count covers what was dropped"
+    );
+    assert!(log.len() < 1 << 20, "{} bytes of log", log.len());
+    let _ = fs::File::open(&victim).map(|f| f.as_raw_fd());
+}
+
+/// Finding 1, first half: the vault directory took the plaintext root's mode, so a
+/// `chmod 1777` of the mount root opened the whole backing tree to every local user. The
+/// root's mode and owner now live in `vaultfs.root`; the vault directory stays private.
+#[test]
+fn the_vault_directory_stays_private_whatever_the_root_shows() {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    if !root_and_fuse() {
+        return;
+    }
+    let v = TestVault::new(4096);
+    // A vault from before `vaultfs.root`, whose directory someone opened up.
+    fs::set_permissions(&v.vault, fs::Permissions::from_mode(0o755)).unwrap();
+    let o = v.mount_args(&["--allow-other"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(
+        fs::metadata(&v.mnt).unwrap().mode() & 0o7777,
+        0o755,
+        "the root shows as before"
+    );
+    assert_eq!(fs::metadata(&v.vault).unwrap().mode() & 0o7777, 0o700);
+    fs::set_permissions(&v.mnt, fs::Permissions::from_mode(0o1777)).unwrap();
+    std::os::unix::fs::chown(&v.mnt, Some(65534), Some(65534)).unwrap();
+    let root = fs::metadata(&v.mnt).unwrap();
+    assert_eq!(
+        (root.mode() & 0o7777, root.uid(), root.gid()),
+        (0o1777, 65534, 65534)
+    );
+    let backing = fs::metadata(&v.vault).unwrap();
+    assert_eq!((backing.mode() & 0o7777, backing.uid()), (0o700, 0));
+    // The sticky root works as one (the kernel checks against what vaultfs reports).
+    fs::write(v.p("roots"), b"root's").unwrap();
+    v.unmount();
+    let o = v.mount_args(&["--allow-other"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let root = fs::metadata(&v.mnt).unwrap();
+    assert_eq!(
+        (root.mode() & 0o7777, root.uid()),
+        (0o1777, 65534),
+        "kept across mounts"
+    );
+    v.unmount();
+    assert_eq!(fs::metadata(&v.vault).unwrap().mode() & 0o7777, 0o700);
+}
+
+/// Finding 1, second half: where a backing directory is reachable by others anyway (here
+/// the vault directory is opened up by hand after the mount, as a shared parent would), a
+/// user racing the daemon's mkdir and symlink by renaming a hard link to a root-owned file
+/// over each new backing entry got root to chown that file to them (the review's attack
+/// won within 11 attempts with mkfifo). New entries are set up only through their own fd,
+/// or after checking that the name still holds what the daemon just made.
+#[test]
+fn racing_new_backing_entries_never_moves_ownership() {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    use std::os::unix::process::CommandExt;
+    use std::process::Command;
+    if !root_and_fuse() {
+        return;
+    }
+    let v = TestVault::new(4096);
+    fs::set_permissions(v.tmp.path(), fs::Permissions::from_mode(0o755)).unwrap();
+    let o = v.mount_args(&["--allow-other"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    fs::set_permissions(&v.mnt, fs::Permissions::from_mode(0o755)).unwrap();
+    // A directory of the attacker's own: its backing directory is theirs too.
+    fs::create_dir(v.p("shared")).unwrap();
+    std::os::unix::fs::chown(v.p("shared"), Some(65534), Some(65534)).unwrap();
+    let shared = backing_of(&v, "shared");
+    fs::set_permissions(&v.vault, fs::Permissions::from_mode(0o755)).unwrap();
+    // The victim: root's, writable by all (as the review's), on the vault's filesystem.
+    let victim = v.tmp.path().join("victim");
+    fs::write(&victim, b"root's file").unwrap();
+    fs::set_permissions(&victim, fs::Permissions::from_mode(0o666)).unwrap();
+    let stop = v.tmp.path().join("stop");
+    let attacker = Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", "race_attacker", "--ignored", "--nocapture"])
+        .env("RACE_DIR", &shared)
+        .env("RACE_VICTIM", &victim)
+        .env("RACE_STOP", &stop)
+        .uid(65534)
+        .gid(65534)
+        .spawn()
+        .unwrap();
+    // The requester, as nobody too: 2,000 new directories and symlinks through the mount.
+    let o = Command::new("sh")
+        .arg("-c")
+        .arg("cd \"$1\" && i=0; while [ $i -lt 1000 ]; do mkdir d$i 2>/dev/null; ln -s t l$i 2>/dev/null; i=$((i+1)); done")
+        .arg("sh")
+        .arg(v.p("shared"))
+        .uid(65534)
+        .gid(65534)
+        .output()
+        .unwrap();
+    fs::write(&stop, b"").unwrap();
+    let out = attacker.wait_with_output().unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let st = fs::metadata(&victim).unwrap();
+    assert_eq!(
+        (st.uid(), st.gid(), st.mode() & 0o7777),
+        (0, 0, 0o666),
+        "the victim changed hands ({:?})",
+        out
+    );
+    fs::set_permissions(&v.vault, fs::Permissions::from_mode(0o700)).unwrap();
+    v.unmount();
+}
+
+/// The attacker of `racing_new_backing_entries_never_moves_ownership`, run as `nobody` in a
+/// process of its own: every entry that appears in the watched backing directory is replaced
+/// at once by a hard link to the victim.
+#[test]
+#[ignore = "a helper process of racing_new_backing_entries_never_moves_ownership"]
+fn race_attacker() {
+    let (Ok(dir), Ok(victim), Ok(stop)) = (
+        std::env::var("RACE_DIR"),
+        std::env::var("RACE_VICTIM"),
+        std::env::var("RACE_STOP"),
+    ) else {
+        return;
+    };
+    let c = |s: &str| std::ffi::CString::new(s).unwrap();
+    let (cdir, cvictim) = (c(&dir), c(&victim));
+    // SAFETY: plain inotify and link/rename calls on NUL-terminated paths and our buffer.
+    unsafe {
+        let fd = libc::inotify_init1(libc::IN_NONBLOCK);
+        assert!(fd >= 0);
+        assert!(libc::inotify_add_watch(fd, cdir.as_ptr(), libc::IN_CREATE) >= 0);
+        let mut buf = vec![0u8; 64 * 1024];
+        let mut swaps = 0u64;
+        while !std::path::Path::new(&stop).exists() {
+            let n = libc::read(fd, buf.as_mut_ptr().cast(), buf.len());
+            if n <= 0 {
+                std::thread::yield_now();
+                continue;
+            }
+            let mut at = 0usize;
+            while at + 16 <= n as usize {
+                let ev = &*(buf.as_ptr().add(at) as *const libc::inotify_event);
+                let name_len = ev.len as usize;
+                let name = std::ffi::CStr::from_ptr(buf.as_ptr().add(at + 16).cast());
+                at += 16 + name_len;
+                let name = name.to_string_lossy();
+                if name.is_empty() || name.starts_with("att.") {
+                    continue;
+                }
+                let tmp = c(&format!("{dir}/att.{swaps}"));
+                if libc::link(cvictim.as_ptr(), tmp.as_ptr()) == 0 {
+                    let target = c(&format!("{dir}/{name}"));
+                    if libc::rename(tmp.as_ptr(), target.as_ptr()) == 0 {
+                        swaps += 1;
+                    } else {
+                        libc::unlink(tmp.as_ptr());
+                    }
+                }
+            }
+        }
+        println!("attacker: {swaps} entries swapped");
+    }
+}
