@@ -123,30 +123,41 @@ fn harden_process() {
             );
         }
     }
-    raise_fd_limit();
 }
 
-/// Every inode the kernel holds pins one backing fd (src/fs/mod.rs), so the daemon needs as
-/// many fds as the kernel caches inodes: the soft limit goes up to the hard one, and root
-/// raises the hard one to the system's ceiling.
-fn raise_fd_limit() {
+/// Every inode the kernel holds may pin one backing fd (src/fs/mod.rs), so the daemon wants
+/// many: the soft limit goes up to the hard one, and root raises the hard one to the
+/// system's ceiling. Runs before the file system computes its fd budget from the limit.
+/// Returns a warning when the limit stays low (no CAP_SYS_RESOURCE, a container).
+fn raise_fd_limit() -> Option<String> {
     use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
     let current = getrlimit(Resource::Nofile);
-    let mut hard = current.maximum;
+    let ceiling = fs::read_to_string("/proc/sys/fs/nr_open")
+        .ok()
+        .and_then(|s| s.trim().parse::<u64>().ok());
+    let mut tries = Vec::new();
     if rustix::process::geteuid().is_root()
-        && let Some(ceiling) = fs::read_to_string("/proc/sys/fs/nr_open")
-            .ok()
-            .and_then(|s| s.trim().parse::<u64>().ok())
+        && let Some(c) = ceiling
     {
-        hard = Some(hard.map_or(ceiling, |h| h.max(ceiling)));
+        tries.push(Some(current.maximum.map_or(c, |h| h.max(c))));
     }
-    let wanted = Rlimit {
-        current: hard,
-        maximum: hard,
-    };
-    if let Err(e) = setrlimit(Resource::Nofile, wanted) {
-        log::info!("cannot raise the open-file limit ({e}); large directories may give EMFILE");
+    // Without the right to raise the hard limit, the soft one still goes up to it.
+    tries.push(current.maximum);
+    for hard in tries {
+        let wanted = Rlimit {
+            current: hard,
+            maximum: hard,
+        };
+        if setrlimit(Resource::Nofile, wanted).is_ok() {
+            break;
+        }
     }
+    let now = getrlimit(Resource::Nofile).current.unwrap_or(u64::MAX);
+    (now < 65_536).then(|| {
+        format!(
+            "the open-file limit is {now} and cannot be raised here (that needs CAP_SYS_RESOURCE): with many directories in use at once, requests may fail with EMFILE"
+        )
+    })
 }
 
 fn init_daemon_log(vault_id: &[u8; 16]) -> Result<()> {
@@ -229,6 +240,7 @@ pub fn mount(mut req: MountRequest, password: &[u8]) -> Result<()> {
         .map_err(VaultError::io(format!("cannot open {}", vault.display())))?;
     let activity = Arc::new(Activity::default());
     activity.touch();
+    let fd_warning = raise_fd_limit();
     let fs = VaultFs::new(
         unlocked.keyring.clone(),
         unlocked.layout(),
@@ -243,6 +255,9 @@ pub fn mount(mut req: MountRequest, password: &[u8]) -> Result<()> {
 
     if req.foreground {
         harden_process();
+        if let Some(w) = &fd_warning {
+            log::warn!("{w}");
+        }
         let _ =
             local_state::record_local_audit(&vault_id, "mount", &mountpoint.display().to_string());
         return serve(
@@ -275,6 +290,9 @@ pub fn mount(mut req: MountRequest, password: &[u8]) -> Result<()> {
             let _ = init_daemon_log(&vault_id);
             redirect_stdio();
             harden_process();
+            if let Some(w) = &fd_warning {
+                log::warn!("{w}");
+            }
             let _ = local_state::record_local_audit(
                 &vault_id,
                 "mount",

@@ -142,6 +142,8 @@ pub struct OpenFile<S: FileStore = OwnedFd> {
     sparse: bool,
     /// Writes to this file in progress (waiting or writing).
     writers: std::sync::atomic::AtomicUsize,
+    /// Held as long as the file is open (`with_charge`).
+    _charge: Option<super::fd_charges::Charge>,
 }
 
 /// Counts a write in `OpenFile::writers` for as long as it lives.
@@ -210,6 +212,7 @@ impl<S: FileStore> OpenFile<S> {
             grown: Default::default(),
             sparse: false,
             writers: Default::default(),
+            _charge: None,
         })
     }
 
@@ -226,6 +229,7 @@ impl<S: FileStore> OpenFile<S> {
             grown: Default::default(),
             sparse: false,
             writers: Default::default(),
+            _charge: None,
         })
     }
 
@@ -235,6 +239,12 @@ impl<S: FileStore> OpenFile<S> {
     /// gap to fill before it fills it with sealed zeros (or, over 1 GiB, makes holes of it).
     pub fn with_gap_wait(mut self, wait: std::time::Duration) -> Self {
         self.gap_wait = wait;
+        self
+    }
+
+    /// Charges this open file's fd to a user until the file is closed (`FdCharges`).
+    pub fn with_charge(mut self, charge: Option<super::fd_charges::Charge>) -> Self {
+        self._charge = charge;
         self
     }
 

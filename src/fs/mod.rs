@@ -12,6 +12,7 @@ pub mod backing;
 pub mod buffers;
 mod closer;
 mod damage;
+pub(crate) mod fd_charges;
 pub mod file;
 pub mod mount;
 mod ops;
@@ -172,6 +173,8 @@ pub struct VaultFs {
     pub(crate) open_files: Mutex<HashMap<u64, Weak<OpenFile>>>,
     pub(crate) handles: Mutex<HashMap<u64, Handle>>,
     next_fh: std::sync::atomic::AtomicU64,
+    /// Open files' backing fds, per user (`fd_charges`).
+    pub(crate) fd_charges: fd_charges::FdCharges,
     /// Damaged objects met: counted, each logged once.
     pub(crate) damage: damage::DamageReports,
     pub(crate) is_root: bool,
@@ -195,7 +198,9 @@ pub(crate) enum Handle {
 /// An open directory stream: the listing its reads page through.
 #[derive(Default)]
 pub(crate) struct DirStream {
-    pub listing: Vec<DirListing>,
+    /// Shared by every stream that listed the directory in the same state
+    /// (`DirLock::shared_listing`).
+    pub listing: Arc<Vec<DirListing>>,
     /// The directory's change count (`DirLock::changes`) before it was listed.
     pub changes: u64,
 }
@@ -210,6 +215,18 @@ pub(crate) struct DirLock {
     /// The most changes any listing from the start has seen: the kernel starts a listing
     /// cache only with a read from offset 0.
     started_at: std::sync::atomic::AtomicU64,
+    /// The last listing made, for streams that find the directory in the same state.
+    shared: Mutex<Option<SharedListing>>,
+}
+
+/// A directory's listing as of a state: its change count (changes through this mount) and
+/// its backing modification time (changes by anyone), shared by the streams that read it
+/// while it lives. However many streams a user opens on a directory, it is decrypted and
+/// held once (issue 15, finding 2: one full copy per handle took the daemon to 2.9 GB).
+struct SharedListing {
+    changes: u64,
+    mtime: (i64, i64),
+    listing: Weak<Vec<DirListing>>,
 }
 
 /// A directory locked for a change; counted when released, once the change is made.
@@ -243,6 +260,34 @@ impl DirLock {
     pub(crate) fn listing_from_start(&self, changes: u64) {
         self.started_at
             .fetch_max(changes, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// The listing made when the directory was last in this state, if a stream still holds it.
+    pub(crate) fn shared_listing(
+        &self,
+        changes: u64,
+        mtime: (i64, i64),
+    ) -> Option<Arc<Vec<DirListing>>> {
+        let shared = self.shared.lock().expect("lock");
+        shared
+            .as_ref()
+            .filter(|s| s.changes == changes && s.mtime == mtime)
+            .and_then(|s| s.listing.upgrade())
+    }
+
+    /// Offers `listing`, made after `changes` changes with the directory at `mtime`, to the
+    /// streams that come next.
+    pub(crate) fn share_listing(
+        &self,
+        changes: u64,
+        mtime: (i64, i64),
+        listing: &Arc<Vec<DirListing>>,
+    ) {
+        *self.shared.lock().expect("lock") = Some(SharedListing {
+            changes,
+            mtime,
+            listing: Arc::downgrade(listing),
+        });
     }
 
     /// Whether a stream listed after `changes` changes must list again before it goes on:
@@ -319,9 +364,10 @@ fn loose_fd_budget() -> usize {
     (limit / 2).clamp(256, 1 << 20) as usize
 }
 
-/// The non-directory nodes holding an fd, oldest first (an approximate LRU: a node is
+/// The nodes holding an fd, the root's aside, oldest first (an approximate LRU: a node is
 /// queued when it gets its fd). Entries of nodes forgotten since are skipped when met and
-/// dropped when the queue is compacted.
+/// dropped when the queue is compacted. Directories count too (issue 15, finding 3: 19,000
+/// `mkdir`s by one user took the daemon to its fd limit, and everyone got EMFILE).
 struct LooseFds {
     queue: Mutex<std::collections::VecDeque<u64>>,
     open: std::sync::atomic::AtomicUsize,
@@ -444,6 +490,7 @@ impl VaultFs {
             handles: Mutex::default(),
             next_fh: 1.into(),
             damage: Default::default(),
+            fd_charges: Default::default(),
             is_root: rustix::process::geteuid().is_root(),
             kernel_acls: false,
             activity,
@@ -512,7 +559,8 @@ impl VaultFs {
             (n.parent, n.entry.clone())
         };
         let (pfd, _, _) = self.dir(parent)?;
-        let fd = open_path(pfd.as_fd(), &entry)
+        let fd = self
+            .with_fd_room(|| open_path(pfd.as_fd(), &entry))
             .map_err(|code| if code == ENOENT { libc::ESTALE } else { code })?;
         let st = backing::fstat(fd.as_fd()).map_err(errno)?;
         if st.st_dev != self.root_dev || self.fuse_ino(st.st_ino) != ino {
@@ -548,24 +596,31 @@ impl VaultFs {
         Ok((kind, self.node_fd(ino)?))
     }
 
-    /// A non-directory node `ino` was given an fd: counts it, and closes the fds of the
-    /// longest-open such nodes while more than the budget are open. Nodes that must keep
-    /// theirs (open files, several links) stay.
+    /// A node `ino` (not the root) was given an fd: counts it, and closes the fds of the
+    /// longest-open nodes while more than the budget are open. Nodes that must keep
+    /// theirs (open files, files with several links) stay; a directory's is reopened by name
+    /// when next needed (`dir`).
     fn loose_fd_opened(&self, ino: u64) {
         self.loose.opened(ino);
+        self.evict_fds(false);
+    }
+
+    /// Closes node fds, oldest first: while over the budget, or (`pressure`: an open just
+    /// failed with EMFILE) at least a batch of them whatever the budget says.
+    fn evict_fds(&self, pressure: bool) {
+        let mut wanted: usize = if pressure { 64 } else { 0 };
         if self.loose.queued() > 4 * self.loose.budget {
             // Forgotten nodes and requeued ones leave stale entries: keep each live one once.
             let nodes = self.nodes.lock().expect("lock");
             let mut seen = HashSet::new();
-            self.loose.queue.lock().expect("lock").retain(|ino| {
-                nodes
-                    .get(ino)
-                    .is_some_and(|n| n.fd.is_some() && n.kind != FileType::Directory)
-                    && seen.insert(*ino)
-            });
+            self.loose
+                .queue
+                .lock()
+                .expect("lock")
+                .retain(|ino| nodes.get(ino).is_some_and(|n| n.fd.is_some()) && seen.insert(*ino));
         }
         let mut tries = self.loose.queued();
-        while tries > 0 && self.loose.over_budget() {
+        while tries > 0 && (wanted > 0 || self.loose.over_budget()) {
             tries -= 1;
             let Some(ino) = self.loose.oldest() else {
                 return;
@@ -583,7 +638,7 @@ impl VaultFs {
                 .expect("lock")
                 .get(&ino)
                 .is_some_and(|w| w.strong_count() > 0);
-            if n.links > 1 || open {
+            if (n.kind != FileType::Directory && n.links > 1) || open {
                 drop(nodes);
                 self.loose.requeue(ino);
                 continue;
@@ -592,20 +647,40 @@ impl VaultFs {
             drop(nodes);
             self.loose.closed();
             drop(fd);
+            wanted = wanted.saturating_sub(1);
+        }
+    }
+
+    /// Runs `op`, which opens an fd, once more after closing a batch of node fds if it
+    /// fails with EMFILE or ENFILE: whoever filled the table, the next request still gets one.
+    pub(crate) fn with_fd_room<T>(&self, op: impl Fn() -> FsResult<T>) -> FsResult<T> {
+        match op() {
+            Err(libc::EMFILE | libc::ENFILE) => {
+                self.evict_fds(true);
+                op()
+            }
+            other => other,
         }
     }
 
     /// A directory node's fd, ID and entry lock.
     pub(crate) fn dir(&self, ino: u64) -> FsResult<(Arc<OwnedFd>, DirId, Arc<DirLock>)> {
-        let nodes = self.nodes.lock().expect("lock");
-        let n = nodes.get(&ino).ok_or(ENOENT)?;
-        match (n.kind, n.dir_id) {
-            (FileType::Directory, Some(id)) => {
-                Ok((n.fd.clone().ok_or(EIO)?, id, n.dir_lock.clone()))
+        let (id, lock) = {
+            let nodes = self.nodes.lock().expect("lock");
+            let n = nodes.get(&ino).ok_or(ENOENT)?;
+            match (n.kind, n.dir_id) {
+                (FileType::Directory, Some(id)) => {
+                    if let Some(fd) = &n.fd {
+                        return Ok((fd.clone(), id, n.dir_lock.clone()));
+                    }
+                    (id, n.dir_lock.clone())
+                }
+                (FileType::Directory, None) => return Err(EIO),
+                _ => return Err(libc::ENOTDIR),
             }
-            (FileType::Directory, None) => Err(EIO),
-            _ => Err(libc::ENOTDIR),
-        }
+        };
+        // Its fd was closed for the budget: reopened by name, checked to be the same inode.
+        Ok((self.node_fd(ino)?, id, lock))
     }
 
     /// The backing name of plaintext `name` in a directory, under each live generation
@@ -647,7 +722,7 @@ impl VaultFs {
         name: &OsStr,
     ) -> FsResult<(BackingName, OwnedFd)> {
         for bn in self.candidate_names(dir_id, name)? {
-            match open_path(dir_fd, bn.entry()) {
+            match self.with_fd_room(|| open_path(dir_fd, bn.entry())) {
                 Ok(fd) => return Ok((bn, fd)),
                 Err(ENOENT) => continue,
                 Err(code) => return Err(code),
@@ -805,7 +880,7 @@ impl VaultFs {
         entry: &str,
         keep_damaged: bool,
     ) -> FsResult<(u64, FileAttr, bool)> {
-        let path_fd = open_path(parent_fd, entry)?;
+        let path_fd = self.with_fd_room(|| open_path(parent_fd, entry))?;
         self.register_fd(parent, parent_id, entry, path_fd, keep_damaged)
     }
 
@@ -934,7 +1009,7 @@ impl VaultFs {
         }
         n.lookups += 1;
         let damaged = n.damaged;
-        let fresh = n.lookups == 1 && kind != FileType::Directory;
+        let fresh = n.lookups == 1;
         drop(nodes);
         if fresh {
             self.loose_fd_opened(ino);
@@ -955,7 +1030,7 @@ impl VaultFs {
                 && let Some(node) = nodes.remove(&ino)
             {
                 drop(nodes);
-                if node.kind != FileType::Directory && node.fd.is_some() {
+                if node.fd.is_some() {
                     self.loose.closed();
                 }
                 self.closer.retire(node);
@@ -1130,6 +1205,12 @@ impl VaultFs {
 
     /// The shared open state of a regular file, opening its backing file if needed.
     pub(crate) fn open_file(&self, ino: u64) -> FsResult<Arc<OpenFile>> {
+        self.open_file_for(ino, 0)
+    }
+
+    /// `open_file` for an open(2) by `uid`: a backing fd it opens is charged to that user
+    /// (`FdCharges`) for as long as the file stays open.
+    pub(crate) fn open_file_for(&self, ino: u64, uid: u32) -> FsResult<Arc<OpenFile>> {
         if let Some(f) = self
             .open_files
             .lock()
@@ -1147,6 +1228,7 @@ impl VaultFs {
                 libc::EINVAL
             });
         }
+        let charge = self.fd_charges.charge(uid)?;
         // Reopen the pinned inode itself: no path lookup, so nothing can be swapped in.
         let proc = format!("/proc/self/fd/{}", fd.as_raw_fd());
         let access = if self.config.read_only {
@@ -1154,17 +1236,20 @@ impl VaultFs {
         } else {
             OFlags::RDWR
         };
-        let file_fd = self.retry_with_access(fd.as_fd(), 0o600, || {
-            rustix::fs::open(
-                proc.as_str(),
-                access | OFlags::CLOEXEC | OFlags::NONBLOCK,
-                Mode::empty(),
-            )
-            .map_err(|e| e.raw_os_error())
+        let file_fd = self.with_fd_room(|| {
+            self.retry_with_access(fd.as_fd(), 0o600, || {
+                rustix::fs::open(
+                    proc.as_str(),
+                    access | OFlags::CLOEXEC | OFlags::NONBLOCK,
+                    Mode::empty(),
+                )
+                .map_err(|e| e.raw_os_error())
+            })
         })?;
         let f = OpenFile::open(file_fd, &self.keyring, self.layout)
             .map_err(|why| self.damaged(ino, "unreadable file", why))?
-            .with_write_policy(self);
+            .with_write_policy(self)
+            .with_charge(charge);
         let mut open = self.open_files.lock().expect("lock");
         // Another thread may have opened it meanwhile: keep one state per inode.
         if let Some(existing) = open.get(&ino).and_then(Weak::upgrade) {

@@ -132,7 +132,21 @@ impl VaultFs {
         if offset == 0 {
             lock.listing_from_start(changes);
         }
-        let listing = self.listing(ino)?;
+        // The backing directory's mtime moves with every change by anyone (another writer of
+        // shared storage too): with the change count it says whether the last listing is
+        // still the directory's.
+        let mtime = self
+            .node_fd(ino)
+            .and_then(|fd| backing::fstat(fd.as_fd()).map_err(errno))
+            .map(|st| (st.st_mtime, st.st_mtime_nsec as i64))?;
+        let listing = match lock.shared_listing(changes, mtime) {
+            Some(listing) => listing,
+            None => {
+                let listing = Arc::new(self.listing(ino)?);
+                lock.share_listing(changes, mtime, &listing);
+                listing
+            }
+        };
         match self.handles.lock().expect("lock").get_mut(&fh) {
             Some(Handle::Dir(slot)) => {
                 *slot = DirStream { listing, changes };
@@ -395,12 +409,15 @@ impl VaultFs {
     fn make_regular(
         &self,
         mode: u32,
+        uid: u32,
     ) -> impl Fn(std::os::fd::BorrowedFd<'_>, &str) -> FsResult<Made> + '_ {
         move |dfd, entry| {
+            // The new file stays open with the handle create(2) returns: charged to its user.
+            let charge = self.fd_charges.charge(uid)?;
             let fd = backing::create_regular(dfd, entry, mode & 0o777).map_err(errno)?;
             // A half-made file (no header) must not stay behind.
             OpenFile::create(fd, &self.keyring, self.layout)
-                .map(|f| Made::File(Box::new(f.with_write_policy(self))))
+                .map(|f| Made::File(Box::new(f.with_write_policy(self).with_charge(charge))))
                 .inspect_err(|_| {
                     let _ = backing::unlink(dfd, entry);
                 })
@@ -964,7 +981,13 @@ impl Filesystem for VaultFs {
         let kind = mode & libc::S_IFMT;
         if kind == libc::S_IFREG || kind == 0 {
             // A regular file through mknod: same as create, then closed.
-            let result = self.make_node(req, parent.0, name, Some(mode), self.make_regular(mode));
+            let result = self.make_node(
+                req,
+                parent.0,
+                name,
+                Some(mode),
+                self.make_regular(mode, req.uid()),
+            );
             return match self.logged("mknod", parent.0, result) {
                 Ok((_, attr, _)) => reply.entry(&self.config.ttl(), &attr, Generation(0)),
                 Err(code) => reply.error(e(code)),
@@ -1092,12 +1115,12 @@ impl Filesystem for VaultFs {
         }
     }
 
-    fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+    fn open(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         let acc = flags.0 & libc::O_ACCMODE;
         if acc != libc::O_RDONLY && self.config.read_only {
             return reply.error(e(EROFS));
         }
-        match self.logged("open", ino.0, self.open_file(ino.0)) {
+        match self.logged("open", ino.0, self.open_file_for(ino.0, req.uid())) {
             Ok(f) => {
                 self.prefetch_after(ino.0);
                 let flags = if self.page_cache_valid(ino.0) {
@@ -1547,7 +1570,13 @@ impl Filesystem for VaultFs {
         flags: i32,
         reply: ReplyCreate,
     ) {
-        let result = self.make_node(req, parent.0, name, Some(mode), self.make_regular(mode));
+        let result = self.make_node(
+            req,
+            parent.0,
+            name,
+            Some(mode),
+            self.make_regular(mode, req.uid()),
+        );
         let _ = flags;
         match self.logged("create", parent.0, result) {
             Ok((_, attr, Some(f))) => {
