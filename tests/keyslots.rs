@@ -232,15 +232,7 @@ fn a_lost_key_database_is_rebuilt_from_the_recovery_files() {
     }
     let tv = common::TestVault::new(4096);
     // TestVault has no recovery key: issue one, write data, then lose the database.
-    let key_file = tv.tmp.path().join("rk");
-    run_ok(
-        vaultfs(&tv.state)
-            .args(["keyslot", "add", "--recovery", "--passfile"])
-            .arg(&tv.passfile)
-            .arg("--recovery-key-file")
-            .arg(&key_file)
-            .arg(&tv.vault),
-    );
+    let key_file = tv.add_recovery_key();
     tv.mount();
     fs::create_dir(tv.p("docs")).unwrap();
     fs::write(
@@ -312,15 +304,7 @@ fn a_rebuild_after_an_interrupted_rotation_needs_the_owners_word() {
         return;
     }
     let tv = common::TestVault::new(4096);
-    let key_file = tv.tmp.path().join("rk");
-    run_ok(
-        vaultfs(&tv.state)
-            .args(["keyslot", "add", "--recovery", "--passfile"])
-            .arg(&tv.passfile)
-            .arg("--recovery-key-file")
-            .arg(&key_file)
-            .arg(&tv.vault),
-    );
+    let key_file = tv.add_recovery_key();
     tv.mount();
     for i in 0..400 {
         fs::write(tv.p(&format!("f{i}")), format!("file {i}")).unwrap();
@@ -343,31 +327,14 @@ fn a_rebuild_after_an_interrupted_rotation_needs_the_owners_word() {
     rotation.kill().unwrap();
     rotation.wait().unwrap();
     fs::write(tv.vault.join("vaultfs.db"), b"lost").unwrap();
-    let rebuild = |extra: &[&str]| {
-        vaultfs(&tv.state)
-            .args([
-                "recover",
-                "--rebuild-keystore",
-                "--scrypt-logn",
-                "10",
-                "--recovery-key-file",
-            ])
-            .arg(&key_file)
-            .arg("--new-passfile")
-            .arg(&tv.passfile)
-            .args(extra)
-            .arg(&tv.vault)
-            .output()
-            .unwrap()
-    };
-    let o = rebuild(&[]);
+    let o = tv.rebuild_keystore(&key_file, &[]);
     assert!(!o.status.success());
     assert!(
         String::from_utf8_lossy(&o.stderr).contains("--interrupted-rotation"),
         "{}",
         String::from_utf8_lossy(&o.stderr)
     );
-    let o = rebuild(&["--interrupted-rotation"]);
+    let o = tv.rebuild_keystore(&key_file, &["--interrupted-rotation"]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let out = String::from_utf8_lossy(&o.stdout);
     assert_eq!(out.matches("Rotated generation").count(), 2, "{out}");

@@ -122,15 +122,7 @@ fn rotation_end_to_end() {
         return;
     }
     let v = TestVault::new(4096);
-    let rk = v.tmp.path().join("rk");
-    run_ok(
-        vaultfs(&v.state)
-            .args(["keyslot", "add", "--recovery", "--passfile"])
-            .arg(&v.passfile)
-            .arg("--recovery-key-file")
-            .arg(&rk)
-            .arg(&v.vault),
-    );
+    let rk = v.add_recovery_key();
     v.mount();
     build_tree(&v, 40);
     let before = snapshot(&v.mnt);

@@ -1575,15 +1575,7 @@ fn a_planted_recovery_file_never_becomes_the_generation_new_files_use() {
     }
     common::isolate_state();
     let v = TestVault::new(4096);
-    let key_file = v.tmp.path().join("rk");
-    run_ok(
-        vaultfs(&v.state)
-            .args(["keyslot", "add", "--recovery", "--passfile"])
-            .arg(&v.passfile)
-            .arg("--recovery-key-file")
-            .arg(&key_file)
-            .arg(&v.vault),
-    );
+    let key_file = v.add_recovery_key();
     let bob_pw = v.tmp.path().join("bob");
     fs::write(&bob_pw, "bob's password\n").unwrap();
     add_slot(&v, "bob", &bob_pw);
@@ -1612,23 +1604,7 @@ fn a_planted_recovery_file_never_becomes_the_generation_new_files_use() {
     v.unmount();
     let db = v.vault.join("vaultfs.db");
     fs::write(&db, b"lost").unwrap();
-    let rebuild = || {
-        vaultfs(&v.state)
-            .args([
-                "recover",
-                "--rebuild-keystore",
-                "--scrypt-logn",
-                "10",
-                "--recovery-key-file",
-            ])
-            .arg(&key_file)
-            .arg("--new-passfile")
-            .arg(&v.passfile)
-            .arg(&v.vault)
-            .output()
-            .unwrap()
-    };
-    let o = rebuild();
+    let o = v.rebuild_keystore(&key_file, &[]);
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(!o.status.success(), "two recovery files were trusted");
     assert!(
@@ -1642,7 +1618,7 @@ fn a_planted_recovery_file_never_becomes_the_generation_new_files_use() {
         v.tmp.path().join("planted"),
     )
     .unwrap();
-    let o = rebuild();
+    let o = v.rebuild_keystore(&key_file, &[]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     v.mount();
     assert_eq!(fs::read(v.p("before")).unwrap(), b"written before the loss");
@@ -1707,14 +1683,7 @@ fn a_directory_planted_under_a_reserved_name_does_not_stall_a_rotation() {
     }
     let v = TestVault::new(4096);
     // A recovery slot, so that the rotation writes a recovery file.
-    run_ok(
-        vaultfs(&v.state)
-            .args(["keyslot", "add", "--recovery", "--passfile"])
-            .arg(&v.passfile)
-            .arg("--recovery-key-file")
-            .arg(v.tmp.path().join("rk"))
-            .arg(&v.vault),
-    );
+    v.add_recovery_key();
     v.mount();
     fs::create_dir(v.p("sub")).unwrap();
     fs::write(v.p("sub/file"), b"kept").unwrap();

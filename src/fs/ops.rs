@@ -404,6 +404,23 @@ impl VaultFs {
         Ok((ino, attr, file))
     }
 
+    /// A new regular file (create, or mknod of S_IFREG), left open and charged to its user.
+    fn make_regular_node(
+        &self,
+        req: &Request,
+        parent: u64,
+        name: &OsStr,
+        mode: u32,
+    ) -> FsResult<(u64, fuser::FileAttr, Option<Arc<OpenFile>>)> {
+        self.make_node(
+            req,
+            parent,
+            name,
+            Some(mode),
+            self.make_regular(mode, req.uid()),
+        )
+    }
+
     /// `make_node`'s maker for a regular file: created with `mode`'s permission bits, with
     /// its header written (or gone again).
     fn make_regular(
@@ -981,13 +998,7 @@ impl Filesystem for VaultFs {
         let kind = mode & libc::S_IFMT;
         if kind == libc::S_IFREG || kind == 0 {
             // A regular file through mknod: same as create, then closed.
-            let result = self.make_node(
-                req,
-                parent.0,
-                name,
-                Some(mode),
-                self.make_regular(mode, req.uid()),
-            );
+            let result = self.make_regular_node(req, parent.0, name, mode);
             return match self.logged("mknod", parent.0, result) {
                 Ok((_, attr, _)) => reply.entry(&self.config.ttl(), &attr, Generation(0)),
                 Err(code) => reply.error(e(code)),
@@ -1570,13 +1581,7 @@ impl Filesystem for VaultFs {
         flags: i32,
         reply: ReplyCreate,
     ) {
-        let result = self.make_node(
-            req,
-            parent.0,
-            name,
-            Some(mode),
-            self.make_regular(mode, req.uid()),
-        );
+        let result = self.make_regular_node(req, parent.0, name, mode);
         let _ = flags;
         match self.logged("create", parent.0, result) {
             Ok((_, attr, Some(f))) => {

@@ -153,6 +153,41 @@ impl TestVault {
         }
     }
 
+    /// Issues a recovery key (TestVault makes none), written to `rk` in the test's
+    /// directory; returns that file.
+    pub fn add_recovery_key(&self) -> PathBuf {
+        let key_file = self.tmp.path().join("rk");
+        run_ok(
+            vaultfs(&self.state)
+                .args(["keyslot", "add", "--recovery", "--passfile"])
+                .arg(&self.passfile)
+                .arg("--recovery-key-file")
+                .arg(&key_file)
+                .arg(&self.vault),
+        );
+        key_file
+    }
+
+    /// `recover --rebuild-keystore` with the recovery key in `key_file`, the test password
+    /// as the new one, and `extra` options.
+    pub fn rebuild_keystore(&self, key_file: &Path, extra: &[&str]) -> Output {
+        vaultfs(&self.state)
+            .args([
+                "recover",
+                "--rebuild-keystore",
+                "--scrypt-logn",
+                "10",
+                "--recovery-key-file",
+            ])
+            .arg(key_file)
+            .arg("--new-passfile")
+            .arg(&self.passfile)
+            .args(extra)
+            .arg(&self.vault)
+            .output()
+            .unwrap()
+    }
+
     pub fn mount_args(&self, extra: &[&str]) -> Output {
         vaultfs(&self.state)
             .arg("mount")
