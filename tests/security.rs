@@ -1689,14 +1689,18 @@ fn a_directory_planted_under_a_reserved_name_does_not_stall_a_rotation() {
     fs::write(v.p("sub/file"), b"kept").unwrap();
     v.unmount();
     let sub = backing_of(&v, "sub");
+    // Second review: a tree over 64 levels deep still stalled it.
+    let deep = (0..100).fold(v.vault.join("vaultfs.dirid.new"), |p, _| p.join("d"));
     for planted in [
         sub.join("vaultfs.dirid.new/deep/er"),
-        v.vault.join("vaultfs.dirid.new"),
+        deep,
         v.vault.join("vaultfs.recovery.2/x"),
     ] {
         fs::create_dir_all(&planted).unwrap();
         fs::write(planted.join("junk"), b"x").unwrap();
     }
+    let odd = <std::ffi::OsStr as std::os::unix::ffi::OsStrExt>::from_bytes(b"\xff\xfe");
+    fs::write(sub.join("vaultfs.dirid.new").join(odd), b"x").unwrap();
     let o = v.with_password(&["rotate"]).output().unwrap();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     assert!(v.vault.join("vaultfs.recovery.2").is_file());

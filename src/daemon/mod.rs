@@ -82,8 +82,13 @@ fn pidfile_name(mountpoint: &Path) -> String {
 /// Signals whose default action ends the process and that nothing in the daemon uses: a
 /// stray one (a `kill -USR1` meant for something else, a timer, a CPU or file-size limit)
 /// must not leave a dead mount behind. SIGTERM, SIGINT and SIGHUP detach the mount
-/// (`spawn_signal_thread`); faults (SIGSEGV, SIGBUS, ...) keep their action.
+/// (`spawn_signal_thread`). The fault signals are ignored too, when someone sends them: a
+/// real fault (and abort()) still ends the process, as the kernel (and the C library) then
+/// restore the default action.
 const IGNORED_SIGNALS: &[i32] = &[
+    libc::SIGILL,
+    libc::SIGABRT,
+    libc::SIGFPE,
     libc::SIGPIPE,
     libc::SIGQUIT,
     libc::SIGUSR1,

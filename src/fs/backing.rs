@@ -136,21 +136,46 @@ pub fn write_durable(
     result
 }
 
-/// Removes a directory that someone planted under `name`, a file name vaultfs owns (a
-/// directory ID, a long name's side file): a rename of a file onto it would fail with
-/// EISDIR every time, stalling what needs it (a rotation, and with it every revocation).
-/// Anything else there is left for the rename to replace. At most 64 levels deep.
+/// Clears a directory that someone planted under `name`, a file name vaultfs owns (a
+/// directory ID, a long name's side file, a root file): a rename of a file onto it would
+/// fail with EISDIR every time, stalling what needs it (a rotation, and with it every
+/// revocation). The directory is first renamed aside to a `vaultfs.tmp.` name, which frees
+/// `name` whatever it holds (however deep, whatever cannot be deleted), then removed as far
+/// as it can be; what is left stays hidden under the temporary name, for fsck to list.
+/// Anything else under `name` is left for the rename to replace.
 pub fn clear_planted_dir(dir: BorrowedFd<'_>, name: &str) -> io::Result<()> {
-    // Names as raw bytes: a planted tree need not hold UTF-8 names.
-    fn remove_tree(dir: BorrowedFd<'_>, name: &std::ffi::CStr, depth: u32) -> io::Result<()> {
-        if depth > 64 {
-            return Err(io::Error::other(
-                "a planted directory tree over 64 levels deep",
-            ));
-        }
+    match lstat(dir, name) {
+        Ok(st) if st.st_mode & libc::S_IFMT == libc::S_IFDIR => {}
+        _ => return Ok(()),
+    }
+    log::warn!("moving aside a directory planted in the backing store as '{name}'");
+    let aside = planted_temp_name()?;
+    rename(dir, name, dir, &aside, RenameFlags::NOREPLACE)?;
+    if let Err(e) = remove_planted_tree(dir, &aside) {
+        log::warn!("a planted directory stays as '{aside}': {e}");
+    }
+    Ok(())
+}
+
+fn planted_temp_name() -> io::Result<String> {
+    let r: [u8; 12] = crate::crypto::keys::random_array().map_err(io::Error::other)?;
+    Ok(format!(
+        "{}{}",
+        crate::crypto::names::TEMP_PREFIX,
+        data_encoding::HEXLOWER.encode(&r)
+    ))
+}
+
+/// Removes the directory tree `name` in `dir` without recursion and with one fd at a time:
+/// each subdirectory met is moved up beside it (under a temporary name) and removed in its
+/// turn, so neither depth nor size exhausts the stack or the fd table. Names are raw bytes.
+fn remove_planted_tree(dir: BorrowedFd<'_>, name: &str) -> io::Result<()> {
+    let mut pending: Vec<std::ffi::CString> =
+        vec![std::ffi::CString::new(name).map_err(io::Error::other)?];
+    while let Some(current) = pending.pop() {
         let sub = rustix::fs::openat(
             dir,
-            name,
+            current.as_c_str(),
             OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
             Mode::empty(),
         )
@@ -173,21 +198,17 @@ pub fn clear_planted_dir(dir: BorrowedFd<'_>, name: &str) -> io::Result<()> {
                 _ => false,
             };
             if is_dir {
-                remove_tree(sub.as_fd(), &child, depth + 1)?;
+                let up = std::ffi::CString::new(planted_temp_name()?).map_err(io::Error::other)?;
+                rustix::fs::renameat(&sub, child.as_c_str(), dir, up.as_c_str()).map_err(err)?;
+                pending.push(up);
             } else {
                 rustix::fs::unlinkat(&sub, child.as_c_str(), AtFlags::empty()).map_err(err)?;
             }
         }
-        rustix::fs::unlinkat(dir, name, AtFlags::REMOVEDIR).map_err(err)
+        drop(sub);
+        rustix::fs::unlinkat(dir, current.as_c_str(), AtFlags::REMOVEDIR).map_err(err)?;
     }
-    match lstat(dir, name) {
-        Ok(st) if st.st_mode & libc::S_IFMT == libc::S_IFDIR => {
-            log::warn!("removing a directory planted in the backing store as '{name}'");
-            let name = std::ffi::CString::new(name).map_err(io::Error::other)?;
-            remove_tree(dir, &name, 0)
-        }
-        _ => Ok(()),
-    }
+    Ok(())
 }
 
 /// One entry of a backing directory.

@@ -2,11 +2,12 @@
 //! touches the backing tree; `file` holds open-file state and the content protocols; `ops`
 //! maps FUSE requests onto this module's helpers.
 //!
-//! Inodes: every node the kernel knows holds an fd on its backing inode (a directory fd for
-//! directories, O_PATH otherwise). The fd pins the backing inode, so its number cannot be
-//! reused while the node lives, and the FUSE inode number is simply the backing one (with
-//! the backing root's number swapped with 1, FUSE's root): stable while mounted, shared by
-//! hard links, immune to renames.
+//! Inodes: a node the kernel knows holds an O_PATH fd on its backing inode while the fd
+//! budget allows (`LooseFds`; open files and the root always), and is reopened by the name
+//! it was last looked up by otherwise, checked to be the same inode (ESTALE if not: the
+//! kernel then looks the path up again). The FUSE inode number is simply the backing one
+//! (with the backing root's number swapped with 1, FUSE's root): stable while mounted,
+//! shared by hard links, immune to renames.
 
 pub mod backing;
 pub mod buffers;
@@ -127,9 +128,6 @@ pub(crate) struct Node {
     /// O_PATH fd on the backing inode. Directories always hold theirs; other nodes may have
     /// it closed when too many are open (`LooseFds`) and reopened by name on next use.
     pub fd: Option<Arc<OwnedFd>>,
-    /// The backing inode's link count when last seen: a node with several names keeps its
-    /// fd (its name may not be the one that remains).
-    pub links: u64,
     pub dir_id: Option<DirId>,
     pub lookups: u64,
     /// Serializes and counts changes to a directory's entries.
@@ -198,6 +196,8 @@ pub(crate) enum Handle {
 /// An open directory stream: the listing its reads page through.
 #[derive(Default)]
 pub(crate) struct DirStream {
+    /// The directory.
+    pub ino: u64,
     /// Shared by every stream that listed the directory in the same state
     /// (`DirLock::shared_listing`).
     pub listing: Arc<Vec<DirListing>>,
@@ -466,7 +466,6 @@ impl VaultFs {
                 kind: FileType::Directory,
                 rdev: 0,
                 fd: Some(Arc::new(root)),
-                links: 1,
                 dir_id: Some(root_id),
                 lookups: 1,
                 dir_lock: Arc::default(),
@@ -597,9 +596,8 @@ impl VaultFs {
     }
 
     /// A node `ino` (not the root) was given an fd: counts it, and closes the fds of the
-    /// longest-open nodes while more than the budget are open. Nodes that must keep
-    /// theirs (open files, files with several links) stay; a directory's is reopened by name
-    /// when next needed (`dir`).
+    /// longest-open nodes while more than the budget are open. Open files keep theirs;
+    /// any other node is reopened by name when next needed (`node_fd`, `dir`).
     fn loose_fd_opened(&self, ino: u64) {
         self.loose.opened(ino);
         self.evict_fds(false);
@@ -638,7 +636,10 @@ impl VaultFs {
                 .expect("lock")
                 .get(&ino)
                 .is_some_and(|w| w.strong_count() > 0);
-            if (n.kind != FileType::Directory && n.links > 1) || open {
+            // A file with several names is closed too (second review: 600 hard links by
+            // one user pinned every fd): reopened by the name it was last looked up by, and
+            // should that name be gone, ESTALE makes the kernel look the path up again.
+            if open {
                 drop(nodes);
                 self.loose.requeue(ino);
                 continue;
@@ -941,7 +942,6 @@ impl VaultFs {
                 n.lookups += 1;
                 n.parent = parent;
                 n.entry = entry.to_string();
-                n.links = st.st_nlink;
                 let reopened = n.fd.is_none();
                 if reopened {
                     n.fd = Some(Arc::new(path_fd));
@@ -959,7 +959,11 @@ impl VaultFs {
             let id = self.retry_with_access(path_fd.as_fd(), 0o100, || {
                 self.read_dir_id(path_fd.as_fd(), parent_id, entry)
                     .map_err(|(code, why)| {
-                        if code != libc::EACCES {
+                        // Damage, not a lack of rights or of descriptors or memory.
+                        if !matches!(
+                            code,
+                            libc::EACCES | libc::EMFILE | libc::ENFILE | libc::ENOMEM
+                        ) {
                             let path = format!("{}/{entry}", self.backing_path(parent));
                             self.damage.report(path.clone(), || {
                                 format!("{path}: directory ID does not check out: {why}")
@@ -994,7 +998,6 @@ impl VaultFs {
             kind,
             rdev,
             fd: Some(Arc::new(path_fd)),
-            links: st.st_nlink,
             dir_id,
             lookups: 0,
             dir_lock: Arc::default(),

@@ -139,17 +139,38 @@ impl VaultFs {
             .node_fd(ino)
             .and_then(|fd| backing::fstat(fd.as_fd()).map_err(errno))
             .map(|st| (st.st_mtime, st.st_mtime_nsec as i64))?;
-        let listing = match lock.shared_listing(changes, mtime) {
-            Some(listing) => listing,
+        let (listing, fresh) = match lock.shared_listing(changes, mtime) {
+            Some(listing) => (listing, false),
             None => {
                 let listing = Arc::new(self.listing(ino)?);
                 lock.share_listing(changes, mtime, &listing);
-                listing
+                (listing, true)
             }
         };
-        match self.handles.lock().expect("lock").get_mut(&fh) {
+        let mut handles = self.handles.lock().expect("lock");
+        if fresh {
+            // Every other stream of the directory goes on from the new listing (after the
+            // same entry: offsets are per entry), so that a directory is held once however
+            // many streams were opened on it between changes (second review: renaming a
+            // file before each opendir made one listing per stream again). POSIX leaves it
+            // open whether a stream sees entries made or removed since it was opened.
+            for h in handles.values_mut() {
+                if let Handle::Dir(s) = h
+                    && s.ino == ino
+                    && !s.listing.is_empty()
+                {
+                    s.listing = listing.clone();
+                    s.changes = changes;
+                }
+            }
+        }
+        match handles.get_mut(&fh) {
             Some(Handle::Dir(slot)) => {
-                *slot = DirStream { listing, changes };
+                *slot = DirStream {
+                    ino,
+                    listing,
+                    changes,
+                };
                 Ok(())
             }
             _ => Err(libc::EBADF),
@@ -264,11 +285,10 @@ impl VaultFs {
         // another could be in its place by now. Only the one just made is given an ID, an
         // owner and a mode (else a local user could have root chown a directory of its
         // choosing to them); anything else there is left alone.
-        let tfd = backing::open_dir(pfd.as_fd(), &temp).map_err(errno)?;
+        let tfd = self.with_fd_room(|| backing::open_dir(pfd.as_fd(), &temp).map_err(errno))?;
         let st = backing::fstat(tfd.as_fd()).map_err(errno)?;
-        if !self.just_made(&st, libc::S_IFDIR, 0o700, 2)
-            || backing::list(tfd.as_fd()).map_or(true, |e| !e.is_empty())
-        {
+        let empty = backing::list(tfd.as_fd()).map_err(errno)?.is_empty();
+        if !self.just_made(&st, libc::S_IFDIR, 0o700, 2) || !empty {
             log::warn!("a new backing directory was replaced before it was set up: refused");
             return Err(EIO);
         }
@@ -1256,9 +1276,12 @@ impl Filesystem for VaultFs {
     }
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
-        let result = self
-            .dir(ino.0)
-            .map(|_| self.add_handle(Handle::Dir(DirStream::default())));
+        let result = self.dir(ino.0).map(|_| {
+            self.add_handle(Handle::Dir(DirStream {
+                ino: ino.0,
+                ..Default::default()
+            }))
+        });
         // The kernel may keep listings (and keep them across opens): it drops one when the
         // directory changes through the mount or its mtime moves, and a reader it served
         // from one resumes here at an offset that stays valid (`entry_offset`). Not for

@@ -36,16 +36,21 @@ impl RootAttr {
     }
 
     /// The root's attributes for a mount of the vault directory `root`: from `vaultfs.root`,
-    /// else (a vault from before the file, or a damaged file) from the directory itself. A
-    /// writable mount then records them and takes the directory's group and other bits off.
+    /// else (a vault from before the file, or a damaged file) from the directory itself,
+    /// which a writable mount then records. A writable mount always takes the directory's
+    /// group and other bits off.
     pub fn load(root: BorrowedFd<'_>, writable: bool) -> io::Result<RootAttr> {
+        let st = backing::fstat(root)?;
         if let Some(attr) = backing::read_small(root, ROOT_ATTR_FILE, 64)
             .ok()
             .and_then(|b| Self::decode(&b))
         {
+            // Bits someone gave the vault directory since (a restore, a sync tool) go again.
+            if writable && st.st_mode & 0o077 != 0 {
+                backing::chmod_fd(root, st.st_mode & 0o700)?;
+            }
             return Ok(attr);
         }
-        let st = backing::fstat(root)?;
         let attr = RootAttr {
             mode: st.st_mode & 0o7777,
             uid: st.st_uid,
