@@ -135,16 +135,8 @@ impl Walker<'_> {
         let sealed = seal_dir_id(self.new, &self.keyring.vault_id, parent, entry, id);
         backing::write_durable(dir, DIRID_NEXT_FILE, &temp_name(), &sealed, 0o600)
             .map_err(io_err("cannot stage a directory ID".into()))?;
-        backing::clear_planted_dir(dir, DIRID_FILE)
-            .map_err(io_err("cannot clear a planted directory".into()))?;
-        backing::rename(
-            dir,
-            DIRID_NEXT_FILE,
-            dir,
-            DIRID_FILE,
-            rustix::fs::RenameFlags::empty(),
-        )
-        .map_err(io_err("cannot commit a directory ID".into()))?;
+        backing::rename_onto_reserved(dir, DIRID_NEXT_FILE, DIRID_FILE)
+            .map_err(io_err("cannot commit a directory ID".into()))?;
         backing::fsync(self.readable(dir)?.as_fd()).map_err(io_err("fsync".into()))
     }
 
@@ -434,16 +426,8 @@ impl Walker<'_> {
         .map_err(io_err(format!("cannot rename '{old_entry}'")))?;
         backing::fsync(self.readable(dir)?.as_fd()).map_err(io_err("fsync".into()))?;
         if let Some(child) = child {
-            backing::clear_planted_dir(child.as_fd(), DIRID_FILE)
-                .map_err(io_err("cannot clear a planted directory".into()))?;
-            backing::rename(
-                child.as_fd(),
-                DIRID_NEXT_FILE,
-                child.as_fd(),
-                DIRID_FILE,
-                rustix::fs::RenameFlags::empty(),
-            )
-            .map_err(io_err("cannot commit a directory ID".into()))?;
+            backing::rename_onto_reserved(child.as_fd(), DIRID_NEXT_FILE, DIRID_FILE)
+                .map_err(io_err("cannot commit a directory ID".into()))?;
         }
         let old = BackingName::new(old_encoded.to_string(), self.longname_max);
         if let Some(side) = old.side_file()

@@ -1704,6 +1704,25 @@ fn a_directory_planted_under_a_reserved_name_does_not_stall_a_rotation() {
     let o = v.with_password(&["rotate"]).output().unwrap();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     assert!(v.vault.join("vaultfs.recovery.2").is_file());
+    // Third review: a process that plants the directory again every millisecond, during
+    // the rotation, in every directory.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let planter = {
+        let (stop, vault) = (stop.clone(), v.vault.clone());
+        std::thread::spawn(move || {
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                for dir in [vault.clone(), sub_of(&vault)] {
+                    let _ = fs::create_dir(dir.join("vaultfs.dirid.new"));
+                    let _ = fs::create_dir(dir.join("vaultfs.recovery.3"));
+                }
+                std::thread::sleep(std::time::Duration::from_millis(1));
+            }
+        })
+    };
+    let o = v.with_password(&["rotate"]).output().unwrap();
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    planter.join().unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     // The vault is whole, and revocations are possible again.
     v.mount();
     assert_eq!(fs::read(v.p("sub/file")).unwrap(), b"kept");
@@ -1711,4 +1730,20 @@ fn a_directory_planted_under_a_reserved_name_does_not_stall_a_rotation() {
     let pw2 = v.tmp.path().join("pw2");
     fs::write(&pw2, "second password\n").unwrap();
     run_ok(&mut v.with_password(&["passwd", "--new-passfile", pw2.to_str().unwrap()]));
+}
+
+/// The one subdirectory of a vault's backing root (`sub` above).
+fn sub_of(vault: &Path) -> PathBuf {
+    fs::read_dir(vault)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| {
+            p.is_dir()
+                && !p
+                    .file_name()
+                    .unwrap()
+                    .to_string_lossy()
+                    .starts_with("vaultfs.")
+        })
+        .unwrap()
 }

@@ -128,8 +128,7 @@ pub fn write_durable(
     let fd = create_regular(dir, temp, mode)?;
     let result = pwrite_all(fd.as_fd(), data, 0)
         .and_then(|_| fsync(fd.as_fd()))
-        .and_then(|_| clear_planted_dir(dir, name))
-        .and_then(|_| rename(dir, temp, dir, name, RenameFlags::empty()));
+        .and_then(|_| rename_onto_reserved(dir, temp, name));
     if result.is_err() {
         let _ = unlink(dir, temp);
     }
@@ -157,6 +156,26 @@ pub fn clear_planted_dir(dir: BorrowedFd<'_>, name: &str) -> io::Result<()> {
     Ok(())
 }
 
+/// Renames `from` over `to`, a name vaultfs owns, in `dir`, clearing a directory planted at
+/// `to` first, and again each time one reappears there before the rename (third review: a
+/// process re-creating it every millisecond won the race every time): the planter has to
+/// win every one of 100 attempts in a row.
+pub fn rename_onto_reserved(dir: BorrowedFd<'_>, from: &str, to: &str) -> io::Result<()> {
+    let mut attempts = 0;
+    loop {
+        clear_planted_dir(dir, to)?;
+        match rename(dir, from, dir, to, RenameFlags::empty()) {
+            Err(e)
+                if attempts < 100
+                    && matches!(e.raw_os_error(), Some(libc::EISDIR | libc::ENOTEMPTY)) =>
+            {
+                attempts += 1;
+            }
+            other => return other,
+        }
+    }
+}
+
 fn planted_temp_name() -> io::Result<String> {
     let r: [u8; 12] = crate::crypto::keys::random_array().map_err(io::Error::other)?;
     Ok(format!(
@@ -172,6 +191,7 @@ fn planted_temp_name() -> io::Result<String> {
 fn remove_planted_tree(dir: BorrowedFd<'_>, name: &str) -> io::Result<()> {
     let mut pending: Vec<std::ffi::CString> =
         vec![std::ffi::CString::new(name).map_err(io::Error::other)?];
+    let mut failed = Vec::new();
     while let Some(current) = pending.pop() {
         let sub = rustix::fs::openat(
             dir,
@@ -188,6 +208,9 @@ fn remove_planted_tree(dir: BorrowedFd<'_>, name: &str) -> io::Result<()> {
                 entries.push((e.file_name().to_owned(), e.file_type()));
             }
         }
+        // What cannot be removed (an immutable file) stays where it is, in this directory,
+        // and the rest goes on: nothing is left scattered.
+        let mut stuck = false;
         for (child, kind) in entries {
             let is_dir = match kind {
                 FileType::Directory => true,
@@ -198,17 +221,30 @@ fn remove_planted_tree(dir: BorrowedFd<'_>, name: &str) -> io::Result<()> {
                 _ => false,
             };
             if is_dir {
+                // Empty ones go at once; others move up to be taken in their turn.
+                if rustix::fs::unlinkat(&sub, child.as_c_str(), AtFlags::REMOVEDIR).is_ok() {
+                    continue;
+                }
                 let up = std::ffi::CString::new(planted_temp_name()?).map_err(io::Error::other)?;
-                rustix::fs::renameat(&sub, child.as_c_str(), dir, up.as_c_str()).map_err(err)?;
-                pending.push(up);
-            } else {
-                rustix::fs::unlinkat(&sub, child.as_c_str(), AtFlags::empty()).map_err(err)?;
+                match rustix::fs::renameat(&sub, child.as_c_str(), dir, up.as_c_str()) {
+                    Ok(()) => pending.push(up),
+                    Err(_) => stuck = true,
+                }
+            } else if rustix::fs::unlinkat(&sub, child.as_c_str(), AtFlags::empty()).is_err() {
+                stuck = true;
             }
         }
         drop(sub);
-        rustix::fs::unlinkat(dir, current.as_c_str(), AtFlags::REMOVEDIR).map_err(err)?;
+        if stuck || rustix::fs::unlinkat(dir, current.as_c_str(), AtFlags::REMOVEDIR).is_err() {
+            failed.push(current);
+        }
     }
-    Ok(())
+    match failed.len() {
+        0 => Ok(()),
+        n => Err(io::Error::other(format!(
+            "{n} directories could not be removed (an immutable file?)"
+        ))),
+    }
 }
 
 /// One entry of a backing directory.

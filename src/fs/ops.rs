@@ -285,7 +285,11 @@ impl VaultFs {
         // another could be in its place by now. Only the one just made is given an ID, an
         // owner and a mode (else a local user could have root chown a directory of its
         // choosing to them); anything else there is left alone.
-        let tfd = self.with_fd_room(|| backing::open_dir(pfd.as_fd(), &temp).map_err(errno))?;
+        let tfd = self
+            .with_fd_room(|| backing::open_dir(pfd.as_fd(), &temp).map_err(errno))
+            .inspect_err(|_| {
+                let _ = backing::rmdir(pfd.as_fd(), &temp);
+            })?;
         let st = backing::fstat(tfd.as_fd()).map_err(errno)?;
         let empty = backing::list(tfd.as_fd()).map_err(errno)?.is_empty();
         if !self.just_made(&st, libc::S_IFDIR, 0o700, 2) || !empty {
@@ -595,15 +599,8 @@ impl VaultFs {
     /// Step 3 of a directory move: the staged ID replaces the old one.
     fn commit_dir_id(&self, fd: &std::os::fd::OwnedFd) {
         let _ = self.retry_with_access(fd.as_fd(), 0o700, || {
-            backing::clear_planted_dir(fd.as_fd(), DIRID_FILE).map_err(errno)?;
-            backing::rename(
-                fd.as_fd(),
-                DIRID_NEXT_FILE,
-                fd.as_fd(),
-                DIRID_FILE,
-                rustix::fs::RenameFlags::empty(),
-            )
-            .map_err(errno)?;
+            backing::rename_onto_reserved(fd.as_fd(), DIRID_NEXT_FILE, DIRID_FILE)
+                .map_err(errno)?;
             let readable = backing::reopen(
                 fd.as_fd(),
                 rustix::fs::OFlags::RDONLY | rustix::fs::OFlags::DIRECTORY,

@@ -163,11 +163,11 @@ pub fn write_file_durably(dir: &Path, name: &str, contents: &[u8], mode: u32) ->
         f.write_all(contents)?;
         f.sync_all()?;
         // A directory planted under the name would make every rename onto it fail.
-        crate::fs::backing::clear_planted_dir(
+        crate::fs::backing::rename_onto_reserved(
             std::os::fd::AsFd::as_fd(&fs::File::open(dir)?),
+            &tmp_name,
             name,
         )?;
-        fs::rename(&tmp, &target)?;
         fs::File::open(dir)?.sync_all()
     })();
     if result.is_err() {
