@@ -20,7 +20,7 @@ use crate::crypto::names::{
     read_side_file,
 };
 use crate::crypto::{DirId, GenerationKeys, Keyring, seal};
-use crate::fs::backing;
+use crate::fs::backing::{self, temp_name};
 use crate::fs::file::OpenFile;
 use crate::vault::keystore::Unlocked;
 use crate::vault::recovery_file::{self, RecoveryFileInfo};
@@ -756,15 +756,6 @@ fn restore_times(fd: BorrowedFd<'_>, st: &rustix::fs::Stat) {
         at(st.st_atime, st.st_atime_nsec as i64),
         at(st.st_mtime, st.st_mtime_nsec as i64),
     );
-}
-
-fn temp_name() -> String {
-    let r: [u8; 12] = crate::crypto::keys::random_array().unwrap_or([0; 12]);
-    format!(
-        "{}{}",
-        names::TEMP_PREFIX,
-        data_encoding::HEXLOWER.encode(&r)
-    )
 }
 
 /// Starts a rotation (or finds the one in progress); returns (old, new) generation numbers.

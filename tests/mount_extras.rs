@@ -198,23 +198,27 @@ fn fallocate_and_punch_against_a_model(v: &TestVault, cs: usize) {
     }
 }
 
+/// A new file of 20 chunks and 3 bytes: "head" at 0, "middle" in chunk 10, the rest never
+/// written (holes in a sparse vault), open for reading and writing.
+fn head_middle_and_gaps(p: &Path, cs: usize) -> std::fs::File {
+    let f = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(p)
+        .unwrap();
+    f.write_all_at(b"head", 0).unwrap();
+    f.write_all_at(b"middle", (10 * cs + 5) as u64).unwrap();
+    f.set_len((20 * cs + 3) as u64).unwrap();
+    f
+}
+
 #[test]
 fn seek_data_and_seek_hole_follow_the_holes() {
     each_chunk_size_sparse(|v, cs| {
         let p = v.p("sparse");
-        let f = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(&p)
-            .unwrap();
-        f.write_all_at(b"head", 0).unwrap();
-        f.write_all_at(b"middle", (10 * cs + 5) as u64).unwrap();
-        f.set_len((20 * cs + 3) as u64).unwrap();
-        let seek =
-            |off: u64, w: rustix::fs::SeekFrom| rustix::fs::seek(&f, w).map(|_| ()).and(Ok(off));
-        let _ = seek;
+        let f = head_middle_and_gaps(&p, cs);
         let data = |off: u64| rustix::fs::seek(&f, rustix::fs::SeekFrom::Data(off));
         let hole = |off: u64| rustix::fs::seek(&f, rustix::fs::SeekFrom::Hole(off));
         assert_eq!(data(0).unwrap(), 0);
@@ -234,16 +238,7 @@ fn seek_data_and_seek_hole_follow_the_holes() {
 fn without_sparse_the_same_file_is_data_throughout() {
     each_chunk_size(|v, cs| {
         let p = v.p("dense");
-        let f = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(&p)
-            .unwrap();
-        f.write_all_at(b"head", 0).unwrap();
-        f.write_all_at(b"middle", (10 * cs + 5) as u64).unwrap();
-        f.set_len((20 * cs + 3) as u64).unwrap();
+        let f = head_middle_and_gaps(&p, cs);
         let data = |off: u64| rustix::fs::seek(&f, rustix::fs::SeekFrom::Data(off));
         let hole = |off: u64| rustix::fs::seek(&f, rustix::fs::SeekFrom::Hole(off));
         assert_eq!(hole(0).unwrap(), (20 * cs + 3) as u64);

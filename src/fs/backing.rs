@@ -148,7 +148,7 @@ pub fn clear_planted_dir(dir: BorrowedFd<'_>, name: &str) -> io::Result<()> {
         _ => return Ok(()),
     }
     log::warn!("moving aside a directory planted in the backing store as '{name}'");
-    let aside = planted_temp_name()?;
+    let aside = temp_name();
     rename(dir, name, dir, &aside, RenameFlags::NOREPLACE)?;
     if let Err(e) = remove_planted_tree(dir, &aside) {
         log::warn!("a planted directory stays as '{aside}': {e}");
@@ -176,13 +176,14 @@ pub fn rename_onto_reserved(dir: BorrowedFd<'_>, from: &str, to: &str) -> io::Re
     }
 }
 
-fn planted_temp_name() -> io::Result<String> {
-    let r: [u8; 12] = crate::crypto::keys::random_array().map_err(io::Error::other)?;
-    Ok(format!(
+/// A fresh `vaultfs.tmp.<24 hex digits>` name for an entry under construction or moved aside.
+pub fn temp_name() -> String {
+    let r: [u8; 12] = crate::crypto::keys::random_array().unwrap_or([0; 12]);
+    format!(
         "{}{}",
         crate::crypto::names::TEMP_PREFIX,
         data_encoding::HEXLOWER.encode(&r)
-    ))
+    )
 }
 
 /// Removes the directory tree `name` in `dir` without recursion and with one fd at a time:
@@ -225,7 +226,7 @@ fn remove_planted_tree(dir: BorrowedFd<'_>, name: &str) -> io::Result<()> {
                 if rustix::fs::unlinkat(&sub, child.as_c_str(), AtFlags::REMOVEDIR).is_ok() {
                     continue;
                 }
-                let up = std::ffi::CString::new(planted_temp_name()?).map_err(io::Error::other)?;
+                let up = std::ffi::CString::new(temp_name()).map_err(io::Error::other)?;
                 match rustix::fs::renameat(&sub, child.as_c_str(), dir, up.as_c_str()) {
                     Ok(()) => pending.push(up),
                     Err(_) => stuck = true,

@@ -9,10 +9,21 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-#[derive(Default)]
 pub struct FdCharges {
     /// Open files per user, and (under key `ALL`) of all users but root.
     per_uid: Arc<Mutex<HashMap<u32, usize>>>,
+    /// `cap()` when made: the fd limit is raised before the file system is (no getrlimit
+    /// on every open).
+    cap: usize,
+}
+
+impl Default for FdCharges {
+    fn default() -> Self {
+        FdCharges {
+            per_uid: Arc::default(),
+            cap: Self::cap(),
+        }
+    }
 }
 
 /// The key that counts every user's files together (no real uid: -1 is "no change").
@@ -58,7 +69,7 @@ impl FdCharges {
             m.get(&uid).copied().unwrap_or(0),
             m.get(&ALL).copied().unwrap_or(0),
         );
-        if mine >= Self::cap() || all >= 2 * Self::cap() {
+        if mine >= self.cap || all >= 2 * self.cap {
             return Err(libc::EMFILE);
         }
         *m.entry(uid).or_default() += 1;

@@ -772,7 +772,7 @@ impl VaultFs {
             side_file, encoded, ..
         } = bn
         {
-            let temp = self.temp_name();
+            let temp = backing::temp_name();
             backing::write_durable(dir_fd, side_file, &temp, encoded.as_bytes(), 0o600)
                 .map_err(errno)?;
             // The side file's entry must be durable before the entry it names can be.
@@ -787,15 +787,6 @@ impl VaultFs {
         if let Some(side) = bn.side_file() {
             let _ = backing::unlink(dir_fd, side);
         }
-    }
-
-    pub(crate) fn temp_name(&self) -> String {
-        let r: [u8; 12] = crate::crypto::keys::random_array().unwrap_or([0; 12]);
-        format!(
-            "{}{}",
-            names::TEMP_PREFIX,
-            data_encoding::HEXLOWER.encode(&r)
-        )
     }
 
     /// Reads and checks the directory ID of the directory `fd` found at (`parent_id`, `entry`):

@@ -279,7 +279,7 @@ impl VaultFs {
         let (pfd, pid, lock) = self.dir(parent)?;
         let _g = lock.change();
         let bn = self.new_entry_name(pfd.as_fd(), &pid, name)?;
-        let temp = self.temp_name();
+        let temp = backing::temp_name();
         backing::mkdir(pfd.as_fd(), &temp, 0o700).map_err(errno)?;
         // The directory is found again by name: where others can write the backing directory,
         // another could be in its place by now. Only the one just made is given an ID, an
@@ -535,7 +535,7 @@ impl VaultFs {
         })?;
         if let Err(err) = backing::rmdir(pfd.as_fd(), bn.entry()) {
             // Put the ID back: a directory without it would read as damaged.
-            let temp = self.temp_name();
+            let temp = backing::temp_name();
             let _ = self.retry_with_access(child.as_fd(), 0o300, || {
                 backing::write_durable(child.as_fd(), DIRID_FILE, &temp, &saved, 0o600)
                     .map_err(errno)
@@ -579,7 +579,7 @@ impl VaultFs {
             new_entry,
             &id,
         );
-        let temp = self.temp_name();
+        let temp = backing::temp_name();
         self.retry_with_access(fd.as_fd(), 0o300, || {
             backing::write_durable(fd.as_fd(), DIRID_NEXT_FILE, &temp, &sealed, 0o600)
                 .map_err(errno)
@@ -719,7 +719,7 @@ impl VaultFs {
         }
         let restore = |removed: Option<(std::os::fd::OwnedFd, Vec<u8>)>| {
             if let Some((dfd, saved)) = removed {
-                let temp = self.temp_name();
+                let temp = backing::temp_name();
                 let _ = self.retry_with_access(dfd.as_fd(), 0o300, || {
                     backing::write_durable(dfd.as_fd(), DIRID_FILE, &temp, &saved, 0o600)
                         .map_err(errno)

@@ -64,12 +64,7 @@ impl RootAttr {
     }
 
     pub fn save(&self, root: BorrowedFd<'_>) -> io::Result<()> {
-        let temp = format!(
-            "{}{}",
-            crate::crypto::names::TEMP_PREFIX,
-            data_encoding::HEXLOWER
-                .encode(&crate::crypto::keys::random_array::<8>().map_err(io::Error::other)?)
-        );
+        let temp = backing::temp_name();
         backing::write_durable(root, ROOT_ATTR_FILE, &temp, self.encode().as_bytes(), 0o600)
     }
 }
