@@ -204,6 +204,10 @@ fn debug_logs_show_requests_but_no_names_or_data() {
         b"SecretContents"
     );
     let _ = fs::read(v.p("missing"));
+    // More requests than the rate limit's burst: a debug log keeps every one.
+    for i in 0..500 {
+        let _ = fs::symlink_metadata(v.p(&format!("absent-{i}")));
+    }
     v.unmount();
     let mut log = String::new();
     for e in fs::read_dir(v.state.join("vaultfs")).unwrap().flatten() {
@@ -219,6 +223,15 @@ fn debug_logs_show_requests_but_no_names_or_data() {
         log.contains("No such file or directory"),
         "results are logged"
     );
+    assert!(
+        !log.contains("log lines dropped"),
+        "RUST_LOG lifts the rate limit"
+    );
+    let failed_lookups = log
+        .lines()
+        .filter(|l| l.contains("lookup(ino 1)") && l.contains("No such file"))
+        .count();
+    assert!(failed_lookups >= 500, "{failed_lookups} lookups logged");
     for secret in [
         "SecretDirName",
         "SecretFileName",

@@ -3,9 +3,9 @@
 //! maps FUSE requests onto this module's helpers.
 //!
 //! Inodes: a node the kernel knows holds an O_PATH fd on its backing inode while the fd
-//! budget allows (`LooseFds`; open files and the root always), and is reopened by the name
-//! it was last looked up by otherwise, checked to be the same inode (ESTALE if not: the
-//! kernel then looks the path up again). The FUSE inode number is simply the backing one
+//! budget allows (`LooseFds`; open files and the root always), and is reopened otherwise by
+//! one of the names it was found by (`node_names`), checked to be the same inode (ESTALE if
+//! none is: the kernel then looks the path up again). The FUSE inode number is simply the backing one
 //! (with the backing root's number swapped with 1, FUSE's root): stable while mounted,
 //! shared by hard links, immune to renames.
 
@@ -16,6 +16,7 @@ mod damage;
 pub(crate) mod fd_charges;
 pub mod file;
 pub mod mount;
+mod node_names;
 mod ops;
 mod prefetch;
 pub(crate) mod root_attr;
@@ -42,6 +43,7 @@ use crate::crypto::names::{
 };
 use crate::crypto::{DirId, Keyring, blob};
 use file::OpenFile;
+use node_names::NodeNames;
 
 /// An errno.
 pub type FsResult<T> = Result<T, i32>;
@@ -119,9 +121,8 @@ impl Activity {
 }
 
 pub(crate) struct Node {
-    /// FUSE inode of the directory this node was last found in, and its backing entry name.
-    pub parent: u64,
-    pub entry: String,
+    /// The (directory, backing entry) names this node was found by, latest first.
+    pub names: NodeNames,
     pub kind: FileType,
     /// Device number of a device node stored as a header-only file (from its header).
     pub rdev: u32,
@@ -461,8 +462,7 @@ impl VaultFs {
         nodes.insert(
             ROOT,
             Node {
-                parent: ROOT,
-                entry: String::new(),
+                names: NodeNames::new(ROOT, ""),
                 kind: FileType::Directory,
                 rdev: 0,
                 fd: Some(Arc::new(root)),
@@ -533,8 +533,8 @@ impl VaultFs {
         while cur != ROOT && parts.len() < 4096 {
             match nodes.get(&cur) {
                 Some(n) => {
-                    parts.push(n.entry.clone());
-                    cur = n.parent;
+                    parts.push(n.names.entry().to_string());
+                    cur = n.names.parent();
                 }
                 None => {
                     parts.push("?".into());
@@ -546,30 +546,42 @@ impl VaultFs {
         format!("/{}", parts.join("/"))
     }
 
-    /// The O_PATH fd of a node's backing inode, reopened by name if it was closed: the name
-    /// must still hold the same inode (ESTALE otherwise, e.g. after a replacing rename).
+    /// The O_PATH fd of a node's backing inode, reopened by name if it was closed: by the
+    /// first of its names that still holds the same inode (ESTALE if none does, e.g. after
+    /// a replacing rename; the kernel then looks the path up again).
     pub(crate) fn node_fd(&self, ino: u64) -> FsResult<Arc<OwnedFd>> {
-        let (parent, entry) = {
+        let names = {
             let nodes = self.nodes.lock().expect("lock");
             let n = nodes.get(&ino).ok_or(ENOENT)?;
             if let Some(fd) = &n.fd {
                 return Ok(fd.clone());
             }
-            (n.parent, n.entry.clone())
+            n.names.all()
         };
-        let (pfd, _, _) = self.dir(parent)?;
-        let fd = self
-            .with_fd_room(|| open_path(pfd.as_fd(), &entry))
-            .map_err(|code| if code == ENOENT { libc::ESTALE } else { code })?;
-        let st = backing::fstat(fd.as_fd()).map_err(errno)?;
-        if st.st_dev != self.root_dev || self.fuse_ino(st.st_ino) != ino {
-            return Err(libc::ESTALE);
+        let mut found = None;
+        for (parent, entry) in names {
+            match self.reopen_by_name(ino, parent, &entry) {
+                Ok(fd) => {
+                    found = Some((parent, entry, fd));
+                    break;
+                }
+                Err(libc::ESTALE) => {
+                    if let Some(n) = self.nodes.lock().expect("lock").get_mut(&ino) {
+                        n.names.forget(parent, &entry);
+                    }
+                }
+                // Out of descriptors or memory, or no right to search the directory: the
+                // name may still be good, and the next one would fail the same way.
+                Err(code) => return Err(code),
+            }
         }
+        let (parent, entry, fd) = found.ok_or(libc::ESTALE)?;
         let fd = Arc::new(fd);
         let stored = {
             let mut nodes = self.nodes.lock().expect("lock");
             match nodes.get_mut(&ino) {
                 Some(n) if n.fd.is_none() => {
+                    n.names.saw(parent, &entry);
                     n.fd = Some(fd.clone());
                     true
                 }
@@ -579,6 +591,22 @@ impl VaultFs {
         };
         if stored {
             self.loose_fd_opened(ino);
+        }
+        Ok(fd)
+    }
+
+    /// Opens (O_PATH) the backing entry `entry` of directory `parent` if it is still node
+    /// `ino`'s inode: ESTALE if the name is gone, holds another inode, or its directory is
+    /// no longer known.
+    fn reopen_by_name(&self, ino: u64, parent: u64, entry: &str) -> FsResult<OwnedFd> {
+        let stale = |code| if code == ENOENT { libc::ESTALE } else { code };
+        let (pfd, _, _) = self.dir(parent).map_err(stale)?;
+        let fd = self
+            .with_fd_room(|| open_path(pfd.as_fd(), entry))
+            .map_err(stale)?;
+        let st = backing::fstat(fd.as_fd()).map_err(errno)?;
+        if st.st_dev != self.root_dev || self.fuse_ino(st.st_ino) != ino {
+            return Err(libc::ESTALE);
         }
         Ok(fd)
     }
@@ -637,8 +665,7 @@ impl VaultFs {
                 .get(&ino)
                 .is_some_and(|w| w.strong_count() > 0);
             // A file with several names is closed too (second review: 600 hard links by
-            // one user pinned every fd): reopened by the name it was last looked up by, and
-            // should that name be gone, ESTALE makes the kernel look the path up again.
+            // one user pinned every fd): reopened by any name it is still found by.
             if open {
                 drop(nodes);
                 self.loose.requeue(ino);
@@ -931,8 +958,7 @@ impl VaultFs {
                     kind = n.kind;
                 }
                 n.lookups += 1;
-                n.parent = parent;
-                n.entry = entry.to_string();
+                n.names.saw(parent, entry);
                 let reopened = n.fd.is_none();
                 if reopened {
                     n.fd = Some(Arc::new(path_fd));
@@ -984,8 +1010,7 @@ impl VaultFs {
         }
         let mut nodes = self.nodes.lock().expect("lock");
         let n = nodes.entry(ino).or_insert_with(|| Node {
-            parent,
-            entry: entry.to_string(),
+            names: NodeNames::new(parent, entry),
             kind,
             rdev,
             fd: Some(Arc::new(path_fd)),
@@ -997,6 +1022,7 @@ impl VaultFs {
             next_in_dir: None,
             prefetched: false,
         });
+        n.names.saw(parent, entry);
         if n.damaged && !damaged {
             n.dir_id = dir_id;
             n.damaged = false;

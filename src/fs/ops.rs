@@ -91,7 +91,7 @@ impl VaultFs {
             .lock()
             .expect("lock")
             .get(&ino)
-            .map(|n| n.parent)
+            .map(|n| n.names.parent())
             .ok_or(ENOENT)?;
         let mut listing = vec![
             DirListing {
@@ -680,12 +680,12 @@ impl VaultFs {
                 .for_each(|fd| self.commit_dir_id(fd));
             let mut nodes = self.nodes.lock().expect("lock");
             if let Some(n) = nodes.get_mut(&src_ino) {
-                n.parent = newparent;
-                n.entry = dst_bn.entry().to_string();
+                n.names
+                    .moved(parent, src_bn.entry(), newparent, dst_bn.entry());
             }
             if let Some(n) = nodes.get_mut(&dst_ino) {
-                n.parent = parent;
-                n.entry = src_bn.entry().to_string();
+                n.names
+                    .moved(newparent, dst_bn.entry(), parent, src_bn.entry());
             }
             return Ok(());
         }
@@ -775,8 +775,8 @@ impl VaultFs {
         }
         let mut nodes = self.nodes.lock().expect("lock");
         if let Some(n) = nodes.get_mut(&src_ino) {
-            n.parent = newparent;
-            n.entry = dst_bn.entry().to_string();
+            n.names
+                .moved(parent, src_bn.entry(), newparent, dst_bn.entry());
         }
         Ok(())
     }
@@ -792,12 +792,20 @@ impl VaultFs {
         atime: Option<TimeOrNow>,
         mtime: Option<TimeOrNow>,
     ) -> FsResult<fuser::FileAttr> {
-        let (kind, parent, entry) = {
+        let kind = self
+            .nodes
+            .lock()
+            .expect("lock")
+            .get(&ino)
+            .ok_or(ENOENT)?
+            .kind;
+        let fd = self.node_fd(ino)?;
+        // The name a symlink's times are set through (below): the one `node_fd` last found.
+        let (parent, entry) = {
             let nodes = self.nodes.lock().expect("lock");
             let n = nodes.get(&ino).ok_or(ENOENT)?;
-            (n.kind, n.parent, n.entry.clone())
+            (n.names.parent(), n.names.entry().to_string())
         };
-        let fd = self.node_fd(ino)?;
         if (mode.is_some()
             || uid.is_some()
             || gid.is_some()
