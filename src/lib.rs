@@ -9,5 +9,6 @@ pub mod daemon;
 pub mod exitcodes;
 pub mod fs;
 pub mod fsck;
+pub mod mountinfo;
 pub mod rotate;
 pub mod vault;

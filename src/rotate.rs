@@ -1014,14 +1014,7 @@ fn set_phase(u: &mut Unlocked, phase: &str) -> Result<()> {
 
 /// Refuses while mounted and keeps the vault locked for the whole rotation.
 pub fn lock_vault(vault: &Path) -> Result<std::fs::File> {
-    let marker = std::fs::File::open(vault.join(crate::vault::layout::MARKER_FILE))
-        .map_err(VaultError::io(format!("cannot open {}", vault.display())))?;
-    // SAFETY: flock on an fd we own; held until the File is dropped.
-    if unsafe { libc::flock(marker.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
-        return Err(VaultError::MountFailed(format!(
-            "{} is mounted: unmount it, then rotate",
-            vault.display()
-        )));
-    }
-    Ok(marker)
+    crate::vault::lock::lock(vault, || {
+        format!("{} is mounted: unmount it, then rotate", vault.display())
+    })
 }

@@ -152,6 +152,7 @@ fn mount_refusals_have_clear_errors_and_codes() {
     assert!(String::from_utf8_lossy(&o.stderr).contains("busy"));
     let other = v.tmp.path().join("mnt2");
     fs::create_dir(&other).unwrap();
+    let started = Instant::now();
     let o = vaultfs(&v.state)
         .arg("mount")
         .arg("--passfile")
@@ -166,12 +167,16 @@ fn mount_refusals_have_clear_errors_and_codes() {
         "{}",
         String::from_utf8_lossy(&o.stderr)
     );
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "a vault that is mounted is refused at once, not after the wait for an exiting daemon"
+    );
     // Bad -o option.
     let o = vaultfs(&v.state)
         .arg("mount")
         .arg("--passfile")
         .arg(&v.passfile)
-        .args(["-o", "suid"])
+        .args(["-o", "bogus"])
         .arg(&v.vault)
         .arg(&other)
         .output()
@@ -185,6 +190,45 @@ fn mount_refusals_have_clear_errors_and_codes() {
         .output()
         .unwrap();
     assert_eq!(o.status.code(), Some(exitcodes::NOT_MOUNTED));
+}
+
+/// `umount` returns before the daemon has exited; a mount right after it met the old
+/// daemon's vault lock and failed (xfstests generic/162, under load). A new mount waits for a
+/// lock holder while the vault is mounted nowhere.
+#[test]
+fn a_mount_right_after_umount_waits_for_the_old_daemon() {
+    use std::os::fd::AsRawFd;
+    if !fuse_available() || !rustix::process::geteuid().is_root() {
+        return;
+    }
+    let v = TestVault::new(4096);
+    for round in 0..5 {
+        v.mount();
+        fs::write(v.p(&format!("f{round}")), b"x").unwrap();
+        let o = std::process::Command::new("umount")
+            .arg(&v.mnt)
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    }
+    v.mount();
+    assert_eq!(fs::read_dir(&v.mnt).unwrap().count(), 5);
+    v.unmount();
+    // A holder that takes its time (1.5 s): the mount waits, then succeeds.
+    let marker = fs::File::open(v.vault.join(vaultfs::vault::layout::MARKER_FILE)).unwrap();
+    assert_eq!(
+        unsafe { libc::flock(marker.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) },
+        0
+    );
+    let releaser = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(1500));
+        drop(marker);
+    });
+    let started = Instant::now();
+    v.mount();
+    assert!(started.elapsed() >= Duration::from_millis(1400));
+    releaser.join().unwrap();
+    v.unmount();
 }
 
 fn mount_options_of(mnt: &Path) -> String {

@@ -68,6 +68,7 @@ fn parse_form(args: &[OsString]) -> Result<MountArgs> {
         read_only: false,
         allow_other: false,
         shared_storage: false,
+        remount: false,
         idle: None,
         options: Vec::new(),
         vault,
@@ -89,6 +90,7 @@ fn parse_form(args: &[OsString]) -> Result<MountArgs> {
             }
             ("ro", None) => a.read_only = true,
             ("rw", None) => a.read_only = false,
+            ("remount", None) => a.remount = true,
             ("allow_other", None) => a.allow_other = true,
             ("shared_storage", None) => a.shared_storage = true,
             (
@@ -96,6 +98,15 @@ fn parse_form(args: &[OsString]) -> Result<MountArgs> {
                 | "exec"
                 | "noatime"
                 | "atime"
+                | "nodiratime"
+                | "diratime"
+                | "relatime"
+                | "strictatime"
+                | "lazytime"
+                | "suid"
+                | "dev"
+                | "nosuid"
+                | "nodev"
                 | "sync"
                 | "async"
                 | "dirsync"
@@ -104,14 +115,12 @@ fn parse_form(args: &[OsString]) -> Result<MountArgs> {
                 | "default_permissions",
                 None,
             ) => a.options.push(key.into()),
-            // For mount(8), systemd and the admin, not for the filesystem; vaultfs mounts are
-            // always nosuid,nodev.
+            // For mount(8), systemd and the admin, not for the filesystem.
             (
                 "" | "defaults" | "auto" | "noauto" | "nofail" | "_netdev" | "user" | "users"
                 | "nouser" | "owner",
                 _,
             ) => {}
-            ("nosuid" | "nodev" | "suid" | "dev" | "relatime" | "strictatime", _) => {}
             (k, _) if k.starts_with("x-") || k == "comment" => {}
             _ => {
                 return Err(VaultError::InvalidArgument(format!(

@@ -246,8 +246,13 @@ pub struct MountArgs {
     /// file pages across opens (same as -o shared_storage)
     #[arg(long)]
     pub shared_storage: bool,
+    /// Change an existing mount of VAULT at MOUNTPOINT instead: ro or rw and the mount
+    /// flags given with it (as root; no password needed)
+    #[arg(long)]
+    pub remount: bool,
     /// Extra mount options, comma-separated (ro, allow_other, default_permissions,
-    /// shared_storage, no_writeback_cache, noexec, noatime, sync, ...)
+    /// shared_storage, no_writeback_cache, noexec, noatime, nodiratime, relatime,
+    /// strictatime, lazytime, sync, and as root suid, dev, ...)
     #[arg(short = 'o', value_name = "OPTS", value_delimiter = ',')]
     pub options: Vec<String>,
     /// The vault (backing) directory
@@ -750,7 +755,6 @@ pub fn cmd_mount(a: MountArgs) -> Result<()> {
     if a.foreground {
         crate::daemon::init_stderr_log();
     }
-    let password = a.password.get(&a.vault.display().to_string())?;
     let req = crate::daemon::MountRequest {
         idle: a.idle,
         vault: a.vault,
@@ -763,10 +767,17 @@ pub fn cmd_mount(a: MountArgs) -> Result<()> {
             shared_storage: a.shared_storage,
             no_writeback_cache: false,
             default_permissions: false,
+            suid: false,
+            dev: false,
             options: a.options,
             fsname: String::new(),
         },
     };
+    // A remount changes a mount that is already unlocked: no password.
+    if a.remount {
+        return crate::daemon::remount(req);
+    }
+    let password = a.password.get(&req.vault.display().to_string())?;
     crate::daemon::mount(req, &password)
 }
 

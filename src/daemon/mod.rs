@@ -17,7 +17,6 @@ use std::sync::Arc;
 
 use crate::fs::{Activity, FsConfig, VaultFs, backing};
 use crate::vault::init::open_keystore;
-use crate::vault::layout::MARKER_FILE;
 use crate::vault::{Result, VaultError, local_state};
 
 pub struct MountRequest {
@@ -34,44 +33,63 @@ fn mount_failed(msg: impl Into<String>) -> VaultError {
     VaultError::MountFailed(msg.into())
 }
 
-/// One line of /proc/self/mountinfo: mount point and filesystem type.
-fn mounts() -> Vec<(PathBuf, String)> {
-    let text = fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-    text.lines()
-        .filter_map(|line| {
-            let (left, right) = line.split_once(" - ")?;
-            let point = left.split(' ').nth(4)?;
-            let fstype = right.split(' ').next()?;
-            Some((PathBuf::from(unescape_mountinfo(point)), fstype.to_string()))
-        })
-        .collect()
+/// The daemon serving the mount at `mountpoint` (canonical), from its pid file: its pid, and
+/// whether it serves read-only.
+fn daemon_record(mountpoint: &Path) -> Option<(i32, bool)> {
+    let bytes = local_state::StateDir::mounts()
+        .and_then(|d| d.read(&pidfile_name(mountpoint)))
+        .ok()
+        .flatten()?;
+    let text = String::from_utf8_lossy(&bytes);
+    let mut lines = text.lines();
+    let pid = lines.next()?.trim().parse().ok()?;
+    Some((pid, lines.any(|l| l.trim() == "ro")))
 }
 
-fn unescape_mountinfo(s: &str) -> String {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'\\'
-            && i + 4 <= bytes.len()
-            && let Ok(v) = u8::from_str_radix(&s[i + 1..i + 4], 8)
-        {
-            out.push(v);
-            i += 4;
-            continue;
+/// `mount --remount` (and `mount -o remount`, through the mount.fuse form): changes the
+/// mount(2) flags of an existing mount of the vault: ro or rw, noexec, atime, sync. The
+/// daemon keeps serving; it refuses writes itself only if it was started read-only, so such
+/// a mount cannot be made writable this way.
+pub fn remount(mut req: MountRequest) -> Result<()> {
+    req.settings.apply_options()?;
+    let vault =
+        fs::canonicalize(&req.vault).map_err(|_| VaultError::NotAVault(req.vault.clone()))?;
+    let mountpoint = fs::canonicalize(&req.mountpoint)
+        .map_err(|e| mount_failed(format!("mount point {}: {e}", req.mountpoint.display())))?;
+    let ours = crate::mountinfo::mounts()
+        .into_iter()
+        .rev()
+        .find(|m| m.point == mountpoint);
+    match ours {
+        Some(m) if m.fstype == "fuse.vaultfs" && Path::new(&m.source) == vault => {}
+        _ => {
+            return Err(VaultError::NotMounted(mountpoint));
         }
-        out.push(bytes[i]);
-        i += 1;
     }
-    String::from_utf8_lossy(&out).into_owned()
+    if !req.settings.read_only && daemon_record(&mountpoint).is_some_and(|(_, ro)| ro) {
+        return Err(mount_failed(format!(
+            "{} was mounted read-only: unmount it and mount it again to write",
+            mountpoint.display()
+        )));
+    }
+    rustix::mount::mount_remount(&mountpoint, req.settings.mount_flags(), "").map_err(|e| {
+        if e == rustix::io::Errno::PERM {
+            mount_failed(format!(
+                "cannot remount {}: only root may (unmount it and mount it again)",
+                mountpoint.display()
+            ))
+        } else {
+            mount_failed(format!("cannot remount {}: {e}", mountpoint.display()))
+        }
+    })
 }
 
 fn is_mounted(path: &Path) -> Option<String> {
-    mounts()
+    crate::mountinfo::mounts()
         .into_iter()
         .rev()
-        .find(|(p, _)| p == path)
-        .map(|(_, t)| t)
+        .find(|m| m.point == path)
+        .map(|m| m.fstype)
 }
 
 /// `$XDG_STATE_HOME/vaultfs/mounts/<sha256 of the mount point>` holds the daemon's pid.
@@ -217,16 +235,13 @@ pub fn mount(mut req: MountRequest, password: &[u8]) -> Result<()> {
     let vault =
         fs::canonicalize(&req.vault).map_err(|_| VaultError::NotAVault(req.vault.clone()))?;
     let ks = open_keystore(&vault, req.keystore.as_deref(), false)?;
-    // One daemon per vault: an advisory lock on the marker file, held for the daemon's life.
-    let marker = fs::File::open(vault.join(MARKER_FILE))
-        .map_err(VaultError::io("cannot open the vault marker"))?;
-    // SAFETY: flock on an fd we own.
-    if unsafe { libc::flock(marker.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
-        return Err(mount_failed(format!(
-            "{} is already mounted by another vaultfs process",
+    // One daemon per vault: the vault lock, held for the daemon's life.
+    let marker = crate::vault::lock::lock(&vault, || {
+        format!(
+            "{} is already mounted by another vaultfs process (or a rotate or passwd is running)",
             vault.display()
-        )));
-    }
+        )
+    })?;
     let unlocked = ks.unlock_with_password(password, None)?;
     let vault_id = unlocked.keystore.state.config.vault_id;
     if !req.settings.read_only {
@@ -239,6 +254,7 @@ pub fn mount(mut req: MountRequest, password: &[u8]) -> Result<()> {
         writeback_cache: !req.settings.shared_storage && !req.settings.no_writeback_cache,
         kernel_checks_permissions: req.settings.kernel_checks_permissions(),
         legacy_nodes: unlocked.state().config.legacy_nodes,
+        atime: req.settings.atime(),
         sparse: unlocked.state().config.sparse,
     };
     let root = backing::open_root(&vault)
@@ -430,7 +446,12 @@ fn serve(
     let pid_dir = local_state::StateDir::mounts().ok();
     let pid_name = pidfile_name(mountpoint);
     if let Some(dir) = &pid_dir {
-        let _ = dir.write_atomic(&pid_name, format!("{}\n", std::process::id()).as_bytes());
+        // The pid, and "ro" for a daemon that serves read-only (see `remount`).
+        let ro = if settings.read_only { "ro\n" } else { "" };
+        let _ = dir.write_atomic(
+            &pid_name,
+            format!("{}\n{ro}", std::process::id()).as_bytes(),
+        );
     }
     // From here on the process creates backing entries with the modes FUSE asks for (the
     // kernel has already applied the caller's umask); its own umask must not mask them again.
@@ -579,11 +600,7 @@ pub fn unmount(mountpoint: &Path, lazy: bool) -> Result<()> {
             )));
         }
     }
-    let pid = local_state::StateDir::mounts()
-        .and_then(|d| d.read(&pidfile_name(&abs)))
-        .ok()
-        .flatten()
-        .and_then(|b| String::from_utf8_lossy(&b).trim().parse::<i32>().ok());
+    let pid = daemon_record(&abs).map(|(pid, _)| pid);
     detach(&abs, lazy).map_err(|e| {
         if e.raw_os_error() == Some(libc::EBUSY) {
             VaultError::Busy(format!(

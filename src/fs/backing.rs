@@ -408,7 +408,7 @@ pub fn fdatasync(fd: BorrowedFd<'_>) -> io::Result<()> {
 }
 
 /// The path that reopens or operates on exactly the inode an fd pins.
-fn proc_path(fd: BorrowedFd<'_>) -> String {
+pub fn proc_path(fd: BorrowedFd<'_>) -> String {
     format!("/proc/self/fd/{}", fd.as_raw_fd())
 }
 
@@ -461,6 +461,19 @@ pub fn link_fd(fd: BorrowedFd<'_>, dir: BorrowedFd<'_>, name: &str) -> io::Resul
 }
 
 /// Reopens the inode `fd` pins with other flags (no path lookup involved).
+/// Opens `path` (a /proc/self/fd path), with O_NOATIME if `noatime`: reads through it then
+/// leave the backing atime alone. O_NOATIME needs the file's owner or CAP_FOWNER; without
+/// either the open is made without it.
+pub fn open_noatime(path: &str, flags: OFlags, noatime: bool) -> io::Result<OwnedFd> {
+    if noatime {
+        match rustix::fs::open(path, flags | OFlags::NOATIME, Mode::empty()) {
+            Err(rustix::io::Errno::PERM) => {}
+            other => return other.map_err(err),
+        }
+    }
+    rustix::fs::open(path, flags, Mode::empty()).map_err(err)
+}
+
 pub fn reopen(fd: BorrowedFd<'_>, flags: OFlags) -> io::Result<OwnedFd> {
     rustix::fs::open(
         proc_path(fd).as_str(),

@@ -74,6 +74,8 @@ pub struct FsConfig {
     pub legacy_nodes: bool,
     /// Files may store holes (`init --sparse`, `OpenFile::with_sparse`).
     pub sparse: bool,
+    /// Which of the daemon's backing reads may update access times.
+    pub atime: mount::AtimePolicy,
 }
 
 impl FsConfig {
@@ -871,8 +873,14 @@ impl VaultFs {
     /// A readable fd on a directory node (for listing and fsync).
     pub(crate) fn readable_dir(&self, ino: u64) -> FsResult<OwnedFd> {
         let fd = self.node_fd(ino)?;
+        let proc = backing::proc_path(fd.as_fd());
         self.retry_with_access(fd.as_fd(), 0o500, || {
-            backing::reopen(fd.as_fd(), OFlags::RDONLY | OFlags::DIRECTORY).map_err(errno)
+            backing::open_noatime(
+                &proc,
+                OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+                !self.config.atime.dirs,
+            )
+            .map_err(errno)
         })
     }
 
@@ -1136,7 +1144,10 @@ impl VaultFs {
     /// authenticates and names one.
     fn read_node_header(&self, path_fd: BorrowedFd<'_>) -> Option<(FileType, u32)> {
         let read = || -> FsResult<[u8; HEADER_LEN]> {
-            let fd = backing::reopen(path_fd, rustix::fs::OFlags::RDONLY).map_err(errno)?;
+            // A lookup is no access: the header read must not touch the atime.
+            let proc = backing::proc_path(path_fd);
+            let fd = backing::open_noatime(&proc, OFlags::RDONLY | OFlags::CLOEXEC, true)
+                .map_err(errno)?;
             let mut head = [0u8; HEADER_LEN];
             let n = backing::pread_full(fd.as_fd(), &mut head, 0).map_err(errno)?;
             if n == HEADER_LEN { Ok(head) } else { Err(EIO) }
@@ -1258,12 +1269,12 @@ impl VaultFs {
         };
         let file_fd = self.with_fd_room(|| {
             self.retry_with_access(fd.as_fd(), 0o600, || {
-                rustix::fs::open(
-                    proc.as_str(),
+                backing::open_noatime(
+                    &proc,
                     access | OFlags::CLOEXEC | OFlags::NONBLOCK,
-                    Mode::empty(),
+                    !self.config.atime.files,
                 )
-                .map_err(|e| e.raw_os_error())
+                .map_err(errno)
             })
         })?;
         let f = OpenFile::open(file_fd, &self.keyring, self.layout)

@@ -1,5 +1,6 @@
-//! Mount options: what every vaultfs mount gets (nosuid, nodev, and default_permissions
-//! wherever anyone but root can enter) and the few `-o` options a user may add.
+//! Mount options: what every vaultfs mount gets (nosuid and nodev unless root asks otherwise,
+//! and default_permissions wherever anyone but root can enter) and the `-o` options a user
+//! may add.
 
 use fuser::Config;
 use rustix::mount::MountFlags;
@@ -7,15 +8,31 @@ use rustix::mount::MountFlags;
 use crate::vault::{Result, VaultError};
 
 /// The `-o` options that are mount(2) flags, by name (also passed by name to fusermount3).
-const FLAG_OPTIONS: [(&str, MountFlags); 7] = [
+/// The atime ones also set what the daemon does (`MountSettings::atime`): FUSE leaves
+/// access times to the filesystem.
+const FLAG_OPTIONS: [(&str, MountFlags); 12] = [
     ("noexec", MountFlags::NOEXEC),
     ("exec", MountFlags::empty()),
     ("noatime", MountFlags::NOATIME),
     ("atime", MountFlags::empty()),
+    ("nodiratime", MountFlags::NODIRATIME),
+    ("diratime", MountFlags::empty()),
+    ("relatime", MountFlags::RELATIME),
+    ("strictatime", MountFlags::STRICTATIME),
+    ("lazytime", MountFlags::LAZYTIME),
     ("sync", MountFlags::SYNCHRONOUS),
     ("async", MountFlags::empty()),
     ("dirsync", MountFlags::DIRSYNC),
 ];
+
+/// Which reads update access times. The daemon's reads of a backing file or directory
+/// update its atime as the backing filesystem's own policy says (relatime on most); a
+/// `noatime` mount reads with O_NOATIME, a `nodiratime` one so lists directories.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct AtimePolicy {
+    pub files: bool,
+    pub dirs: bool,
+}
 
 fn flag_option(name: &str) -> Option<MountFlags> {
     FLAG_OPTIONS
@@ -35,6 +52,11 @@ pub struct MountSettings {
     /// `-o default_permissions`: the kernel checks permission bits even where only root can
     /// enter (see `kernel_checks_permissions`).
     pub default_permissions: bool,
+    /// `-o suid` / `-o dev` from root: set-ID bits and device nodes take effect. Off by
+    /// default: only a vault's owner can make such nodes (headers are authenticated), but
+    /// a mount that honours them is a privilege boundary the admin must choose.
+    pub suid: bool,
+    pub dev: bool,
     /// Comma-separated `-o` options, already split.
     pub options: Vec<String>,
     /// Shown as the mount's source in /proc/mounts: the vault path.
@@ -54,13 +76,16 @@ impl MountSettings {
                 "writeback_cache" => self.no_writeback_cache = false,
                 "no_writeback_cache" => self.no_writeback_cache = true,
                 "default_permissions" => self.default_permissions = true,
-                "nosuid" | "nodev" => {}
+                "nosuid" => self.suid = false,
+                "nodev" => self.dev = false,
                 flag if flag_option(flag).is_some() => {}
-                "suid" | "dev" => {
+                "suid" | "dev" if !rustix::process::geteuid().is_root() => {
                     return Err(VaultError::InvalidArgument(format!(
-                        "-o {opt}: vaultfs mounts are always nosuid,nodev (the backing storage is not trusted)"
+                        "-o {opt}: only root may mount with {opt} (mounts are nosuid,nodev by default)"
                     )));
                 }
+                "suid" => self.suid = true,
+                "dev" => self.dev = true,
                 other => {
                     return Err(VaultError::InvalidArgument(format!(
                         "-o {other}: unknown mount option"
@@ -71,9 +96,16 @@ impl MountSettings {
         Ok(())
     }
 
-    /// The mount(2) flags: always nosuid and nodev, and what `-o` adds.
+    /// The mount(2) flags: nosuid and nodev unless root asked for suid or dev, and what
+    /// `-o` adds.
     pub fn mount_flags(&self) -> MountFlags {
-        let mut flags = MountFlags::NOSUID | MountFlags::NODEV;
+        let mut flags = MountFlags::empty();
+        if !self.suid {
+            flags |= MountFlags::NOSUID;
+        }
+        if !self.dev {
+            flags |= MountFlags::NODEV;
+        }
         if self.read_only {
             flags |= MountFlags::RDONLY;
         }
@@ -81,6 +113,29 @@ impl MountSettings {
             flags |= flag_option(opt).unwrap_or(MountFlags::empty());
         }
         flags
+    }
+
+    /// Which of the daemon's reads may update access times: the last of noatime, atime,
+    /// relatime and strictatime wins for files (all but noatime leave it to the backing
+    /// filesystem), and nodiratime or noatime stop it for directories.
+    pub fn atime(&self) -> AtimePolicy {
+        let mut p = AtimePolicy {
+            files: true,
+            dirs: true,
+        };
+        for opt in &self.options {
+            match opt.as_str() {
+                "noatime" => p.files = false,
+                "atime" | "relatime" | "strictatime" => p.files = true,
+                "nodiratime" => p.dirs = false,
+                "diratime" => p.dirs = true,
+                _ => {}
+            }
+        }
+        AtimePolicy {
+            files: p.files,
+            dirs: p.dirs && p.files,
+        }
     }
 
     /// Whether the mount gets `default_permissions`, so the kernel checks permission bits.
@@ -180,6 +235,7 @@ pub fn mount_with_fusermount(
 
     let (ours, theirs) = std::os::unix::net::UnixStream::pair()?;
     let escape = |s: &str| s.replace('\\', "\\\\").replace(',', "\\,");
+    // (A user gets no suid or dev: apply_options refuses them.)
     let mut opts = vec![
         format!("fsname={}", escape(&settings.fsname)),
         "subtype=vaultfs".to_string(),

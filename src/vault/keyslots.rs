@@ -19,16 +19,9 @@ use crate::crypto::{auth, recovery_key, seal};
 
 /// Refuses to change keys while a daemon serves the vault (its lock on the marker is held).
 pub fn ensure_not_mounted(vault: &Path) -> Result<()> {
-    let marker = std::fs::File::open(vault.join(super::layout::MARKER_FILE))
-        .map_err(VaultError::io(format!("cannot open {}", vault.display())))?;
-    use std::os::fd::AsRawFd;
-    // SAFETY: flock on an fd we own; released when `marker` closes.
-    if unsafe { libc::flock(marker.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
-        return Err(VaultError::MountFailed(format!(
-            "{} is mounted: unmount it first",
-            vault.display()
-        )));
-    }
+    super::lock::lock(vault, || {
+        format!("{} is mounted: unmount it first", vault.display())
+    })?;
     Ok(())
 }
 

@@ -10,6 +10,7 @@ pub mod keyslots;
 pub mod keystore;
 pub mod layout;
 pub mod local_state;
+pub mod lock;
 pub mod pathmap;
 pub mod probe;
 pub mod rebuild;
