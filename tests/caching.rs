@@ -555,3 +555,53 @@ fn a_stream_listed_before_a_change_does_not_fill_the_cache_after_it() {
     );
     assert_eq!(names.len(), 2000 + after.len());
 }
+
+/// The inode number getdents64 gives for ".." when `fd` is read from its start.
+fn dotdot_ino(fd: i32) -> u64 {
+    // SAFETY: a valid fd.
+    assert_eq!(unsafe { libc::lseek(fd, 0, libc::SEEK_SET) }, 0);
+    let mut buf = vec![0u8; 32768];
+    // SAFETY: a valid fd and a buffer of its length.
+    let n = unsafe { libc::syscall(libc::SYS_getdents64, fd, buf.as_mut_ptr(), buf.len()) };
+    assert!(n > 0, "getdents64: {}", std::io::Error::last_os_error());
+    let mut at = 0;
+    while at < n as usize {
+        let ino = u64::from_ne_bytes(buf[at..at + 8].try_into().unwrap());
+        let reclen = u16::from_ne_bytes(buf[at + 16..at + 18].try_into().unwrap()) as usize;
+        if &buf[at + 19..at + 22] == b"..\0" {
+            return ino;
+        }
+        at += reclen;
+    }
+    panic!("no \"..\" entry");
+}
+
+/// A directory moved to another parent lists the new parent as "..": through a stream
+/// kept open across the move and read again from its start (its listing, shared by every
+/// stream of the directory, was made before the move), and through a new stream.
+#[test]
+fn a_moved_directory_lists_its_new_parent() {
+    if !fuse_available() {
+        return;
+    }
+    let v = TestVault::new(4096);
+    v.mount();
+    fs::create_dir_all(v.p("a/sub")).unwrap();
+    fs::create_dir(v.p("b")).unwrap();
+    fs::write(v.p("a/sub/f"), b"x").unwrap();
+    let ino = |rel: &str| fs::metadata(v.p(rel)).unwrap().ino();
+    let (a, b) = (ino("a"), ino("b"));
+    let held = open_dir(&v.p("a/sub"));
+    assert_eq!(dotdot_ino(held), a);
+    assert_eq!(fs::read_dir(v.p("a/sub")).unwrap().count(), 1);
+    fs::rename(v.p("a/sub"), v.p("b/sub")).unwrap();
+    assert_eq!(dotdot_ino(held), b, "the stream kept open across the move");
+    let fresh = open_dir(&v.p("b/sub"));
+    assert_eq!(dotdot_ino(fresh), b, "a new stream");
+    // SAFETY: fds this test opened.
+    unsafe {
+        libc::close(held);
+        libc::close(fresh);
+    }
+    v.unmount();
+}

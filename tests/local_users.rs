@@ -446,20 +446,7 @@ fn one_users_directories_do_not_exhaust_the_daemons_descriptors() {
     }
     let v = TestVault::new(4096);
     fs::set_permissions(v.tmp.path(), fs::Permissions::from_mode(0o755)).unwrap();
-    // A daemon that cannot raise its limit past 512: CAP_SYS_RESOURCE dropped.
-    let o = Command::new("setpriv")
-        .args(["--bounding-set", "-sys_resource", "--", "sh", "-c"])
-        .arg("ulimit -n 512 && exec \"$0\" \"$@\"")
-        .arg(env!("CARGO_BIN_EXE_vaultfs"))
-        .args(["mount", "--allow-other", "--passfile"])
-        .arg(&v.passfile)
-        .arg(&v.vault)
-        .arg(&v.mnt)
-        .env("XDG_STATE_HOME", &v.state)
-        .env_remove("RUST_LOG")
-        .output()
-        .unwrap();
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    mount_held_to_512_fds(&v);
     let pid = v.daemon_pid();
     let limits = fs::read_to_string(format!("/proc/{pid}/limits")).unwrap();
     assert!(
@@ -581,6 +568,78 @@ fn one_users_directories_do_not_exhaust_the_daemons_descriptors() {
     assert_eq!(o.stdout, b"x");
     fs::write(&stop, b"").unwrap();
     hog.wait().unwrap();
+    v.unmount();
+}
+
+/// Mounts `v` (with --allow-other) by a daemon that cannot raise its fd limit past 512:
+/// CAP_SYS_RESOURCE dropped.
+fn mount_held_to_512_fds(v: &TestVault) {
+    let o = std::process::Command::new("setpriv")
+        .args(["--bounding-set", "-sys_resource", "--", "sh", "-c"])
+        .arg("ulimit -n 512 && exec \"$0\" \"$@\"")
+        .arg(env!("CARGO_BIN_EXE_vaultfs"))
+        .args(["mount", "--allow-other", "--passfile"])
+        .arg(&v.passfile)
+        .arg(&v.vault)
+        .arg(&v.mnt)
+        .env("XDG_STATE_HOME", &v.state)
+        .env_remove("RUST_LOG")
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+}
+
+/// At the daemon's fd limit, a link or mkdir either succeeds or leaves nothing behind: an
+/// entry made in the backing directory that then could not be registered for want of a
+/// descriptor used to stay, so that the kernel (which marks its cached listing of the
+/// directory changed only on success) listed the directory without a name `stat` found.
+/// Such entries are undone now; on this code the closing of node fds on EMFILE
+/// (`with_fd_room`) lets both calls succeed, so this checks the outcome, not the undo.
+#[test]
+fn at_the_fd_limit_an_operation_succeeds_or_leaves_nothing_behind() {
+    if !root_and_fuse() {
+        return;
+    }
+    let v = TestVault::new(4096);
+    mount_held_to_512_fds(&v);
+    for i in 0..400 {
+        fs::write(v.p(&format!("f{i}")), b"x").unwrap();
+    }
+    let listed = |v: &TestVault| -> Vec<String> {
+        fs::read_dir(&v.mnt)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect()
+    };
+    assert_eq!(listed(&v).len(), 400, "the kernel now keeps this listing");
+    // Root (who has no per-user cap) holds files open until the daemon has no fd left.
+    let mut held = Vec::new();
+    for i in 0..400 {
+        match fs::File::open(v.p(&format!("f{i}"))) {
+            Ok(f) => held.push(f),
+            Err(e) => {
+                assert_eq!(e.raw_os_error(), Some(libc::EMFILE), "{e}");
+                break;
+            }
+        }
+    }
+    assert!(held.len() < 400, "the daemon ran out of descriptors");
+    let linked = fs::hard_link(v.p("f0"), v.p("new-link"));
+    let made_dir = fs::create_dir(v.p("new-dir"));
+    drop(held);
+    for (name, result) in [("new-link", linked), ("new-dir", made_dir)] {
+        let exists = fs::symlink_metadata(v.p(name)).is_ok();
+        assert_eq!(
+            result.is_ok(),
+            exists,
+            "{name}: the call said {result:?}, but the name exists: {exists}"
+        );
+        assert_eq!(
+            listed(&v).contains(&name.to_string()),
+            exists,
+            "{name}: the listing agrees with stat"
+        );
+    }
     v.unmount();
 }
 

@@ -254,6 +254,13 @@ impl DirLock {
         }
     }
 
+    /// Counts a change that needs no lock of the entries (a move of the directory itself:
+    /// its ".." changed).
+    pub(crate) fn count_change(&self) {
+        self.changes
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    }
+
     /// How many changes were made so far.
     pub(crate) fn changes(&self) -> u64 {
         self.changes.load(std::sync::atomic::Ordering::SeqCst)
@@ -959,8 +966,15 @@ impl VaultFs {
         let mut kind = backing_kind;
         {
             let mut nodes = self.nodes.lock().expect("lock");
+            // A node whose fd was closed may meet a new backing object that reuses its
+            // inode number: unless the type shows it is still a plain file or symlink, it is
+            // identified again below (kind, directory ID, node header).
             if let Some(n) = nodes.get_mut(&ino)
                 && !n.damaged
+                && (n.fd.is_some()
+                    || (n.kind == backing_kind
+                        && matches!(n.kind, FileType::RegularFile | FileType::Symlink)
+                        && st.st_size != HEADER_LEN as i64))
             {
                 if backing_kind == FileType::RegularFile && st.st_size == HEADER_LEN as i64 {
                     kind = n.kind;
@@ -1021,7 +1035,7 @@ impl VaultFs {
             names: NodeNames::new(parent, entry),
             kind,
             rdev,
-            fd: Some(Arc::new(path_fd)),
+            fd: None,
             dir_id,
             lookups: 0,
             dir_lock: Arc::default(),
@@ -1031,15 +1045,24 @@ impl VaultFs {
             prefetched: false,
         });
         n.names.saw(parent, entry);
-        if n.damaged && !damaged {
+        if n.kind != kind || n.dir_id != dir_id || n.rdev != rdev || (n.damaged && !damaged) {
+            // Another object under the same inode number (or a damaged directory that
+            // checks out now): what the node knew of the old one no longer holds.
+            n.kind = kind;
+            n.rdev = rdev;
             n.dir_id = dir_id;
-            n.damaged = false;
+            n.damaged = damaged;
+            n.page_stamp = None;
+            n.next_in_dir = None;
+        }
+        let gave_fd = n.fd.is_none();
+        if gave_fd {
+            n.fd = Some(Arc::new(path_fd));
         }
         n.lookups += 1;
         let damaged = n.damaged;
-        let fresh = n.lookups == 1;
         drop(nodes);
-        if fresh {
+        if gave_fd {
             self.loose_fd_opened(ino);
         }
         Ok((ino, self.attr_of(ino, kind, &st), damaged))

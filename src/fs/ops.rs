@@ -20,7 +20,7 @@ use super::backing::{self, SetTime};
 use super::file::OpenFile;
 use super::setid::Caller;
 use super::{
-    DirListing, DirStream, FsResult, Handle, ROOT, VaultFs, errno, order_listing, resume_at,
+    DirListing, DirStream, FsResult, Handle, Node, ROOT, VaultFs, errno, order_listing, resume_at,
 };
 use crate::crypto::dirid::seal_dir_id;
 use crate::crypto::header::{FileHeader, NodeType};
@@ -333,6 +333,23 @@ impl VaultFs {
             return Err(code);
         }
         self.register(parent, pfd.as_fd(), &pid, bn.entry())
+            .inspect_err(|_| self.undo_entry(pfd.as_fd(), &bn, true))
+    }
+
+    /// Removes an entry just made (with the directory locked for the change) that could not
+    /// be registered (out of descriptors): an operation that fails leaves nothing behind,
+    /// as the kernel, which marks its cached listing of the directory changed only when an
+    /// operation succeeds, expects.
+    fn undo_entry(&self, pfd: std::os::fd::BorrowedFd<'_>, bn: &BackingName, dir: bool) {
+        if dir {
+            if let Ok(fd) = backing::open_dir(pfd, bn.entry()) {
+                let _ = backing::unlink(fd.as_fd(), DIRID_FILE);
+            }
+            let _ = backing::rmdir(pfd, bn.entry());
+        } else {
+            let _ = backing::unlink(pfd, bn.entry());
+        }
+        self.remove_side_file(pfd, bn);
     }
 
     /// Creates a non-directory entry with `make(dir_fd, entry)`, then sets owner and mode
@@ -416,7 +433,9 @@ impl VaultFs {
                 return Err(code);
             }
         };
-        let (ino, attr, _) = self.register_stat(parent, &pid, bn.entry(), fd, st, false)?;
+        let (ino, attr, _) = self
+            .register_stat(parent, &pid, bn.entry(), fd, st, false)
+            .inspect_err(|_| self.undo_entry(pfd.as_fd(), &bn, false))?;
         let file = made.into_file().map(|f| {
             let f = Arc::new(f);
             self.open_files
@@ -610,6 +629,7 @@ impl VaultFs {
         });
     }
 
+    /// Renames; returns the directories it moved to another parent (their ".." changed).
     fn do_rename(
         &self,
         parent: u64,
@@ -617,7 +637,7 @@ impl VaultFs {
         newparent: u64,
         newname: &OsStr,
         flags: RenameFlags,
-    ) -> FsResult<()> {
+    ) -> FsResult<Vec<u64>> {
         self.writable()?;
         Self::check_name(name)?;
         Self::check_name(newname)?;
@@ -641,7 +661,11 @@ impl VaultFs {
             && dst_st.st_ino == src_st.st_ino
         {
             // Same inode (same entry, or two hard links): rename does nothing.
-            return if noreplace { Err(EEXIST) } else { Ok(()) };
+            return if noreplace {
+                Err(EEXIST)
+            } else {
+                Ok(Vec::new())
+            };
         }
         if exchange {
             let Some((dst_bn, dst_st)) = dst else {
@@ -687,7 +711,13 @@ impl VaultFs {
                 n.names
                     .moved(newparent, dst_bn.entry(), parent, src_bn.entry());
             }
-            return Ok(());
+            let moved: Vec<u64> = [(src_ino, src_is_dir), (dst_ino, dst_is_dir)]
+                .into_iter()
+                .filter(|&(_, is_dir)| is_dir && parent != newparent)
+                .map(|(ino, _)| ino)
+                .collect();
+            Self::parent_changed(&nodes, &moved);
+            return Ok(moved);
         }
         if noreplace && dst.is_some() {
             return Err(EEXIST);
@@ -778,7 +808,23 @@ impl VaultFs {
             n.names
                 .moved(parent, src_bn.entry(), newparent, dst_bn.entry());
         }
-        Ok(())
+        let moved = if src_is_dir && parent != newparent {
+            vec![src_ino]
+        } else {
+            Vec::new()
+        };
+        Self::parent_changed(&nodes, &moved);
+        Ok(moved)
+    }
+
+    /// Directories moved to another parent: their listings, which hold "..", are made
+    /// again (the kernel's are dropped once the rename is answered).
+    fn parent_changed(nodes: &std::collections::HashMap<u64, Node>, moved: &[u64]) {
+        for ino in moved {
+            if let Some(n) = nodes.get(ino) {
+                n.dir_lock.count_change();
+            }
+        }
     }
 
     #[allow(clippy::too_many_arguments)] // mirrors FUSE's setattr
@@ -1118,7 +1164,13 @@ impl Filesystem for VaultFs {
             parent.0,
             self.retry_enospc(|| self.do_rename(parent.0, name, newparent.0, newname, flags)),
         ) {
-            Ok(()) => reply.ok(),
+            Ok(moved_dirs) => {
+                reply.ok();
+                // Their ".." changed: the kernel drops the listings it keeps of them.
+                for ino in moved_dirs {
+                    self.invalidate_kernel_cache(ino);
+                }
+            }
             Err(code) => reply.error(e(code)),
         }
     }
@@ -1144,6 +1196,7 @@ impl Filesystem for VaultFs {
                 return Err(errno(err));
             }
             self.register(newparent.0, pfd.as_fd(), &pid, bn.entry())
+                .inspect_err(|_| self.undo_entry(pfd.as_fd(), &bn, false))
         })();
         match self.logged("link", ino.0, result) {
             Ok((_, attr)) => reply.entry(&self.config.ttl(), &attr, Generation(0)),

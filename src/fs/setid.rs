@@ -91,6 +91,16 @@ impl VaultFs {
         self.notifier.clone()
     }
 
+    /// Tells the kernel to drop what it caches of an inode: attributes, pages, and for a
+    /// directory its kept listing. Not while the kernel waits for a reply about it.
+    pub(crate) fn invalidate_kernel_cache(&self, ino: u64) {
+        if let Some(n) = self.notifier.get()
+            && let Err(e) = n.inval_inode(fuser::INodeNo(ino), 0, 0)
+        {
+            log::debug!("inode {ino}: cache invalidation failed: {e}");
+        }
+    }
+
     /// Drops the set-ID bits a content change by `caller` must drop; `privileged_checked`
     /// when the kernel already decided the caller lacks CAP_FSETID (FUSE_WRITE_KILL_SUIDGID).
     pub(crate) fn drop_setid_for(
