@@ -221,7 +221,7 @@ impl Checker<'_> {
                         );
                     }
                 }
-                _ if self.legacy_nodes => self.report.other += 1,
+                _ if self.legacy_nodes || crate::fs::is_whiteout(&st) => self.report.other += 1,
                 _ => self.problem(
                     ProblemKind::Foreign,
                     bp,

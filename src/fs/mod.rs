@@ -365,6 +365,13 @@ fn file_type(mode: u32) -> FileType {
     }
 }
 
+/// A backing character device 0:0: a whiteout, which `rename` with RENAME_WHITEOUT leaves at
+/// the source (overlayfs uses a vault as its upper layer so). Format 2 keeps every other
+/// FIFO, socket and device node in a header-only file.
+pub fn is_whiteout(st: &Stat) -> bool {
+    st.st_mode & libc::S_IFMT == libc::S_IFCHR && st.st_rdev == 0
+}
+
 /// How many non-directory nodes may hold an fd: half the process's fd limit (the rest is
 /// for directories, open files and the work of requests).
 fn loose_fd_budget() -> usize {
@@ -954,6 +961,7 @@ impl VaultFs {
             backing_kind,
             FileType::RegularFile | FileType::Directory | FileType::Symlink
         ) && !self.config.legacy_nodes
+            && !is_whiteout(&st)
         {
             // Format 2 keeps FIFOs, sockets and device nodes in header-only files: a backing
             // node of such a type was planted (and a FIFO would make readers hang).

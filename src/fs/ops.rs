@@ -641,10 +641,13 @@ impl VaultFs {
         self.writable()?;
         Self::check_name(name)?;
         Self::check_name(newname)?;
-        if flags.contains(RenameFlags::RENAME_WHITEOUT) {
+        let exchange = flags.contains(RenameFlags::RENAME_EXCHANGE);
+        // A whiteout (overlayfs) is left at the source by the backing rename itself, as a
+        // character device 0:0: atomic, and harmless in the backing tree (no driver).
+        let whiteout = flags.contains(RenameFlags::RENAME_WHITEOUT);
+        if whiteout && exchange {
             return Err(EINVAL);
         }
-        let exchange = flags.contains(RenameFlags::RENAME_EXCHANGE);
         let noreplace = flags.contains(RenameFlags::RENAME_NOREPLACE);
         let (pfd, pid, plock) = self.dir(parent)?;
         let (npfd, npid, nplock) = self.dir(newparent)?;
@@ -773,11 +776,14 @@ impl VaultFs {
             restore(removed_dir_id);
             return Err(code);
         }
-        let rflags = if noreplace {
+        let mut rflags = if noreplace {
             rustix::fs::RenameFlags::NOREPLACE
         } else {
             rustix::fs::RenameFlags::empty()
         };
+        if whiteout {
+            rflags |= rustix::fs::RenameFlags::WHITEOUT;
+        }
         if let Err(err) = backing::rename(
             pfd.as_fd(),
             src_bn.entry(),
@@ -800,7 +806,8 @@ impl VaultFs {
             self.sync_dirs(parent, newparent);
             self.commit_dir_id(fd);
         }
-        if parent != newparent || src_bn.entry() != dst_bn.entry() {
+        // (The whiteout keeps the source name, and so its side file.)
+        if (parent != newparent || src_bn.entry() != dst_bn.entry()) && !whiteout {
             self.remove_side_file(pfd.as_fd(), &src_bn);
         }
         let mut nodes = self.nodes.lock().expect("lock");
