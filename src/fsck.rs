@@ -191,7 +191,10 @@ impl Checker<'_> {
             match st.st_mode & libc::S_IFMT {
                 libc::S_IFDIR => match backing::open_dir_path(fd, &e.name) {
                     Ok(child) => match self.dir_id(child.as_fd(), id, &e.name) {
-                        Ok(child_id) => self.dir(child.as_fd(), &child_id, &bp, &pp),
+                        Ok(child_id) => {
+                            self.xattrs(fd, &e.name, &bp, &pp);
+                            self.dir(child.as_fd(), &child_id, &bp, &pp)
+                        }
                         Err(why) => self.problem(ProblemKind::BadDirectoryId, bp, Some(pp), why),
                     },
                     Err(err) => {
@@ -207,6 +210,7 @@ impl Checker<'_> {
                 }
                 libc::S_IFLNK => {
                     self.report.symlinks += 1;
+                    self.xattrs(fd, &e.name, &bp, &pp);
                     let ok = backing::readlink(fd, &e.name)
                         .map_err(|e| e.to_string())
                         .and_then(|t| {
@@ -295,6 +299,8 @@ impl Checker<'_> {
     }
 
     fn xattrs(&mut self, dir: BorrowedFd<'_>, name: &str, bp: &str, pp: &str) {
+        let on_trusted_backing = backing::lstat(dir, name)
+            .is_ok_and(|st| !matches!(st.st_mode & libc::S_IFMT, libc::S_IFREG | libc::S_IFDIR));
         let Ok(fd) = rustix::fs::openat(
             dir,
             name,
@@ -310,8 +316,13 @@ impl Checker<'_> {
         };
         for raw in buf[..n]
             .split(|&b| b == 0)
-            .filter(|s| s.starts_with(b"user."))
+            .filter(|s| s.starts_with(b"user.") || s.starts_with(b"trusted."))
         {
+            // A backing trusted.* attribute is vaultfs's only on a symlink or whiteout
+            // (FORMAT.md section 7); elsewhere it belongs to the backing system.
+            if raw.starts_with(b"trusted.") && !on_trusted_backing {
+                continue;
+            }
             let Ok(xname) = std::str::from_utf8(raw) else {
                 continue;
             };

@@ -233,9 +233,12 @@ impl Walker<'_> {
                         self.header(dir, &entry)?;
                     }
                 }
-                libc::S_IFLNK => self.symlink(dir, &entry)?,
+                libc::S_IFLNK => {
+                    self.symlink(dir, &entry)?;
+                    self.xattrs(dir, &entry)?;
+                }
                 _ if self.convert_nodes => self.convert_node(dir, &entry, &st)?,
-                _ => {}
+                _ => self.xattrs(dir, &entry)?,
             }
             (self.progress)(&self.stats);
         }
@@ -258,7 +261,10 @@ impl Walker<'_> {
                     self.stats.damaged += 1;
                 }
             }
-            libc::S_IFLNK => self.symlink(dir, entry)?,
+            libc::S_IFLNK => {
+                self.symlink(dir, entry)?;
+                self.xattrs(dir, entry)?;
+            }
             libc::S_IFDIR => {
                 let child = backing::open_dir_path(dir, entry)
                     .map_err(io_err(format!("cannot open directory '{entry}'")))?;
@@ -478,6 +484,11 @@ impl Walker<'_> {
             at(st.st_atime, st.st_atime_nsec as i64),
             at(st.st_mtime, st.st_mtime_nsec as i64),
         );
+        // The new symlink is a new inode: its attributes (trusted.*, FORMAT.md section 7)
+        // come along before it replaces the old one, and are rotated after (`xattrs`).
+        copy_link_xattrs(dir, entry, &temp).inspect_err(|_| {
+            let _ = backing::unlink(dir, &temp);
+        })?;
         backing::rename(dir, &temp, dir, entry, rustix::fs::RenameFlags::empty())
             .map_err(io_err("cannot replace a symlink".into()))
     }
@@ -499,7 +510,7 @@ impl Walker<'_> {
         };
         let names: Vec<Vec<u8>> = buf[..n]
             .split(|&b| b == 0)
-            .filter(|s| s.starts_with(b"user."))
+            .filter(|s| s.starts_with(b"user.") || s.starts_with(b"trusted."))
             .map(<[u8]>::to_vec)
             .collect();
         for raw in names {
@@ -518,7 +529,11 @@ impl Walker<'_> {
             let len = rustix::fs::getxattr(path.as_str(), old_name.as_str(), &mut value[..])
                 .map_err(|e| VaultError::InvalidArgument(format!("xattr: {e}")))?;
             let plain = blob::open_xattr_value(self.keyring, &old_name, &value[..len])?;
-            let new_name = blob::encrypt_xattr_name(self.new, &plain_name)?;
+            let mut new_name = blob::encrypt_xattr_name(self.new, &plain_name)?;
+            if raw.starts_with(blob::BACKING_TRUSTED_PREFIX.as_bytes()) {
+                // A symlink's or whiteout's (section 7): it stays under trusted.
+                new_name = blob::on_trusted_backing(&new_name);
+            }
             let sealed = blob::seal_xattr_value(self.new, &new_name, &plain)?;
             rustix::fs::setxattr(
                 path.as_str(),
@@ -652,40 +667,44 @@ fn write_reencrypted(
         let _ = backing::chown_fd(keep.as_fd(), Some(st.st_uid), Some(st.st_gid));
     }
     backing::chmod_fd(keep.as_fd(), st.st_mode & 0o7777).map_err(io_err("chmod".into()))?;
-    copy_xattrs(src, keep.as_fd());
+    copy_xattrs(src, keep.as_fd(), b"user.")?;
     restore_times(keep.as_fd(), &st);
     backing::fsync(keep.as_fd()).map_err(io_err("fsync".into()))?;
     Ok(Ok(()))
 }
 
-/// Copies the (already sealed) user xattrs: their values are bound to their names, not to
-/// the file, so they move as they are.
-fn copy_xattrs(from: BorrowedFd<'_>, to: BorrowedFd<'_>) {
+/// Copies the (already sealed) backing xattrs whose names start with `prefix` (`user.` on
+/// files, `trusted.` on symlinks): their values are bound to their names, not to the inode,
+/// so they move as they are. A failure stops the step (the copy is not put in place), so no
+/// attribute is lost.
+fn copy_xattrs(from: BorrowedFd<'_>, to: BorrowedFd<'_>, prefix: &[u8]) -> Result<()> {
     let (pf, pt) = (
         format!("/proc/self/fd/{}", from.as_raw_fd()),
         format!("/proc/self/fd/{}", to.as_raw_fd()),
     );
+    let xerr = |e: rustix::io::Errno| VaultError::InvalidArgument(format!("xattr: {e}"));
     let mut buf = vec![0u8; 65536];
-    let Ok(n) = rustix::fs::listxattr(pf.as_str(), &mut buf[..]) else {
-        return;
+    let n = match rustix::fs::listxattr(pf.as_str(), &mut buf[..]) {
+        Ok(n) => n,
+        Err(rustix::io::Errno::NOTSUP) => return Ok(()),
+        Err(e) => return Err(xerr(e)),
     };
     for name in buf[..n]
         .split(|&b| b == 0)
-        .filter(|s| s.starts_with(b"user."))
+        .filter(|s| s.starts_with(prefix))
     {
-        let Ok(name) = std::str::from_utf8(name) else {
-            continue;
-        };
+        let name = String::from_utf8_lossy(name).into_owned();
         let mut value = vec![0u8; 65536];
-        if let Ok(len) = rustix::fs::getxattr(pf.as_str(), name, &mut value[..]) {
-            let _ = rustix::fs::setxattr(
-                pt.as_str(),
-                name,
-                &value[..len],
-                rustix::fs::XattrFlags::empty(),
-            );
-        }
+        let len = rustix::fs::getxattr(pf.as_str(), name.as_str(), &mut value[..]).map_err(xerr)?;
+        rustix::fs::setxattr(
+            pt.as_str(),
+            name.as_str(),
+            &value[..len],
+            rustix::fs::XattrFlags::empty(),
+        )
+        .map_err(xerr)?;
     }
+    Ok(())
 }
 
 /// A hard-link group being relinked to its re-encrypted file (kept in the rotation row's
@@ -1017,4 +1036,20 @@ pub fn lock_vault(vault: &Path) -> Result<std::fs::File> {
     crate::vault::lock::lock(vault, || {
         format!("{} is mounted: unmount it, then rotate", vault.display())
     })
+}
+
+/// Copies the backing `trusted.*` attributes of symlink `from` to symlink `to` (both in
+/// `dir`), as they are.
+fn copy_link_xattrs(dir: BorrowedFd<'_>, from: &str, to: &str) -> Result<()> {
+    let open = |name: &str| {
+        rustix::fs::openat(
+            dir,
+            name,
+            rustix::fs::OFlags::PATH | rustix::fs::OFlags::NOFOLLOW | rustix::fs::OFlags::CLOEXEC,
+            rustix::fs::Mode::empty(),
+        )
+        .map_err(|e| VaultError::InvalidArgument(format!("symlink '{name}': {e}")))
+    };
+    // The (following) xattr calls on an O_PATH fd's /proc path reach the symlink itself.
+    copy_xattrs(open(from)?.as_fd(), open(to)?.as_fd(), b"trusted.")
 }

@@ -47,7 +47,7 @@ fn init_then_status_json() {
     let o = vaultfs(tmp.path(), &["status", "--json", v]);
     assert!(o.status.success(), "{}", stderr(&o));
     let s: Value = serde_json::from_slice(&o.stdout).unwrap();
-    assert_eq!(s["format_version"], 2);
+    assert_eq!(s["format_version"], 3);
     assert_eq!(s["chunk_size"], 65536);
     let slots = s["keyslots"].as_array().unwrap();
     assert_eq!(slots.len(), 2);
@@ -267,7 +267,7 @@ fn version_names_the_format() {
     let tmp = tempfile::tempdir().unwrap();
     let o = vaultfs(tmp.path(), &["--version"]);
     assert!(
-        String::from_utf8_lossy(&o.stdout).contains("on-disk format 2"),
+        String::from_utf8_lossy(&o.stdout).contains("on-disk format 3"),
         "{:?}",
         o
     );

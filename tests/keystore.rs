@@ -215,7 +215,7 @@ fn newer_versions_are_refused() {
     assert_eq!(e.exit_code(), exitcodes::NEWER_FORMAT);
     assert!(e.to_string().contains("upgrade vaultfs"));
     fs::write(&db, &good).unwrap();
-    sql(&vault, "UPDATE config SET format_version = 3;");
+    sql(&vault, "UPDATE config SET format_version = 4;");
     assert!(matches!(
         err(unlock(&vault, None, false, PASSWORD)),
         VaultError::NewerFormat { .. }
@@ -224,7 +224,7 @@ fn newer_versions_are_refused() {
     let marker = fs::read_to_string(vault.join("vaultfs.vault")).unwrap();
     fs::write(
         vault.join("vaultfs.vault"),
-        marker.replace("format-version: 2", "format-version: 9"),
+        marker.replace("format-version: 3", "format-version: 9"),
     )
     .unwrap();
     assert!(matches!(

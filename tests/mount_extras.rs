@@ -122,8 +122,6 @@ fn extended_attributes() {
             ),
             Err(libc::E2BIG)
         );
-        // Other namespaces are not stored.
-        assert_eq!(setx(&f, "trusted.x", b"v", 0), Err(libc::EOPNOTSUPP));
         // Remove.
         // SAFETY: valid strings.
         let n = CString::new("user.empty").unwrap();
@@ -146,6 +144,125 @@ fn extended_attributes() {
         let dump = v.backing_dump();
         assert!(!contains(&dump, b"PlaintextXattrValue") && !contains(&dump, b"comment"));
     });
+}
+
+/// `trusted.*` (overlayfs's own attributes) and `security.*` (labels) are stored, encrypted
+/// by their whole name: root sees and sets trusted ones, other users neither see nor set
+/// them; an absent label is "not supported" so `ls -l` stops asking. They survive a remount
+/// and a rotation, fsck accepts them, and a vault holding them is format 3 (a format-2
+/// vaultfs would skip them and lose them in a rotation).
+#[test]
+fn trusted_and_security_attributes_are_stored_encrypted() {
+    use std::os::unix::fs::PermissionsExt;
+    use std::os::unix::process::CommandExt;
+    if !common::root_and_fuse() {
+        return;
+    }
+    let v = TestVault::new(4096);
+    let o = v.mount_args(&["--allow-other"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    fs::set_permissions(v.tmp.path(), fs::Permissions::from_mode(0o755)).unwrap();
+    fs::set_permissions(&v.mnt, fs::Permissions::from_mode(0o755)).unwrap();
+    let (f, d) = (v.p("file"), v.p("dir"));
+    fs::write(&f, b"x").unwrap();
+    fs::set_permissions(&f, fs::Permissions::from_mode(0o666)).unwrap();
+    fs::create_dir(&d).unwrap();
+    setx(&f, "trusted.overlay.origin", b"SecretOrigin", 0).unwrap();
+    setx(&d, "trusted.overlay.opaque", b"y", 0).unwrap();
+    setx(&f, "security.label", b"SecretLabel", 0).unwrap();
+    setx(&f, "user.plain", b"u", 0).unwrap();
+    // A symlink itself takes them too (not user.*, as on any Linux filesystem).
+    let l = v.p("lnk");
+    std::os::unix::fs::symlink("file", &l).unwrap();
+    let lset = |name: &str, value: &[u8]| {
+        let n = CString::new(name).unwrap();
+        // SAFETY: valid strings and buffer.
+        let r = unsafe {
+            libc::lsetxattr(
+                cpath(&l).as_ptr(),
+                n.as_ptr(),
+                value.as_ptr().cast(),
+                value.len(),
+                0,
+            )
+        };
+        if r == 0 { Ok(()) } else { Err(last_errno()) }
+    };
+    lset("trusted.on-link", b"SecretOnLink").unwrap();
+    assert_eq!(lset("user.on-link", b"x"), Err(libc::EPERM));
+    assert_eq!(
+        setx(&f, "trusted.overlay.origin", b"z", libc::XATTR_CREATE),
+        Err(libc::EEXIST)
+    );
+    assert_eq!(getx(&f, "security.selinux"), Err(libc::EOPNOTSUPP));
+    assert_eq!(getx(&f, "trusted.absent"), Err(libc::ENODATA));
+    let check = |v: &TestVault| {
+        assert_eq!(getx(&f, "trusted.overlay.origin").unwrap(), b"SecretOrigin");
+        assert_eq!(getx(&d, "trusted.overlay.opaque").unwrap(), b"y");
+        assert_eq!(getx(&f, "security.label").unwrap(), b"SecretLabel");
+        assert_eq!(
+            listx(&f),
+            ["security.label", "trusted.overlay.origin", "user.plain"]
+        );
+        let mut buf = vec![0u8; 256];
+        let n = CString::new("trusted.on-link").unwrap();
+        // SAFETY: valid strings and buffer.
+        let r = unsafe {
+            libc::lgetxattr(
+                cpath(&l).as_ptr(),
+                n.as_ptr(),
+                buf.as_mut_ptr().cast(),
+                buf.len(),
+            )
+        };
+        assert!(r > 0, "lgetxattr: {r} {}", last_errno());
+        assert_eq!(&buf[..r as usize], b"SecretOnLink");
+        assert!(getx(&l, "trusted.on-link").is_err(), "the target has none");
+        // Another user: trusted ones are neither listed nor settable (the kernel refuses
+        // the set before it reaches vaultfs).
+        let o = std::process::Command::new("sh")
+            .arg("-c")
+            .arg("getfattr --absolute-names -d -m - \"$0\"; setfattr -n trusted.mine -v 1 \"$0\" && echo SET")
+            .arg(&f)
+            .uid(65534)
+            .gid(65534)
+            .output()
+            .unwrap();
+        let out = String::from_utf8_lossy(&o.stdout);
+        assert!(
+            out.contains("user.plain") && !out.contains("trusted") && !out.contains("SET"),
+            "{out}{}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        let dump = v.backing_dump();
+        for secret in [
+            &b"SecretOrigin"[..],
+            b"SecretLabel",
+            b"SecretOnLink",
+            b"on-link",
+            b"overlay",
+            b"trusted",
+            b"security.",
+        ] {
+            assert!(
+                !contains(&dump, secret),
+                "{}",
+                String::from_utf8_lossy(secret)
+            );
+        }
+    };
+    check(&v);
+    v.unmount();
+    let marker = fs::read_to_string(v.vault.join("vaultfs.vault")).unwrap();
+    assert!(marker.contains("format-version: 3"), "{marker}");
+    let o = v.with_password(&["rotate"]).output().unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let o = v.with_password(&["fsck"]).output().unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stdout));
+    let o = v.mount_args(&["--allow-other"]);
+    assert!(o.status.success());
+    check(&v);
+    v.unmount();
 }
 
 fn read_all(p: &Path) -> Vec<u8> {
@@ -377,10 +494,11 @@ fn copy_file_range_and_sendfile() {
     });
 }
 
-/// vaultfs stores `user.*` only: other namespaces are "not supported", as from a filesystem
-/// with no handler for them (ls -l then stops asking for SELinux labels and ACLs after the
-/// first file). Where the kernel handles ACLs (POSIX_ACL, granted where it checks
-/// permissions), an ACL is "not there" instead: the kernel's permission checks ask for it.
+/// What vaultfs does not store, or does not have: an absent label and file capabilities are
+/// "not supported", as from a filesystem with no handler for them (ls -l then stops asking
+/// for SELinux labels and ACLs after the first file); an absent trusted attribute is "no
+/// such attribute". Where the kernel handles ACLs (POSIX_ACL, granted where it checks
+/// permissions), an ACL is "not there": the kernel's permission checks ask for it.
 #[test]
 fn foreign_xattr_namespaces_are_unsupported() {
     if !common::fuse_available() {
@@ -398,12 +516,15 @@ fn foreign_xattr_namespaces_are_unsupported() {
         fs::write(&f, b"x").unwrap();
         let kernel_acls = !args.is_empty() || !root;
         for target in [f.clone(), v.p("")] {
-            for name in ["security.selinux", "security.capability", "trusted.x"] {
+            for name in ["security.selinux", "security.capability"] {
                 assert_eq!(
                     getx(&target, name),
                     Err(libc::EOPNOTSUPP),
                     "{name} {args:?}"
                 );
+            }
+            if root {
+                assert_eq!(getx(&target, "trusted.x"), Err(libc::ENODATA));
             }
             let no_acl = if kernel_acls {
                 libc::ENODATA
@@ -419,7 +540,7 @@ fn foreign_xattr_namespaces_are_unsupported() {
                 }
                 assert_eq!(got, Err(no_acl), "{name} {args:?}");
             }
-            let n = CString::new("trusted.x").unwrap();
+            let n = CString::new("security.capability").unwrap();
             // SAFETY: valid strings.
             let r = unsafe { libc::removexattr(cpath(&target).as_ptr(), n.as_ptr()) };
             assert_eq!((r, last_errno()), (-1, libc::EOPNOTSUPP));

@@ -622,8 +622,8 @@ fn a_vault_made_without_sparse_stores_no_holes() {
     }
 }
 
-/// Format 2 upgrade: a format-1 vault (the committed test vector) mounts; a writable mount
-/// raises its marker to format 2 before writing version-2 headers (so an older vaultfs
+/// Format upgrade: a format-1 vault (the committed test vector) mounts; a writable mount
+/// raises its marker to the current format (3) before writing version-2 headers (so an older vaultfs
 /// refuses it whole), old files still read, and the first key-changing command raises the
 /// key database's format version.
 #[test]
@@ -667,7 +667,7 @@ fn a_format_1_vault_mounts_and_is_upgraded_by_its_first_writer() {
     assert!(marker().contains("format-version: 1"));
     // Writable: the marker first, then version-2 files beside version-1 ones.
     run_ok(&mut mount_cmd(&state, &pw, &vault, &mnt));
-    assert!(marker().contains("format-version: 2"), "{}", marker());
+    assert!(marker().contains("format-version: 3"), "{}", marker());
     fs::write(mnt.join("new"), b"written by format 2").unwrap();
     assert_eq!(
         fs::read(mnt.join("hello.txt")).unwrap(),
@@ -696,7 +696,7 @@ fn a_format_1_vault_mounts_and_is_upgraded_by_its_first_writer() {
             .arg(&pw2)
             .arg(&vault),
     );
-    assert_eq!(db_format(), 2);
+    assert_eq!(db_format(), 3);
     run_ok(&mut mount_cmd(&state, &pw2, &vault, &mnt));
     assert_eq!(fs::read(mnt.join("new")).unwrap(), b"written by format 2");
     run_ok(vaultfs(&state).arg("unmount").arg(&mnt));

@@ -17,7 +17,10 @@ use crate::vault::init::{InitOptions, init, open_keystore};
 use crate::vault::{Result, VaultError, status};
 use password::PasswordArgs;
 
-const LONG_VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), " (on-disk format 2; reads 1)");
+const LONG_VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (on-disk format 3; reads 1 and 2)"
+);
 
 #[derive(Debug, Parser)]
 #[command(name = "vaultfs", version, long_version = LONG_VERSION, about = "Encrypted filesystem with per-file keys, keyslots and master-key rotation")]

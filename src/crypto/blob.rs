@@ -99,49 +99,117 @@ pub fn open_symlink(keyring: &Keyring, backing_target: &[u8]) -> Result<Vec<u8>,
     open(keyring, |g| &g.symlink, SYMLINK_CONTEXT, &blob)
 }
 
-/// Encrypts a plaintext xattr name (`user.*` only) to its backing name under `keys`.
+/// The namespaces besides `user.` whose xattrs a vault stores, by their whole name (format
+/// 3): trusted (overlayfs's `trusted.overlay.*`, root only), security (SELinux labels), and
+/// the two POSIX ACL names.
+pub const FULL_NAME_NAMESPACES: [&str; 4] = [
+    "trusted.",
+    "security.",
+    "system.posix_acl_access",
+    "system.posix_acl_default",
+];
+
+/// The SIV associated data of a whole-name xattr name. A `user.*` name is sealed without
+/// any, so the two kinds never decrypt as each other, and a format-2 reader, which knows
+/// only the first, skips the second.
+const FULL_NAME_AD: &[u8] = b"vaultfs v1 xattr full name";
+
+/// Whether `name` is a plaintext xattr name a vault stores: a non-empty name in `user.`,
+/// `trusted.` or `security.`, or one of the two ACL names.
+pub fn is_stored_xattr(name: &[u8]) -> bool {
+    FULL_NAME_NAMESPACES
+        .iter()
+        .chain(&[XATTR_USER_PREFIX])
+        .any(|ns| match name.strip_prefix(ns.as_bytes()) {
+            Some(rest) => rest.is_empty() != ns.ends_with('.'),
+            None => false,
+        })
+}
+
+/// Encrypts a plaintext xattr name to its backing name under `keys` (a `user.*` backing
+/// name whatever the namespace, so any backing filesystem and any daemon can hold it):
+/// a `user.*` name by what follows `user.`, any other stored one by its whole name.
 pub fn encrypt_xattr_name(keys: &GenerationKeys, name: &[u8]) -> Result<String, CryptoError> {
-    let suffix = name
-        .strip_prefix(XATTR_USER_PREFIX.as_bytes())
-        .ok_or(CryptoError::Malformed(
-            "only user.* extended attributes are supported",
-        ))?;
-    if suffix.is_empty() {
+    let (plain, ad): (&[u8], &[&[u8]]) =
+        if let Some(suffix) = name.strip_prefix(XATTR_USER_PREFIX.as_bytes()) {
+            (suffix, &[])
+        } else if is_stored_xattr(name) {
+            (name, &[FULL_NAME_AD])
+        } else {
+            return Err(CryptoError::Malformed(
+                "extended attributes of this namespace are not stored",
+            ));
+        };
+    if plain.is_empty() {
         return Err(CryptoError::Malformed("empty extended attribute name"));
     }
-    if suffix.len() > XATTR_NAME_MAX {
+    if plain.len() > XATTR_NAME_MAX {
         return Err(CryptoError::TooLong);
     }
-    let pad = NAME_PAD - suffix.len() % NAME_PAD;
-    let mut padded = suffix.to_vec();
-    padded.resize(suffix.len() + pad, pad as u8);
-    let sealed = siv::seal(&keys.xattr_name, &[], &padded);
+    let pad = NAME_PAD - plain.len() % NAME_PAD;
+    let mut padded = plain.to_vec();
+    padded.resize(plain.len() + pad, pad as u8);
+    let sealed = siv::seal(&keys.xattr_name, ad, &padded);
     Ok(format!(
         "{XATTR_USER_PREFIX}{}",
         BASE64URL_NOPAD.encode(&sealed)
     ))
 }
 
-/// Decrypts a backing xattr name; returns the plaintext name (with `user.`) and generation.
+/// Prefix of a backing xattr name on a backing inode that takes no `user.*` attributes (a
+/// symlink, a whiteout): format 3 puts a whole-name attribute there under `trusted.`.
+pub const BACKING_TRUSTED_PREFIX: &str = "trusted.";
+
+/// The backing name `user_form` (from `encrypt_xattr_name`) has on a backing symlink or
+/// whiteout: the same encoding under `trusted.`.
+pub fn on_trusted_backing(user_form: &str) -> String {
+    let encoded = user_form
+        .strip_prefix(XATTR_USER_PREFIX)
+        .expect("encrypt_xattr_name gives user. names");
+    format!("{BACKING_TRUSTED_PREFIX}{encoded}")
+}
+
+/// Decrypts a backing xattr name (`user.` or `trusted.` and the encoding); returns the
+/// plaintext name (with its namespace) and the generation. A `user.*` plaintext name is
+/// never found under `trusted.`.
 pub fn decrypt_xattr_name(
     keyring: &Keyring,
     backing: &[u8],
 ) -> Result<(Vec<u8>, u32), CryptoError> {
-    let encoded = backing
-        .strip_prefix(XATTR_USER_PREFIX.as_bytes())
-        .ok_or(CryptoError::Malformed("not a user xattr"))?;
+    let (encoded, on_trusted) = match backing.strip_prefix(XATTR_USER_PREFIX.as_bytes()) {
+        Some(e) => (e, false),
+        None => (
+            backing
+                .strip_prefix(BACKING_TRUSTED_PREFIX.as_bytes())
+                .ok_or(CryptoError::Malformed("not a vaultfs xattr"))?,
+            true,
+        ),
+    };
     let sealed = BASE64URL_NOPAD
         .decode(encoded)
         .map_err(|_| CryptoError::Malformed("xattr name"))?;
     for keys in keyring.live() {
-        if let Ok(mut padded) = siv::open(&keys.xattr_name, &[], &sealed) {
+        for full in [false, true] {
+            if on_trusted && !full {
+                continue;
+            }
+            let ad: &[&[u8]] = if full { &[FULL_NAME_AD] } else { &[] };
+            let Ok(mut padded) = siv::open(&keys.xattr_name, ad, &sealed) else {
+                continue;
+            };
             let pad = *padded.last().ok_or(CryptoError::Malformed("xattr name"))? as usize;
             if pad == 0 || pad > NAME_PAD || pad >= padded.len() {
                 return Err(CryptoError::Malformed("xattr name padding"));
             }
             padded.truncate(padded.len() - pad);
-            let mut name = XATTR_USER_PREFIX.as_bytes().to_vec();
-            name.extend_from_slice(&padded);
+            let name = if full {
+                if !is_stored_xattr(&padded) || padded.starts_with(XATTR_USER_PREFIX.as_bytes()) {
+                    return Err(CryptoError::Malformed("xattr name namespace"));
+                }
+                padded
+            } else {
+                [XATTR_USER_PREFIX.as_bytes(), &padded].concat()
+            };
             return Ok((name, keys.generation));
         }
     }
@@ -201,6 +269,20 @@ mod tests {
         }
     }
 
+    /// Known answers: the two name encodings are on-disk format (FORMAT.md section 7).
+    #[test]
+    fn xattr_name_encodings_are_fixed() {
+        let kr = keyring_with(1, 6);
+        assert_eq!(
+            encrypt_xattr_name(kr.active(), b"user.comment").unwrap(),
+            "user.Z7Rq-2g614hQfwLGmDYYt2OZSZ_rrfKFIPheZ44ScxE"
+        );
+        assert_eq!(
+            encrypt_xattr_name(kr.active(), b"trusted.overlay.opaque").unwrap(),
+            "user.70Xrg7btlPc5J2JcBCv5S1EK24lf3mE4Typwys64uPMQS6zn7NMEX4gtr1_u0VG3"
+        );
+    }
+
     #[test]
     fn xattr_names_and_values() {
         let kr = rotating_keyring();
@@ -216,7 +298,46 @@ mod tests {
         );
         let old = encrypt_xattr_name(kr.retiring().unwrap(), b"user.x").unwrap();
         assert_eq!(decrypt_xattr_name(&kr, old.as_bytes()).unwrap().1, 1);
-        assert!(encrypt_xattr_name(kr.active(), b"security.selinux").is_err());
+        // Other namespaces: by their whole name, never confused with a user name.
+        for full in [
+            b"trusted.overlay.opaque".as_slice(),
+            b"security.selinux",
+            b"system.posix_acl_access",
+            b"system.posix_acl_default",
+        ] {
+            let n = encrypt_xattr_name(kr.active(), full).unwrap();
+            assert!(n.starts_with("user."));
+            assert_eq!(
+                decrypt_xattr_name(&kr, n.as_bytes()).unwrap(),
+                (full.to_vec(), 2)
+            );
+        }
+        assert_ne!(
+            encrypt_xattr_name(kr.active(), b"user.trusted.x").unwrap(),
+            encrypt_xattr_name(kr.active(), b"trusted.x").unwrap()
+        );
+        // On a symlink: the same encoding under trusted.; a user name is never there.
+        let t = on_trusted_backing(&encrypt_xattr_name(kr.active(), b"security.x").unwrap());
+        assert!(t.starts_with("trusted."));
+        assert_eq!(
+            decrypt_xattr_name(&kr, t.as_bytes()).unwrap().0,
+            b"security.x"
+        );
+        let u = on_trusted_backing(&encrypt_xattr_name(kr.active(), b"user.x").unwrap());
+        assert!(decrypt_xattr_name(&kr, u.as_bytes()).is_err());
+        for refused in [
+            b"system.nfs4_acl".as_slice(),
+            b"other.x",
+            b"user.",
+            b"trusted",
+            b"trusted.",
+            b"system.posix_acl_access2",
+        ] {
+            assert!(
+                encrypt_xattr_name(kr.active(), refused).is_err(),
+                "{refused:?}"
+            );
+        }
         let longest = [b"user.".as_slice(), &[b'n'; XATTR_NAME_MAX]].concat();
         assert!(encrypt_xattr_name(kr.active(), &longest).unwrap().len() <= BACKING_XATTR_NAME_MAX);
         let too_long = [b"user.".as_slice(), &[b'n'; XATTR_NAME_MAX + 1]].concat();

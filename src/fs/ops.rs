@@ -1533,11 +1533,11 @@ impl Filesystem for VaultFs {
         );
     }
 
-    fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: fuser::ReplyXattr) {
+    fn listxattr(&self, req: &Request, ino: INodeNo, size: u32, reply: fuser::ReplyXattr) {
         super::xattr::reply_sized(
             reply,
             size,
-            self.logged("listxattr", ino.0, self.do_listxattr(ino.0)),
+            self.logged("listxattr", ino.0, self.do_listxattr(ino.0, req.uid())),
         );
     }
 

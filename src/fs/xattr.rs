@@ -1,7 +1,9 @@
-//! User extended attributes: names encrypted deterministically (so a lookup can find them),
-//! values sealed (docs/FORMAT.md section 7). Only `user.*` on regular files and directories,
-//! as Linux allows; other namespaces are not stored (a backing tree must not carry plaintext
-//! security labels or ACLs).
+//! Extended attributes: names encrypted deterministically (so a lookup can find them), values
+//! sealed (docs/FORMAT.md section 7), on regular files and directories. `user.*`,
+//! `trusted.*` (overlayfs; the kernel lets only CAP_SYS_ADMIN set or read them, and only
+//! root sees them listed) and `security.*` (SELinux labels) are stored; POSIX ACLs and
+//! `security.capability` are not yet. Nothing is stored in the clear: a backing tree must
+//! not carry plaintext labels or ACLs.
 
 use std::ffi::{CString, OsStr};
 use std::os::fd::{AsRawFd, BorrowedFd};
@@ -12,7 +14,7 @@ use libc::{E2BIG, EEXIST, EIO, ENODATA, EOPNOTSUPP, EPERM, ERANGE};
 
 use super::{FsResult, VaultFs};
 use crate::crypto::CryptoError;
-use crate::crypto::blob::{self, XATTR_USER_PREFIX};
+use crate::crypto::blob;
 
 /// Longest plaintext xattr list or value the kernel accepts (XATTR_SIZE_MAX).
 const XATTR_SIZE_MAX: usize = 65536;
@@ -63,31 +65,68 @@ fn list_raw(path: &CString) -> FsResult<Vec<Vec<u8>>> {
         .collect())
 }
 
+/// The backing inode whose xattrs hold a node's.
+struct Target {
+    /// A path the (following) xattr calls take to exactly that inode, a symlink included.
+    path: CString,
+    kind: FileType,
+    /// Whether the backing inode takes `user.*` attributes (regular files, directories).
+    /// Linux allows none on symlinks and device nodes: a symlink's (or whiteout's)
+    /// attributes of other namespaces go under `trusted.` there, which needs a root daemon.
+    takes_user: bool,
+    fd: std::sync::Arc<std::os::fd::OwnedFd>,
+}
+
+impl Target {
+    /// Whether this node may hold plaintext attribute `name`: `user.*` only on regular
+    /// files and directories (as Linux has it), the other namespaces on every kind.
+    fn allows(&self, name: &OsStr) -> bool {
+        !name
+            .as_bytes()
+            .starts_with(blob::XATTR_USER_PREFIX.as_bytes())
+            || matches!(self.kind, FileType::RegularFile | FileType::Directory)
+    }
+}
+
 impl VaultFs {
-    /// The backing inode of a node, as a path the xattr calls follow to exactly that inode.
-    fn xattr_target(
-        &self,
-        ino: u64,
-    ) -> FsResult<(CString, FileType, std::sync::Arc<std::os::fd::OwnedFd>)> {
+    fn xattr_target(&self, ino: u64) -> FsResult<Target> {
         let (kind, fd) = self.node_kind_fd(ino)?;
-        Ok((proc_path(std::os::fd::AsFd::as_fd(&*fd)), kind, fd))
+        let st = super::backing::fstat(std::os::fd::AsFd::as_fd(&*fd)).map_err(super::errno)?;
+        let backing_type = st.st_mode & libc::S_IFMT;
+        Ok(Target {
+            path: proc_path(std::os::fd::AsFd::as_fd(&*fd)),
+            kind,
+            takes_user: backing_type == libc::S_IFREG || backing_type == libc::S_IFDIR,
+            fd,
+        })
     }
 
-    /// Backing names of plaintext xattr `name` under each live generation.
-    fn xattr_backing_names(&self, name: &OsStr) -> FsResult<Vec<String>> {
+    /// Backing names of plaintext xattr `name` under each live generation, on `target`.
+    fn xattr_backing_names(&self, target: &Target, name: &OsStr) -> FsResult<Vec<String>> {
         self.keyring
             .live()
             .map(|k| {
-                blob::encrypt_xattr_name(k, name.as_bytes()).map_err(|e| match e {
+                let n = blob::encrypt_xattr_name(k, name.as_bytes()).map_err(|e| match e {
                     CryptoError::TooLong => ERANGE,
                     _ => EOPNOTSUPP,
+                })?;
+                Ok(if target.takes_user {
+                    n
+                } else {
+                    blob::on_trusted_backing(&n)
                 })
             })
             .collect()
     }
 
-    fn is_user(name: &OsStr) -> bool {
-        name.as_bytes().starts_with(XATTR_USER_PREFIX.as_bytes())
+    /// Whether the vault stores xattr `name`. Not yet: the ACL names (the kernel must
+    /// enforce and inherit them, FUSE_POSIX_ACL), and file capabilities (a write by another
+    /// user must drop them, as set-ID bits are dropped).
+    fn is_stored(name: &OsStr) -> bool {
+        let name = name.as_bytes();
+        blob::is_stored_xattr(name)
+            && !name.starts_with(b"system.")
+            && name != b"security.capability"
     }
 
     /// The answer for a name outside `user.*`, which vaultfs does not store: "not supported",
@@ -109,32 +148,40 @@ impl VaultFs {
     }
 
     pub(crate) fn do_getxattr(&self, ino: u64, name: &OsStr) -> FsResult<Vec<u8>> {
-        if !Self::is_user(name) {
+        if !Self::is_stored(name) {
             return Err(self.foreign_xattr(name));
         }
-        let (path, kind, _fd) = self.xattr_target(ino)?;
-        if !matches!(kind, FileType::RegularFile | FileType::Directory) {
+        let t = self.xattr_target(ino)?;
+        if !t.allows(name) {
             return Err(ENODATA);
         }
-        for backing_name in self.xattr_backing_names(name)? {
-            if let Some(sealed) = get_raw(&path, &backing_name)? {
+        for backing_name in self.xattr_backing_names(&t, name)? {
+            if let Some(sealed) = get_raw(&t.path, &backing_name)? {
                 return blob::open_xattr_value(&self.keyring, &backing_name, &sealed)
                     .map_err(|e| self.damaged(ino, "extended attribute", e));
             }
         }
+        // An absent label is "not supported", as on a filesystem without labels: `ls -l`
+        // asks each file for security.selinux until the first such answer, and then stops
+        // (a round trip per file listed otherwise). Labels set are read back as they are.
+        if name.as_bytes().starts_with(b"security.") {
+            return Err(EOPNOTSUPP);
+        }
         Err(ENODATA)
     }
 
-    pub(crate) fn do_listxattr(&self, ino: u64) -> FsResult<Vec<u8>> {
-        let (path, kind, _fd) = self.xattr_target(ino)?;
-        if !matches!(kind, FileType::RegularFile | FileType::Directory) {
-            return Ok(Vec::new());
-        }
+    /// The names of a node's xattrs; `trusted.*` ones only for root (as ext4 lists them only
+    /// to CAP_SYS_ADMIN; FUSE does not say which capabilities a caller has).
+    pub(crate) fn do_listxattr(&self, ino: u64, uid: u32) -> FsResult<Vec<u8>> {
+        let t = self.xattr_target(ino)?;
         let mut out = Vec::new();
-        for raw in list_raw(&path)? {
+        for raw in list_raw(&t.path)? {
             // Other namespaces (e.g. security labels the backing filesystem adds) and names
             // that do not decrypt are not the vault's.
             if let Ok((name, _)) = blob::decrypt_xattr_name(&self.keyring, &raw) {
+                if uid != 0 && name.starts_with(b"trusted.") {
+                    continue;
+                }
                 out.extend_from_slice(&name);
                 out.push(0);
             }
@@ -150,17 +197,18 @@ impl VaultFs {
         flags: i32,
     ) -> FsResult<()> {
         self.writable_xattr()?;
-        if !Self::is_user(name) {
+        if !Self::is_stored(name) {
             return Err(EOPNOTSUPP);
         }
-        let (path, kind, fd) = self.xattr_target(ino)?;
-        if !matches!(kind, FileType::RegularFile | FileType::Directory) {
+        let t = self.xattr_target(ino)?;
+        if !t.allows(name) || (!t.takes_user && !self.is_root) {
             return Err(EPERM);
         }
-        let names = self.xattr_backing_names(name)?;
+        let (path, fd) = (&t.path, &t.fd);
+        let names = self.xattr_backing_names(&t, name)?;
         let mut existing = Vec::new();
         for n in &names {
-            if get_raw(&path, n)?.is_some() {
+            if get_raw(path, n)?.is_some() {
                 existing.push(n.clone());
             }
         }
@@ -177,7 +225,7 @@ impl VaultFs {
                 _ => EIO,
             })?;
         let cname = CString::new(active.as_str()).map_err(|_| EIO)?;
-        self.retry_with_access(std::os::fd::AsFd::as_fd(&*fd), 0o200, || {
+        self.retry_with_access(std::os::fd::AsFd::as_fd(fd.as_ref()), 0o200, || {
             // SAFETY: valid strings and value buffer.
             let r = unsafe {
                 libc::setxattr(
@@ -201,17 +249,18 @@ impl VaultFs {
 
     pub(crate) fn do_removexattr(&self, ino: u64, name: &OsStr) -> FsResult<()> {
         self.writable_xattr()?;
-        if !Self::is_user(name) {
+        if !Self::is_stored(name) {
             return Err(self.foreign_xattr(name));
         }
-        let (path, kind, fd) = self.xattr_target(ino)?;
-        if !matches!(kind, FileType::RegularFile | FileType::Directory) {
+        let t = self.xattr_target(ino)?;
+        if !t.allows(name) {
             return Err(ENODATA);
         }
+        let (path, fd) = (&t.path, &t.fd);
         let mut removed = false;
-        for n in self.xattr_backing_names(name)? {
+        for n in self.xattr_backing_names(&t, name)? {
             let c = CString::new(n).map_err(|_| EIO)?;
-            let r = self.retry_with_access(std::os::fd::AsFd::as_fd(&*fd), 0o200, || {
+            let r = self.retry_with_access(std::os::fd::AsFd::as_fd(fd.as_ref()), 0o200, || {
                 // SAFETY: valid strings.
                 if unsafe { libc::removexattr(path.as_ptr(), c.as_ptr()) } == 0 {
                     Ok(())

@@ -11,9 +11,12 @@ use crate::crypto::mac::{MAC_LEN, MacBuilder};
 use crate::crypto::{CryptoError, VaultId, labels};
 
 /// Current on-disk format version of the vault (marker, `config.format_version`). Format 2
-/// adds version-2 file headers (the HOLES flag, docs/FORMAT.md section 5); a format-1 vault
-/// is read as it is and upgraded when this build first writes to it.
-pub const FORMAT_VERSION: i64 = 2;
+/// adds version-2 file headers (the HOLES flag, docs/FORMAT.md section 5); format 3 adds
+/// xattrs stored by their whole name (`trusted.*`, `security.*`, section 7), which a format-2
+/// reader would skip and a format-2 rotation would leave behind under a destroyed
+/// generation. An older vault is read as it is and upgraded when this build first writes
+/// to it.
+pub const FORMAT_VERSION: i64 = 3;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Config {
