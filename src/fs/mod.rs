@@ -9,6 +9,7 @@
 //! (with the backing root's number swapped with 1, FUSE's root): stable while mounted,
 //! shared by hard links, immune to renames.
 
+mod acl;
 pub mod backing;
 pub mod buffers;
 mod closer;
@@ -179,8 +180,11 @@ pub struct VaultFs {
     /// Damaged objects met: counted, each logged once.
     pub(crate) damage: damage::DamageReports,
     pub(crate) is_root: bool,
-    /// The kernel handles POSIX ACLs itself (FUSE_POSIX_ACL was granted at init).
+    /// The kernel enforces POSIX ACLs (FUSE_POSIX_ACL was granted at init); vaultfs stores
+    /// them, keeps them in step with modes and inherits default ACLs (`acl`).
     pub(crate) kernel_acls: bool,
+    /// FUSE_DONT_MASK was granted: requests carry the umask, which vaultfs applies.
+    pub(crate) dont_mask: bool,
     pub(crate) activity: Arc<Activity>,
     /// Closes the fds of nodes the kernel forgot (started at FUSE init).
     pub(crate) closer: closer::Closer<Node>,
@@ -508,6 +512,7 @@ impl VaultFs {
             fd_charges: Default::default(),
             is_root: rustix::process::geteuid().is_root(),
             kernel_acls: false,
+            dont_mask: false,
             activity,
             closer: closer::Closer::new(),
             loose: LooseFds::new(loose_fd_budget()),

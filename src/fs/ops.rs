@@ -447,6 +447,27 @@ impl VaultFs {
         Ok((ino, attr, file))
     }
 
+    /// Stores the ACLs a new entry inherited from its directory; if that fails, the entry
+    /// is removed again (a failed call leaves nothing) and the error returned.
+    #[allow(clippy::type_complexity)]
+    fn with_inherited(
+        &self,
+        parent: u64,
+        name: &OsStr,
+        made: (u64, fuser::FileAttr, Option<Arc<OpenFile>>),
+        acls: super::xattr::InheritedAcls,
+    ) -> FsResult<(u64, fuser::FileAttr, Option<Arc<OpenFile>>)> {
+        if let Err(code) = self.store_inherited(made.0, acls) {
+            let _ = if made.1.kind == FileType::Directory {
+                self.do_rmdir(parent, name)
+            } else {
+                self.do_unlink(parent, name)
+            };
+            return Err(code);
+        }
+        Ok(made)
+    }
+
     /// A new regular file (create, or mknod of S_IFREG), left open and charged to its user.
     fn make_regular_node(
         &self,
@@ -902,6 +923,9 @@ impl VaultFs {
                 backing::chmod_fd(fd.as_fd(), mode & 0o7777).map_err(errno)?;
             }
         }
+        if let Some(mode) = mode {
+            self.acl_follows_chmod(ino, mode)?;
+        }
         // With the writeback cache the kernel keeps times itself and sends them back, mostly
         // unchanged (on every unlink, rename and link of a file): skip the backing write then.
         let unchanged_times = if atime.is_none()
@@ -992,6 +1016,10 @@ impl Filesystem for VaultFs {
                 self.kernel_acls = true;
             }
         }
+        // With ACLs, the umask is vaultfs's to apply: a directory's default ACL replaces it.
+        if self.kernel_acls && config.add_capabilities(InitFlags::FUSE_DONT_MASK).is_ok() {
+            self.dont_mask = true;
+        }
         Ok(())
     }
 
@@ -1069,14 +1097,20 @@ impl Filesystem for VaultFs {
         parent: INodeNo,
         name: &OsStr,
         mode: u32,
-        _umask: u32,
+        umask: u32,
         rdev: u32,
         reply: ReplyEntry,
     ) {
         let kind = mode & libc::S_IFMT;
+        let (mode, acls) = match self.inherit_acls(parent.0, mode, umask, false) {
+            Ok(inherited) => inherited,
+            Err(code) => return reply.error(e(code)),
+        };
         if kind == libc::S_IFREG || kind == 0 {
             // A regular file through mknod: same as create, then closed.
-            let result = self.make_regular_node(req, parent.0, name, mode);
+            let result = self
+                .make_regular_node(req, parent.0, name, mode)
+                .and_then(|made| self.with_inherited(parent.0, name, made, acls));
             return match self.logged("mknod", parent.0, result) {
                 Ok((_, attr, _)) => reply.entry(&self.config.ttl(), &attr, Generation(0)),
                 Err(code) => reply.error(e(code)),
@@ -1085,13 +1119,15 @@ impl Filesystem for VaultFs {
         let Some(node) = NodeType::from_mode(mode) else {
             return reply.error(e(EINVAL));
         };
-        let result = self.make_node(
-            req,
-            parent.0,
-            name,
-            Some(mode),
-            self.make_special(node, mode, rdev),
-        );
+        let result = self
+            .make_node(
+                req,
+                parent.0,
+                name,
+                Some(mode),
+                self.make_special(node, mode, rdev),
+            )
+            .and_then(|made| self.with_inherited(parent.0, name, made, acls));
         match self.logged("mknod", parent.0, result) {
             Ok((_, attr, _)) => reply.entry(&self.config.ttl(), &attr, Generation(0)),
             Err(code) => reply.error(e(code)),
@@ -1104,14 +1140,18 @@ impl Filesystem for VaultFs {
         parent: INodeNo,
         name: &OsStr,
         mode: u32,
-        _umask: u32,
+        umask: u32,
         reply: ReplyEntry,
     ) {
-        match self.logged(
-            "mkdir",
-            parent.0,
-            self.retry_enospc(|| self.do_mkdir(req, parent.0, name, mode)),
-        ) {
+        let result = self
+            .inherit_acls(parent.0, mode, umask, true)
+            .and_then(|(mode, acls)| {
+                let (ino, attr) = self.retry_enospc(|| self.do_mkdir(req, parent.0, name, mode))?;
+                let (ino, attr, _) =
+                    self.with_inherited(parent.0, name, (ino, attr, None), acls)?;
+                Ok((ino, attr))
+            });
+        match self.logged("mkdir", parent.0, result) {
             Ok((_, attr)) => reply.entry(&self.config.ttl(), &attr, Generation(0)),
             Err(code) => reply.error(e(code)),
         }
@@ -1665,11 +1705,16 @@ impl Filesystem for VaultFs {
         parent: INodeNo,
         name: &OsStr,
         mode: u32,
-        _umask: u32,
+        umask: u32,
         flags: i32,
         reply: ReplyCreate,
     ) {
-        let result = self.make_regular_node(req, parent.0, name, mode);
+        let result = self
+            .inherit_acls(parent.0, mode, umask, false)
+            .and_then(|(mode, acls)| {
+                let made = self.make_regular_node(req, parent.0, name, mode)?;
+                self.with_inherited(parent.0, name, made, acls)
+            });
         let _ = flags;
         match self.logged("create", parent.0, result) {
             Ok((_, attr, Some(f))) => {

@@ -1,8 +1,9 @@
 //! Extended attributes: names encrypted deterministically (so a lookup can find them), values
 //! sealed (docs/FORMAT.md section 7), on regular files and directories. `user.*`,
 //! `trusted.*` (overlayfs; the kernel lets only CAP_SYS_ADMIN set or read them, and only
-//! root sees them listed) and `security.*` (SELinux labels) are stored; POSIX ACLs and
-//! `security.capability` are not yet. Nothing is stored in the clear: a backing tree must
+//! root sees them listed), `security.*` (SELinux labels) and, where the kernel enforces
+//! them, POSIX ACLs (kept in step with the mode and inherited: `acl`) are stored;
+//! `security.capability` is not yet. Nothing is stored in the clear: a backing tree must
 //! not carry plaintext labels or ACLs.
 
 use std::ffi::{CString, OsStr};
@@ -12,7 +13,15 @@ use std::os::unix::ffi::OsStrExt;
 use fuser::FileType;
 use libc::{E2BIG, EEXIST, EIO, ENODATA, EOPNOTSUPP, EPERM, ERANGE};
 
+use super::acl::{self, Acl};
 use super::{FsResult, VaultFs};
+
+/// The ACLs a new entry inherits from its directory's default ACL.
+#[derive(Debug, Default)]
+pub(crate) struct InheritedAcls {
+    access: Option<Vec<u8>>,
+    default: Option<Vec<u8>>,
+}
 use crate::crypto::CryptoError;
 use crate::crypto::blob;
 
@@ -119,13 +128,14 @@ impl VaultFs {
             .collect()
     }
 
-    /// Whether the vault stores xattr `name`. Not yet: the ACL names (the kernel must
-    /// enforce and inherit them, FUSE_POSIX_ACL), and file capabilities (a write by another
-    /// user must drop them, as set-ID bits are dropped).
-    fn is_stored(name: &OsStr) -> bool {
+    /// Whether the vault stores xattr `name`. POSIX ACLs only where the kernel enforces them
+    /// (FUSE_POSIX_ACL, granted where it checks permissions); elsewhere nothing would. Not
+    /// yet: file capabilities (a write by another user must drop them, as set-ID bits are
+    /// dropped).
+    fn is_stored(&self, name: &OsStr) -> bool {
         let name = name.as_bytes();
         blob::is_stored_xattr(name)
-            && !name.starts_with(b"system.")
+            && (!name.starts_with(b"system.") || self.kernel_acls)
             && name != b"security.capability"
     }
 
@@ -148,7 +158,7 @@ impl VaultFs {
     }
 
     pub(crate) fn do_getxattr(&self, ino: u64, name: &OsStr) -> FsResult<Vec<u8>> {
-        if !Self::is_stored(name) {
+        if !self.is_stored(name) {
             return Err(self.foreign_xattr(name));
         }
         let t = self.xattr_target(ino)?;
@@ -197,9 +207,112 @@ impl VaultFs {
         flags: i32,
     ) -> FsResult<()> {
         self.writable_xattr()?;
-        if !Self::is_stored(name) {
+        if !self.is_stored(name) {
             return Err(EOPNOTSUPP);
         }
+        if name.as_bytes() == acl::ACCESS.as_bytes() {
+            return self.set_access_acl(ino, value);
+        }
+        if name.as_bytes() == acl::DEFAULT.as_bytes() && Acl::parse(value).is_none() {
+            return Err(libc::EINVAL);
+        }
+        self.store_xattr(ino, name, value, flags)
+    }
+
+    /// An access ACL: stored unless the mode says it all, and the mode's permission bits
+    /// follow it (the filesystem's part under FUSE_POSIX_ACL).
+    fn set_access_acl(&self, ino: u64, value: &[u8]) -> FsResult<()> {
+        let acl = Acl::parse(value).ok_or(libc::EINVAL)?;
+        if acl.is_minimal() {
+            match self.do_removexattr(ino, OsStr::new(acl::ACCESS)) {
+                Ok(()) | Err(ENODATA) => {}
+                Err(code) => return Err(code),
+            }
+        } else {
+            self.store_xattr(ino, OsStr::new(acl::ACCESS), value, 0)?;
+        }
+        self.set_permission_bits(ino, acl.mode_bits())
+    }
+
+    /// Sets the permission bits (0o777) of a node's mode, keeping the others.
+    fn set_permission_bits(&self, ino: u64, bits: u32) -> FsResult<()> {
+        if ino == super::ROOT {
+            let mut r = self.root_attr.lock().expect("lock");
+            let mut next = *r;
+            next.mode = (next.mode & !0o777) | bits;
+            let fd = self.node_fd(ino)?;
+            next.save(std::os::fd::AsFd::as_fd(fd.as_ref()))
+                .map_err(super::errno)?;
+            *r = next;
+            return Ok(());
+        }
+        let fd = self.node_fd(ino)?;
+        let fd = std::os::fd::AsFd::as_fd(fd.as_ref());
+        let st = super::backing::fstat(fd).map_err(super::errno)?;
+        super::backing::chmod_fd(fd, (st.st_mode & 0o7000) | bits).map_err(super::errno)
+    }
+
+    /// After a chmod to `mode`: an access ACL's owner, mask and other entries take its bits.
+    pub(crate) fn acl_follows_chmod(&self, ino: u64, mode: u32) -> FsResult<()> {
+        if !self.kernel_acls {
+            return Ok(());
+        }
+        let stored = match self.do_getxattr(ino, OsStr::new(acl::ACCESS)) {
+            Ok(bytes) => bytes,
+            Err(ENODATA) => return Ok(()),
+            Err(code) => return Err(code),
+        };
+        let mut acl = Acl::parse(&stored)
+            .ok_or_else(|| self.damaged(ino, "access ACL", "not a valid POSIX ACL"))?;
+        acl.chmod(mode);
+        self.store_xattr(ino, OsStr::new(acl::ACCESS), &acl.to_bytes(), 0)
+    }
+
+    /// What a new entry in directory `parent` gets: its mode (with the umask applied, or
+    /// narrowed by the directory's default ACL, which then replaces the umask), and the ACLs
+    /// to store on it once made (access, and for a directory the default it inherits).
+    pub(crate) fn inherit_acls(
+        &self,
+        parent: u64,
+        mode: u32,
+        umask: u32,
+        is_dir: bool,
+    ) -> FsResult<(u32, InheritedAcls)> {
+        // Without FUSE_DONT_MASK the kernel applied the umask itself.
+        let umask = if self.dont_mask { umask } else { 0 };
+        if !self.kernel_acls {
+            return Ok((mode & !umask, InheritedAcls::default()));
+        }
+        let default = match self.do_getxattr(parent, OsStr::new(acl::DEFAULT)) {
+            Ok(bytes) => bytes,
+            Err(ENODATA) => return Ok((mode & !umask, InheritedAcls::default())),
+            Err(code) => return Err(code),
+        };
+        let parsed = Acl::parse(&default)
+            .ok_or_else(|| self.damaged(parent, "default ACL", "not a valid POSIX ACL"))?;
+        let (access, mode) = parsed.create_masq(mode);
+        Ok((
+            mode,
+            InheritedAcls {
+                access: (!access.is_minimal()).then(|| access.to_bytes()),
+                default: is_dir.then_some(default),
+            },
+        ))
+    }
+
+    /// Stores the ACLs a new entry inherited.
+    pub(crate) fn store_inherited(&self, ino: u64, acls: InheritedAcls) -> FsResult<()> {
+        if let Some(access) = acls.access {
+            self.store_xattr(ino, OsStr::new(acl::ACCESS), &access, 0)?;
+        }
+        if let Some(default) = acls.default {
+            self.store_xattr(ino, OsStr::new(acl::DEFAULT), &default, 0)?;
+        }
+        Ok(())
+    }
+
+    /// Seals and stores xattr `name` (of a stored namespace) on a node.
+    fn store_xattr(&self, ino: u64, name: &OsStr, value: &[u8], flags: i32) -> FsResult<()> {
         let t = self.xattr_target(ino)?;
         if !t.allows(name) || (!t.takes_user && !self.is_root) {
             return Err(EPERM);
@@ -249,7 +362,7 @@ impl VaultFs {
 
     pub(crate) fn do_removexattr(&self, ino: u64, name: &OsStr) -> FsResult<()> {
         self.writable_xattr()?;
-        if !Self::is_stored(name) {
+        if !self.is_stored(name) {
             return Err(self.foreign_xattr(name));
         }
         let t = self.xattr_target(ino)?;
