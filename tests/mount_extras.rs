@@ -494,10 +494,10 @@ fn copy_file_range_and_sendfile() {
     });
 }
 
-/// What vaultfs does not store, or does not have: an absent label and file capabilities are
-/// "not supported", as from a filesystem with no handler for them (ls -l then stops asking
-/// for SELinux labels and ACLs after the first file); an absent trusted attribute is "no
-/// such attribute". Where the kernel handles ACLs (POSIX_ACL, granted where it checks
+/// What a file does not have: an absent label or file capability reads as "not supported",
+/// as from a filesystem with no handler for them (ls -l then stops asking for SELinux
+/// labels and ACLs after the first file); an absent trusted attribute is "no such
+/// attribute". Where the kernel handles ACLs (POSIX_ACL, granted where it checks
 /// permissions), an ACL is "not there": the kernel's permission checks ask for it.
 #[test]
 fn foreign_xattr_namespaces_are_unsupported() {
@@ -543,9 +543,73 @@ fn foreign_xattr_namespaces_are_unsupported() {
             let n = CString::new("security.capability").unwrap();
             // SAFETY: valid strings.
             let r = unsafe { libc::removexattr(cpath(&target).as_ptr(), n.as_ptr()) };
-            assert_eq!((r, last_errno()), (-1, libc::EOPNOTSUPP));
+            assert_eq!((r, last_errno()), (-1, libc::ENODATA), "nothing to remove");
         }
         fs::remove_file(&f).unwrap();
         v.unmount();
     }
+}
+
+/// File capabilities (`security.capability`, setcap) are stored, and removed by every
+/// change of contents or owner, whoever makes it (the kernel's killpriv, which
+/// FUSE_HANDLE_KILLPRIV_V2 leaves to vaultfs; xfstests generic/688).
+#[test]
+fn file_capabilities_are_stored_and_dropped_by_changes() {
+    use std::process::Command;
+    if !common::root_and_fuse() {
+        return;
+    }
+    let v = TestVault::new(4096);
+    v.mount();
+    let t = v.p("prog");
+    fs::copy("/bin/true", &t).unwrap();
+    let getcap = |p: &Path| {
+        let o = Command::new("getcap").arg(p).output().unwrap();
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    };
+    let setcap = |p: &Path| {
+        let o = Command::new("setcap")
+            .args(["cap_setuid+ep"])
+            .arg(p)
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    };
+    setcap(&t);
+    v.unmount();
+    v.mount();
+    assert!(getcap(&t).contains("cap_setuid=ep"), "kept: {}", getcap(&t));
+    type Change = fn(&Path);
+    let changes: [(&str, Change); 4] = [
+        ("write", |p| {
+            OpenOptions::new()
+                .append(true)
+                .open(p)
+                .unwrap()
+                .write_all_at(b"x", 0)
+                .unwrap()
+        }),
+        ("truncate", |p| {
+            OpenOptions::new()
+                .write(true)
+                .open(p)
+                .unwrap()
+                .set_len(10)
+                .unwrap()
+        }),
+        ("fallocate", |p| {
+            let f = OpenOptions::new().write(true).open(p).unwrap();
+            rustix::fs::fallocate(&f, rustix::fs::FallocateFlags::empty(), 0, 65536).unwrap()
+        }),
+        ("chown", |p| {
+            std::os::unix::fs::chown(p, Some(65534), None).unwrap()
+        }),
+    ];
+    for (what, change) in changes {
+        setcap(&t);
+        assert!(getcap(&t).contains("cap_setuid"), "{what}");
+        change(&t);
+        assert_eq!(getcap(&t), "", "{what} removes the capabilities");
+    }
+    v.unmount();
 }

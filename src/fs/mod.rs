@@ -147,6 +147,10 @@ pub(crate) struct Node {
     /// whether a read-ahead was asked for since this file was last opened (`prefetch`).
     pub next_in_dir: Option<u64>,
     pub prefetched: bool,
+    /// Whether the file may hold file capabilities (`security.capability`), which every
+    /// content or owner change removes: true until a change finds none, and again once
+    /// they are set.
+    pub may_have_caps: bool,
 }
 
 pub(crate) type PageStamp = (i64, i64, i64, i64, i64);
@@ -493,6 +497,7 @@ impl VaultFs {
                 page_stamp: None,
                 next_in_dir: None,
                 prefetched: false,
+                may_have_caps: true,
             },
         );
 
@@ -1056,6 +1061,7 @@ impl VaultFs {
             page_stamp: None,
             next_in_dir: None,
             prefetched: false,
+            may_have_caps: true,
         });
         n.names.saw(parent, entry);
         if n.kind != kind || n.dir_id != dir_id || n.rdev != rdev || (n.damaged && !damaged) {
@@ -1067,6 +1073,7 @@ impl VaultFs {
             n.damaged = damaged;
             n.page_stamp = None;
             n.next_in_dir = None;
+            n.may_have_caps = true;
         }
         let gave_fd = n.fd.is_none();
         if gave_fd {

@@ -1059,11 +1059,15 @@ impl Filesystem for VaultFs {
         _flags: Option<fuser::BsdFileFlags>,
         reply: ReplyAttr,
     ) {
-        // A truncate by an unprivileged caller drops the set-ID bits, as the kernel's own
-        // rule would (HANDLE_KILLPRIV_V2 leaves it to us).
+        // A truncate by an unprivileged caller drops the set-ID bits, and any truncate or
+        // chown the file's capabilities, as the kernel's own rules would
+        // (HANDLE_KILLPRIV_V2 leaves it to us).
         let result = self
             .retry_enospc(|| self.do_setattr(ino.0, mode, uid, gid, size, atime, mtime))
             .and_then(|attr| {
+                if size.is_some() || uid.is_some() || gid.is_some() {
+                    self.drop_file_caps(ino.0)?;
+                }
                 if size.is_some() && mode.is_none() {
                     self.drop_setid_for(ino.0, &Caller::of(req), false)?;
                     self.getattr_ino(ino.0)
@@ -1312,6 +1316,7 @@ impl Filesystem for VaultFs {
             .file_handle(fh.0)
             .and_then(|f| self.retry_enospc(|| f.write(&self.keyring, offset, data)))
             .and_then(|()| {
+                self.drop_file_caps(ino.0)?;
                 if wf.contains(WriteFlags::FUSE_WRITE_KILL_SUIDGID) {
                     self.drop_setid_for(ino.0, &caller, true)
                 } else {
@@ -1583,7 +1588,7 @@ impl Filesystem for VaultFs {
 
     fn setxattr(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
         name: &OsStr,
         value: &[u8],
@@ -1594,7 +1599,7 @@ impl Filesystem for VaultFs {
         match self.logged(
             "setxattr",
             ino.0,
-            self.retry_enospc(|| self.do_setxattr(ino.0, name, value, flags)),
+            self.retry_enospc(|| self.do_setxattr(ino.0, name, value, flags, &Caller::of(req))),
         ) {
             Ok(()) => reply.ok(),
             Err(code) => reply.error(e(code)),
@@ -1624,6 +1629,7 @@ impl Filesystem for VaultFs {
             .writable()
             .and_then(|_| self.file_handle(fh.0))
             .and_then(|f| self.retry_enospc(|| f.fallocate(&self.keyring, offset, length, mode)))
+            .and_then(|()| self.drop_file_caps(ino.0))
             .and_then(|()| self.drop_setid_for(ino.0, &Caller::of(req), false));
         match self.logged("fallocate", ino.0, result) {
             Ok(()) => reply.ok(),

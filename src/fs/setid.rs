@@ -12,6 +12,9 @@ use std::sync::OnceLock;
 
 use super::{FsResult, VaultFs, backing, errno};
 
+/// The xattr holding a file's capabilities.
+pub(crate) const CAPS_XATTR: &str = "security.capability";
+
 /// Who asked: FUSE requests carry the caller's fsuid, fsgid and pid.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Caller {
@@ -49,7 +52,7 @@ impl Caller {
     }
 
     /// The caller's fsgid is `gid`, or `gid` is one of its supplementary groups.
-    fn in_group(&self, gid: u32) -> bool {
+    pub fn in_group(&self, gid: u32) -> bool {
         self.gid == gid
             || self
                 .status()
@@ -99,6 +102,30 @@ impl VaultFs {
         {
             log::debug!("inode {ino}: cache invalidation failed: {e}");
         }
+    }
+
+    /// Removes a file's capabilities (`security.capability`): every write, truncate,
+    /// fallocate and chown does, whoever makes it (the kernel's killpriv; with
+    /// FUSE_HANDLE_KILLPRIV_V2 it is the filesystem's). One backing call per file until
+    /// one finds none.
+    pub(crate) fn drop_file_caps(&self, ino: u64) -> FsResult<()> {
+        let may = self
+            .nodes
+            .lock()
+            .expect("lock")
+            .get(&ino)
+            .is_some_and(|n| n.may_have_caps && n.kind == fuser::FileType::RegularFile);
+        if !may {
+            return Ok(());
+        }
+        match self.do_removexattr(ino, std::ffi::OsStr::new(CAPS_XATTR)) {
+            Ok(()) | Err(libc::ENODATA) => {}
+            Err(code) => return Err(code),
+        }
+        if let Some(n) = self.nodes.lock().expect("lock").get_mut(&ino) {
+            n.may_have_caps = false;
+        }
+        Ok(())
     }
 
     /// Drops the set-ID bits a content change by `caller` must drop; `privileged_checked`

@@ -1,10 +1,10 @@
 //! Extended attributes: names encrypted deterministically (so a lookup can find them), values
 //! sealed (docs/FORMAT.md section 7), on regular files and directories. `user.*`,
 //! `trusted.*` (overlayfs; the kernel lets only CAP_SYS_ADMIN set or read them, and only
-//! root sees them listed), `security.*` (SELinux labels) and, where the kernel enforces
-//! them, POSIX ACLs (kept in step with the mode and inherited: `acl`) are stored;
-//! `security.capability` is not yet. Nothing is stored in the clear: a backing tree must
-//! not carry plaintext labels or ACLs.
+//! root sees them listed), `security.*` (SELinux labels, file capabilities, which every
+//! change removes: `setid`) and, where the kernel enforces them, POSIX ACLs (kept in step
+//! with the mode and inherited: `acl`) are stored. Nothing is stored in the clear: a
+//! backing tree must not carry plaintext labels or ACLs.
 
 use std::ffi::{CString, OsStr};
 use std::os::fd::{AsRawFd, BorrowedFd};
@@ -129,14 +129,12 @@ impl VaultFs {
     }
 
     /// Whether the vault stores xattr `name`. POSIX ACLs only where the kernel enforces them
-    /// (FUSE_POSIX_ACL, granted where it checks permissions); elsewhere nothing would. Not
-    /// yet: file capabilities (a write by another user must drop them, as set-ID bits are
-    /// dropped).
+    /// (FUSE_POSIX_ACL, granted where it checks permissions); elsewhere nothing would.
+    /// File capabilities are removed by every change of contents or owner
+    /// (`drop_file_caps`).
     fn is_stored(&self, name: &OsStr) -> bool {
         let name = name.as_bytes();
-        blob::is_stored_xattr(name)
-            && (!name.starts_with(b"system.") || self.kernel_acls)
-            && name != b"security.capability"
+        blob::is_stored_xattr(name) && (!name.starts_with(b"system.") || self.kernel_acls)
     }
 
     /// The answer for a name outside `user.*`, which vaultfs does not store: "not supported",
@@ -205,23 +203,37 @@ impl VaultFs {
         name: &OsStr,
         value: &[u8],
         flags: i32,
+        caller: &super::setid::Caller,
     ) -> FsResult<()> {
         self.writable_xattr()?;
         if !self.is_stored(name) {
             return Err(EOPNOTSUPP);
         }
         if name.as_bytes() == acl::ACCESS.as_bytes() {
-            return self.set_access_acl(ino, value);
+            return self.set_access_acl(ino, value, caller);
         }
         if name.as_bytes() == acl::DEFAULT.as_bytes() && Acl::parse(value).is_none() {
             return Err(libc::EINVAL);
         }
-        self.store_xattr(ino, name, value, flags)
+        self.store_xattr(ino, name, value, flags)?;
+        if name.as_bytes() == super::setid::CAPS_XATTR.as_bytes()
+            && let Some(n) = self.nodes.lock().expect("lock").get_mut(&ino)
+        {
+            n.may_have_caps = true;
+        }
+        Ok(())
     }
 
     /// An access ACL: stored unless the mode says it all, and the mode's permission bits
-    /// follow it (the filesystem's part under FUSE_POSIX_ACL).
-    fn set_access_acl(&self, ino: u64, value: &[u8]) -> FsResult<()> {
+    /// follow it (the filesystem's part under FUSE_POSIX_ACL). As a chmod would, it drops
+    /// the set-group-ID bit when the caller is neither in the file's group nor holds
+    /// CAP_FSETID (the kernel would say so through FUSE_SETXATTR_EXT, which fuser lacks).
+    fn set_access_acl(
+        &self,
+        ino: u64,
+        value: &[u8],
+        caller: &super::setid::Caller,
+    ) -> FsResult<()> {
         let acl = Acl::parse(value).ok_or(libc::EINVAL)?;
         if acl.is_minimal() {
             match self.do_removexattr(ino, OsStr::new(acl::ACCESS)) {
@@ -231,15 +243,25 @@ impl VaultFs {
         } else {
             self.store_xattr(ino, OsStr::new(acl::ACCESS), value, 0)?;
         }
-        self.set_permission_bits(ino, acl.mode_bits())
+        self.set_permission_bits(ino, acl.mode_bits(), caller)
     }
 
-    /// Sets the permission bits (0o777) of a node's mode, keeping the others.
-    fn set_permission_bits(&self, ino: u64, bits: u32) -> FsResult<()> {
+    /// Sets the permission bits (0o777) of a node's mode, keeping the others but for a
+    /// set-group-ID bit the caller may not keep.
+    fn set_permission_bits(
+        &self,
+        ino: u64,
+        bits: u32,
+        caller: &super::setid::Caller,
+    ) -> FsResult<()> {
+        let keeps = |gid: u32| caller.in_group(gid) || caller.has_fsetid();
         if ino == super::ROOT {
             let mut r = self.root_attr.lock().expect("lock");
             let mut next = *r;
             next.mode = (next.mode & !0o777) | bits;
+            if !keeps(next.gid) {
+                next.mode &= !libc::S_ISGID;
+            }
             let fd = self.node_fd(ino)?;
             next.save(std::os::fd::AsFd::as_fd(fd.as_ref()))
                 .map_err(super::errno)?;
@@ -249,7 +271,11 @@ impl VaultFs {
         let fd = self.node_fd(ino)?;
         let fd = std::os::fd::AsFd::as_fd(fd.as_ref());
         let st = super::backing::fstat(fd).map_err(super::errno)?;
-        super::backing::chmod_fd(fd, (st.st_mode & 0o7000) | bits).map_err(super::errno)
+        let mut mode = (st.st_mode & 0o7000) | bits;
+        if !keeps(st.st_gid) {
+            mode &= !libc::S_ISGID;
+        }
+        super::backing::chmod_fd(fd, mode).map_err(super::errno)
     }
 
     /// After a chmod to `mode`: an access ACL's owner, mask and other entries take its bits.
