@@ -219,8 +219,8 @@ mod tests {
         ]))
         .unwrap();
         let (inherited, mode) = default.create_masq(0o100666);
-        assert_eq!(mode, 0o100661);
-        assert_eq!(inherited.mode_bits(), 0o661);
+        assert_eq!(mode, 0o100660, "other: --x narrowed by rw-");
+        assert_eq!(inherited.mode_bits(), 0o660);
         assert_eq!(
             inherited.perm_of(USER),
             Some(6),
