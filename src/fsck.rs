@@ -192,7 +192,7 @@ impl Checker<'_> {
                 libc::S_IFDIR => match backing::open_dir_path(fd, &e.name) {
                     Ok(child) => match self.dir_id(child.as_fd(), id, &e.name) {
                         Ok(child_id) => {
-                            self.xattrs(fd, &e.name, &bp, &pp);
+                            self.xattrs(fd, &e.name, st.st_mode, &bp, &pp);
                             self.dir(child.as_fd(), &child_id, &bp, &pp)
                         }
                         Err(why) => self.problem(ProblemKind::BadDirectoryId, bp, Some(pp), why),
@@ -206,11 +206,11 @@ impl Checker<'_> {
                     if let Err(why) = self.file(fd, &e.name) {
                         self.problem(ProblemKind::DamagedFile, bp.clone(), Some(pp.clone()), why);
                     }
-                    self.xattrs(fd, &e.name, &bp, &pp);
+                    self.xattrs(fd, &e.name, st.st_mode, &bp, &pp);
                 }
                 libc::S_IFLNK => {
                     self.report.symlinks += 1;
-                    self.xattrs(fd, &e.name, &bp, &pp);
+                    self.xattrs(fd, &e.name, st.st_mode, &bp, &pp);
                     let ok = backing::readlink(fd, &e.name)
                         .map_err(|e| e.to_string())
                         .and_then(|t| {
@@ -298,9 +298,9 @@ impl Checker<'_> {
         Ok(())
     }
 
-    fn xattrs(&mut self, dir: BorrowedFd<'_>, name: &str, bp: &str, pp: &str) {
-        let on_trusted_backing = backing::lstat(dir, name)
-            .is_ok_and(|st| !matches!(st.st_mode & libc::S_IFMT, libc::S_IFREG | libc::S_IFDIR));
+    /// `st_mode`: the entry's backing type, from the caller's lstat.
+    fn xattrs(&mut self, dir: BorrowedFd<'_>, name: &str, st_mode: u32, bp: &str, pp: &str) {
+        let on_trusted_backing = !matches!(st_mode & libc::S_IFMT, libc::S_IFREG | libc::S_IFDIR);
         let Ok(fd) = rustix::fs::openat(
             dir,
             name,

@@ -41,10 +41,7 @@ fn acls_are_enforced_follow_the_mode_and_are_inherited() {
         return;
     }
     let v = TestVault::new(4096);
-    fs::set_permissions(v.tmp.path(), fs::Permissions::from_mode(0o755)).unwrap();
-    let o = v.mount_args(&["--allow-other"]);
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    fs::set_permissions(&v.mnt, fs::Permissions::from_mode(0o755)).unwrap();
+    v.mount_for_everyone();
     let f = v.p("f");
     let fp = f.to_str().unwrap();
     fs::write(&f, b"secret").unwrap();

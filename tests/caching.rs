@@ -120,10 +120,7 @@ fn unprivileged_write_and_truncate_drop_set_id_bits() {
         return; // needs root to act as another user
     }
     let v = TestVault::new(4096);
-    fs::set_permissions(v.tmp.path(), fs::Permissions::from_mode(0o755)).unwrap();
-    v.mount_args(&["--allow-other"]);
-    assert!(v.is_mounted());
-    fs::set_permissions(&v.mnt, fs::Permissions::from_mode(0o755)).unwrap();
+    v.mount_for_everyone();
     let f = v.p("prog");
     fs::write(&f, b"#!/bin/sh\n").unwrap();
     let set = |mode: u32| fs::set_permissions(&f, fs::Permissions::from_mode(mode)).unwrap();

@@ -440,10 +440,7 @@ fn new_entries_get_their_makers_owner_group_and_mode() {
     use std::os::unix::fs::PermissionsExt;
     let v = TestVault::new(4096);
     // The other user must reach the mount point.
-    fs::set_permissions(v.tmp.path(), fs::Permissions::from_mode(0o755)).unwrap();
-    let o = v.mount_args(&["--allow-other"]);
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    fs::set_permissions(&v.mnt, fs::Permissions::from_mode(0o755)).unwrap();
+    v.mount_for_everyone();
     fs::create_dir(v.p("open")).unwrap();
     fs::create_dir(v.p("sgid")).unwrap();
     std::os::unix::fs::chown(v.p("sgid"), Some(0), Some(1234)).unwrap();

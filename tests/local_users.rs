@@ -258,10 +258,7 @@ fn racing_new_backing_entries_never_moves_ownership() {
         return;
     }
     let v = TestVault::new(4096);
-    fs::set_permissions(v.tmp.path(), fs::Permissions::from_mode(0o755)).unwrap();
-    let o = v.mount_args(&["--allow-other"]);
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    fs::set_permissions(&v.mnt, fs::Permissions::from_mode(0o755)).unwrap();
+    v.mount_for_everyone();
     // A directory of the attacker's own: its backing directory is theirs too.
     fs::create_dir(v.p("shared")).unwrap();
     std::os::unix::fs::chown(v.p("shared"), Some(65534), Some(65534)).unwrap();

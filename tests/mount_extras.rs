@@ -159,10 +159,7 @@ fn trusted_and_security_attributes_are_stored_encrypted() {
         return;
     }
     let v = TestVault::new(4096);
-    let o = v.mount_args(&["--allow-other"]);
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    fs::set_permissions(v.tmp.path(), fs::Permissions::from_mode(0o755)).unwrap();
-    fs::set_permissions(&v.mnt, fs::Permissions::from_mode(0o755)).unwrap();
+    v.mount_for_everyone();
     let (f, d) = (v.p("file"), v.p("dir"));
     fs::write(&f, b"x").unwrap();
     fs::set_permissions(&f, fs::Permissions::from_mode(0o666)).unwrap();

@@ -109,12 +109,7 @@ fn remount_switches_between_read_only_and_writable() {
     let v = TestVault::new(4096);
     v.mount();
     fs::write(v.p("a"), b"before").unwrap();
-    let o = vaultfs(&v.state)
-        .args(["mount", "--remount", "-o", "ro"])
-        .arg(&v.vault)
-        .arg(&v.mnt)
-        .output()
-        .unwrap();
+    let o = v.mount_args(&["--remount", "-o", "ro"]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     assert_eq!(errno_of(fs::write(v.p("b"), b"x")), libc::EROFS);
     assert_eq!(fs::read(v.p("a")).unwrap(), b"before");
@@ -138,22 +133,12 @@ fn remount_switches_between_read_only_and_writable() {
     // A daemon started read-only refuses writes itself: making the mount rw is refused.
     let o = v.mount_args(&["--read-only"]);
     assert!(o.status.success());
-    let o = vaultfs(&v.state)
-        .args(["mount", "--remount", "-o", "rw"])
-        .arg(&v.vault)
-        .arg(&v.mnt)
-        .output()
-        .unwrap();
+    let o = v.mount_args(&["--remount", "-o", "rw"]);
     assert_eq!(o.status.code(), Some(exitcodes::MOUNT_FAILED));
     assert!(String::from_utf8_lossy(&o.stderr).contains("mounted read-only"));
     v.unmount();
     // Nothing mounted there.
-    let o = vaultfs(&v.state)
-        .args(["mount", "--remount", "-o", "ro"])
-        .arg(&v.vault)
-        .arg(&v.mnt)
-        .output()
-        .unwrap();
+    let o = v.mount_args(&["--remount", "-o", "ro"]);
     assert_eq!(o.status.code(), Some(exitcodes::NOT_MOUNTED));
 }
 

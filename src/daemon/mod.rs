@@ -56,10 +56,7 @@ pub fn remount(mut req: MountRequest) -> Result<()> {
         fs::canonicalize(&req.vault).map_err(|_| VaultError::NotAVault(req.vault.clone()))?;
     let mountpoint = fs::canonicalize(&req.mountpoint)
         .map_err(|e| mount_failed(format!("mount point {}: {e}", req.mountpoint.display())))?;
-    let ours = crate::mountinfo::mounts()
-        .into_iter()
-        .rev()
-        .find(|m| m.point == mountpoint);
+    let ours = is_mounted(&mountpoint);
     match ours {
         Some(m) if m.fstype == "fuse.vaultfs" && Path::new(&m.source) == vault => {}
         _ => {
@@ -84,12 +81,12 @@ pub fn remount(mut req: MountRequest) -> Result<()> {
     })
 }
 
-fn is_mounted(path: &Path) -> Option<String> {
+/// The mount on top at `path`, if any.
+fn is_mounted(path: &Path) -> Option<crate::mountinfo::Mount> {
     crate::mountinfo::mounts()
         .into_iter()
         .rev()
         .find(|m| m.point == path)
-        .map(|m| m.fstype)
 }
 
 /// `$XDG_STATE_HOME/vaultfs/mounts/<sha256 of the mount point>` holds the daemon's pid.
@@ -226,7 +223,8 @@ pub fn mount(mut req: MountRequest, password: &[u8]) -> Result<()> {
             mountpoint.display()
         )));
     }
-    if let Some(fstype) = is_mounted(&mountpoint) {
+    if let Some(m) = is_mounted(&mountpoint) {
+        let fstype = m.fstype;
         return Err(mount_failed(format!(
             "mount point {} is busy: already a {fstype} mount",
             mountpoint.display()
@@ -581,7 +579,7 @@ pub fn unmount(mountpoint: &Path, lazy: bool) -> Result<()> {
     };
     let abs = fs::canonicalize(&abs).unwrap_or(abs);
     match is_mounted(&abs) {
-        Some(t) if t == "fuse.vaultfs" => {}
+        Some(m) if m.fstype == "fuse.vaultfs" => {}
         _ => return Err(VaultError::NotMounted(abs)),
     }
     if !lazy {

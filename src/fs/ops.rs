@@ -425,14 +425,7 @@ impl VaultFs {
             }
             Ok((fd, st))
         })();
-        let (fd, st) = match setup {
-            Ok(done) => done,
-            Err(code) => {
-                let _ = backing::unlink(pfd.as_fd(), bn.entry());
-                self.remove_side_file(pfd.as_fd(), &bn);
-                return Err(code);
-            }
-        };
+        let (fd, st) = setup.inspect_err(|_| self.undo_entry(pfd.as_fd(), &bn, false))?;
         let (ino, attr, _) = self
             .register_stat(parent, &pid, bn.entry(), fd, st, false)
             .inspect_err(|_| self.undo_entry(pfd.as_fd(), &bn, false))?;
@@ -856,7 +849,7 @@ impl VaultFs {
     }
 
     #[allow(clippy::too_many_arguments)] // mirrors FUSE's setattr
-    fn do_setattr(
+    pub(super) fn do_setattr(
         &self,
         ino: u64,
         mode: Option<u32>,
@@ -866,14 +859,7 @@ impl VaultFs {
         atime: Option<TimeOrNow>,
         mtime: Option<TimeOrNow>,
     ) -> FsResult<fuser::FileAttr> {
-        let kind = self
-            .nodes
-            .lock()
-            .expect("lock")
-            .get(&ino)
-            .ok_or(ENOENT)?
-            .kind;
-        let fd = self.node_fd(ino)?;
+        let (kind, fd) = self.node_kind_fd(ino)?;
         // The name a symlink's times are set through (below): the one `node_fd` last found.
         let (parent, entry) = {
             let nodes = self.nodes.lock().expect("lock");
@@ -987,13 +973,14 @@ impl Filesystem for VaultFs {
         if let Err(max) = config.set_max_readahead(1 << 20) {
             let _ = config.set_max_readahead(max);
         }
-        // HANDLE_KILLPRIV_V2: vaultfs clears set-user/group-ID bits on write and truncate
-        // itself (`kill_suid_sgid`), so the kernel stops asking for security.capability
-        // before every write.
+        // HANDLE_KILLPRIV_V2: vaultfs clears set-user/group-ID bits and file capabilities on
+        // write, truncate and fallocate itself (`drop_setid_for`, `drop_file_caps`), so the
+        // kernel stops asking for security.capability before every write.
         // READDIRPLUS for every listing (not only the first page, as READDIRPLUS_AUTO would):
         // `rm -rf`, `find` and `ls -l` then need no LOOKUP per entry.
-        // POSIX_ACL: the kernel enforces ACLs and caches each inode's (vaultfs stores none:
-        // ENODATA, see `foreign_xattr`). The kernel turns default_permissions on with it, so
+        // POSIX_ACL: the kernel enforces ACLs and caches each inode's; vaultfs stores them,
+        // keeps them in step with modes and inherits them (`acl`, `xattr`), with the umask
+        // its own to apply (DONT_MASK, below). The kernel turns default_permissions on with it, so
         // it is asked for only where the kernel checks permissions anyway
         // (`MountSettings::kernel_checks_permissions`).
         let mut wanted = InitFlags::FUSE_PARALLEL_DIROPS

@@ -137,27 +137,11 @@ impl VaultFs {
         blob::is_stored_xattr(name) && (!name.starts_with(b"system.") || self.kernel_acls)
     }
 
-    /// The answer for a name outside `user.*`, which vaultfs does not store: "not supported",
-    /// as from a filesystem with no handler for that namespace. `ls -l` then stops asking for
-    /// SELinux labels and ACLs on the whole mount after its first file, where "no such
-    /// attribute" cost two round trips per file listed. Where the kernel handles ACLs itself
-    /// (POSIX_ACL), a POSIX ACL name gets "no such attribute": the kernel caches that as "no
-    /// ACL", and its permission checks would fail on "not supported".
-    fn foreign_xattr(&self, name: &OsStr) -> i32 {
-        let acl = matches!(
-            name.as_bytes(),
-            b"system.posix_acl_access" | b"system.posix_acl_default"
-        );
-        if acl && self.kernel_acls {
-            ENODATA
-        } else {
-            EOPNOTSUPP
-        }
-    }
-
     pub(crate) fn do_getxattr(&self, ino: u64, name: &OsStr) -> FsResult<Vec<u8>> {
         if !self.is_stored(name) {
-            return Err(self.foreign_xattr(name));
+            // As from a filesystem with no handler for that namespace (an ACL name where
+            // the kernel does not enforce ACLs: `ls -l` then stops asking).
+            return Err(EOPNOTSUPP);
         }
         let t = self.xattr_target(ino)?;
         if !t.allows(name) {
@@ -252,34 +236,21 @@ impl VaultFs {
 
     /// Sets the permission bits (0o777) of a node's mode, keeping the others but for a
     /// set-group-ID bit the caller may not keep.
+    /// (Through the one chmod path, `do_setattr`, which keeps the root's mode in
+    /// `vaultfs.root`; its ACL step then finds the access ACL already in step.)
     fn set_permission_bits(
         &self,
         ino: u64,
         bits: u32,
         caller: &super::setid::Caller,
     ) -> FsResult<()> {
-        let keeps = |gid: u32| caller.in_group(gid) || caller.has_fsetid();
-        if ino == super::ROOT {
-            let mut r = self.root_attr.lock().expect("lock");
-            let mut next = *r;
-            next.mode = (next.mode & !0o777) | bits;
-            if !keeps(next.gid) {
-                next.mode &= !libc::S_ISGID;
-            }
-            let fd = self.node_fd(ino)?;
-            next.save(std::os::fd::AsFd::as_fd(fd.as_ref()))
-                .map_err(super::errno)?;
-            *r = next;
-            return Ok(());
-        }
-        let fd = self.node_fd(ino)?;
-        let fd = std::os::fd::AsFd::as_fd(fd.as_ref());
-        let st = super::backing::fstat(fd).map_err(super::errno)?;
-        let mut mode = (st.st_mode & 0o7000) | bits;
-        if !keeps(st.st_gid) {
+        let attr = self.getattr_ino(ino)?;
+        let mut mode = (attr.perm as u32 & 0o7000) | bits;
+        if !(caller.in_group(attr.gid) || caller.has_fsetid()) {
             mode &= !libc::S_ISGID;
         }
-        super::backing::chmod_fd(fd, mode).map_err(super::errno)
+        self.do_setattr(ino, Some(mode), None, None, None, None, None)
+            .map(|_| ())
     }
 
     /// After a chmod to `mode`: an access ACL's owner, mask and other entries take its bits.
@@ -393,7 +364,7 @@ impl VaultFs {
     pub(crate) fn do_removexattr(&self, ino: u64, name: &OsStr) -> FsResult<()> {
         self.writable_xattr()?;
         if !self.is_stored(name) {
-            return Err(self.foreign_xattr(name));
+            return Err(EOPNOTSUPP);
         }
         let t = self.xattr_target(ino)?;
         if !t.allows(name) {

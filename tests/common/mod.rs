@@ -200,6 +200,20 @@ impl TestVault {
             .unwrap()
     }
 
+    /// Mounts with --allow-other, the way a server shares a vault, and opens the path to
+    /// the mount and its root to other users (a test vault's directories are private).
+    pub fn mount_for_everyone(&self) {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(self.tmp.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        let o = self.mount_args(&["--allow-other"]);
+        assert!(
+            o.status.success(),
+            "mount failed: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        std::fs::set_permissions(&self.mnt, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+
     pub fn mount(&self) {
         let o = self.mount_args(&[]);
         assert!(
